@@ -1,0 +1,71 @@
+//! A component that misbehaves on purpose, for weir's own tests.
+//!
+//! Config `behaviour` picks what `handle` does:
+//! - `trap`: executes `unreachable`
+//! - `panic`: a Rust panic (also a trap)
+//! - `loop`: spins forever (the epoch deadline must stop it)
+//! - `alloc`: allocates without bound (the memory limit must stop it)
+//! - `recurse`: recurses until the stack overflows
+//! - `trap-first`: traps on the first delivery of a message, succeeds on a
+//!   redelivery (tests that a fresh instance takes over)
+//! - `ok`: handles everything (counts messages in the cache under `seen`)
+
+#![allow(unsafe_code)] // the ABI glue that wit-bindgen generates is unsafe
+
+use std::hint::black_box;
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "weir:host/strategy",
+});
+
+use exports::weir::host::handler::{Delivery, Guest, HandleError};
+use weir::host::messaging::Message;
+use weir::host::{cache, config};
+
+#[allow(unconditional_recursion)] // the point: overflow the stack
+fn recurse(depth: u64, pad: [u8; 256]) -> u64 {
+    let pad = black_box(pad);
+    recurse(depth + 1, pad) + u64::from(pad[(depth % 256) as usize])
+}
+
+struct Hostile;
+
+impl Guest for Hostile {
+    fn handle(_msg: Message, delivery: Delivery) -> Result<(), HandleError> {
+        match config::get("behaviour").as_deref().unwrap_or("ok") {
+            "trap" => core::arch::wasm32::unreachable(),
+            "panic" => panic!("hostile component panicked on purpose"),
+            "loop" => {
+                let mut n: u64 = 0;
+                loop {
+                    n = black_box(n.wrapping_add(1));
+                }
+            }
+            "alloc" => {
+                let mut hoard: Vec<Vec<u8>> = Vec::new();
+                loop {
+                    hoard.push(vec![1u8; 1 << 20]);
+                    black_box(&hoard);
+                }
+            }
+            "recurse" => {
+                black_box(recurse(0, [7; 256]));
+                Ok(())
+            }
+            "trap-first" if delivery.attempt <= 1 => core::arch::wasm32::unreachable(),
+            _ => {
+                let seen = cache::get("seen")
+                    .ok()
+                    .flatten()
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .and_then(|s| s.parse::<u64>().ok())
+                    .unwrap_or(0);
+                cache::set("seen", (seen + 1).to_string().as_bytes(), None)
+                    .map_err(|e| HandleError::Retry(format!("{e:?}")))
+            }
+        }
+    }
+}
+
+export!(Hostile);

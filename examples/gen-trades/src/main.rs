@@ -1,0 +1,162 @@
+//! Writes weir's sample market data: a few thousand trades for four symbols
+//! as NDJSON, from a fixed seed, so every run and every test sees the same
+//! events. Usage: `gen-trades [OUT]` (default `examples/data/trades.ndjson`).
+//!
+//! Prices follow a random walk whose drift changes regime every few hundred
+//! trades, so moving averages cross a realistic number of times. A few
+//! `alerts.created` envelopes are mixed in, as the alert service sends them.
+
+use std::fmt::Write as _;
+
+use serde_json::json;
+
+/// splitmix64: tiny, fast, and the same on every platform and version.
+struct Rng(u64);
+
+impl Rng {
+    fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    fn unit(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Roughly normal (sum of uniforms), mean 0, sd 1.
+    fn normal(&mut self) -> f64 {
+        (0..12).map(|_| self.unit()).sum::<f64>() - 6.0
+    }
+}
+
+struct Symbol {
+    name: &'static str,
+    price: f64,
+    /// Price decimals.
+    decimals: i32,
+    /// Per-trade volatility.
+    vol: f64,
+    drift: f64,
+    next_id: u64,
+}
+
+/// 2025-07-30T08:00:00Z in milliseconds.
+const START_MS: i64 = 1_753_862_400_000;
+const SEED: u64 = 0x5EED_0F3E;
+const TRADES: usize = 6000;
+
+fn generate() -> String {
+    let mut rng = Rng(SEED);
+    let mut symbols = [
+        Symbol {
+            name: "BTCUSDT",
+            price: 64_000.0,
+            decimals: 2,
+            vol: 0.0006,
+            drift: 0.0,
+            next_id: 3_000_000_000,
+        },
+        Symbol {
+            name: "ETHUSDT",
+            price: 3_400.0,
+            decimals: 2,
+            vol: 0.0008,
+            drift: 0.0,
+            next_id: 1_500_000_000,
+        },
+        Symbol {
+            name: "SOLUSDT",
+            price: 150.0,
+            decimals: 3,
+            vol: 0.0012,
+            drift: 0.0,
+            next_id: 800_000_000,
+        },
+        Symbol {
+            name: "BNBUSDT",
+            price: 580.0,
+            decimals: 2,
+            vol: 0.0007,
+            drift: 0.0,
+            next_id: 900_000_000,
+        },
+    ];
+    let mut out = String::new();
+    let mut ts = START_MS;
+    for i in 0..TRADES {
+        if i == 150 {
+            let alert = json!({
+                "subject": "alerts.created",
+                "data": {
+                    "id": "7d1f6c52-2f4e-4b8e-9a51-0c3f1d2a9e10",
+                    "timestamp": "2025-07-30T08:00:30Z",
+                    "user_id": "user-42",
+                    "alert": {
+                        "id": "alert-eth-dip",
+                        "name": "ETH dip",
+                        "nl_description": "Alert me when ETHUSDT goes below 3,380",
+                        "event_type": "PRICE_EVENT",
+                        "sub_event": "PRICE_THRESHOLD",
+                        "template_id": null
+                    },
+                    "correlation_id": "req-12345"
+                }
+            });
+            let _ = writeln!(out, "{alert}");
+        }
+        ts += 20 + (rng.unit() * 180.0) as i64;
+        let s = &mut symbols[(rng.next_u64() % 4) as usize];
+        if rng.unit() < 1.0 / 250.0 || i == 0 {
+            // A new regime: trending up, down, or flat.
+            s.drift = (rng.unit() - 0.5) * s.vol * 0.25;
+        }
+        s.price *= 1.0 + s.drift + s.vol * rng.normal();
+        let scale = 10f64.powi(s.decimals);
+        let price = (s.price * scale).round() / scale;
+        let qty = ((0.001 + rng.unit() * rng.unit() * 5.0) * 1e4).round() / 1e4;
+        s.next_id += 1;
+        let trade =
+            json!({"symbol": s.name, "price": price, "qty": qty, "ts": ts, "trade_id": s.next_id});
+        let _ = writeln!(out, "{trade}");
+    }
+    out
+}
+
+fn main() -> std::io::Result<()> {
+    let out = std::env::args()
+        .nth(1)
+        .unwrap_or_else(|| "examples/data/trades.ndjson".into());
+    std::fs::write(&out, generate())?;
+    eprintln!("wrote {out}");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn committed_sample_data_is_what_the_generator_makes() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/trades.ndjson");
+        let committed =
+            std::fs::read_to_string(path).expect("examples/data/trades.ndjson is committed");
+        assert!(
+            committed == super::generate(),
+            "sample data differs from the generator: run `just gen-data`"
+        );
+    }
+
+    #[test]
+    fn covers_four_symbols_with_thousands_of_trades() {
+        let data = super::generate();
+        assert_eq!(
+            data.lines().filter(|l| l.contains("\"trade_id\"")).count(),
+            super::TRADES
+        );
+        for s in ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT"] {
+            assert!(data.lines().filter(|l| l.contains(s)).count() > 1000, "{s}");
+        }
+    }
+}

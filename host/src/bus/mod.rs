@@ -1,0 +1,101 @@
+//! Messaging backends behind one trait: the in-process [`EmbeddedBus`] for
+//! a server-less start, NATS for real deployments.
+
+mod embedded;
+
+use std::pin::Pin;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::Stream;
+use thiserror::Error;
+
+pub use embedded::EmbeddedBus;
+
+/// A message on the bus.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BusMessage {
+    /// Concrete subject it was published on.
+    pub subject: String,
+    /// Reply subject for request/reply.
+    pub reply_to: Option<String>,
+    /// Headers in order; names may repeat.
+    pub headers: Vec<(String, String)>,
+    /// Payload bytes, shared cheaply between subscribers.
+    pub payload: Bytes,
+}
+
+impl BusMessage {
+    /// A message with no headers and no reply subject.
+    pub fn new(subject: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        BusMessage {
+            subject: subject.into(),
+            reply_to: None,
+            headers: Vec::new(),
+            payload: payload.into(),
+        }
+    }
+}
+
+/// What JetStream answered for a stored message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublishAck {
+    /// Stream that stored the message.
+    pub stream: String,
+    /// Its sequence in that stream.
+    pub sequence: u64,
+    /// The message id matched one already stored.
+    pub duplicate: bool,
+}
+
+/// Why a bus operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum BusError {
+    /// Nobody subscribes to the request subject.
+    #[error("no responders on {0}")]
+    NoResponders(String),
+    /// No reply or acknowledgement within the time limit.
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    /// The backend cannot serve this now (not connected, not configured).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The message itself is unacceptable (payload too large, bad subject).
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A stream of messages for one subscription; dropping it unsubscribes.
+pub type Subscription = Pin<Box<dyn Stream<Item = BusMessage> + Send>>;
+
+/// A publish/subscribe bus with NATS subject semantics.
+#[async_trait]
+pub trait Bus: Send + Sync + 'static {
+    /// Publishes a message (at most once: no subscriber, no delivery).
+    async fn publish(&self, msg: BusMessage) -> Result<(), BusError>;
+
+    /// Subscribes to a filter (`*` and `>` wildcards). With a queue group,
+    /// each message goes to one member of the group.
+    async fn subscribe(
+        &self,
+        filter: &str,
+        queue_group: Option<&str>,
+    ) -> Result<Subscription, BusError>;
+
+    /// Publishes a request and waits for the first reply.
+    async fn request(&self, msg: BusMessage, timeout: Duration) -> Result<BusMessage, BusError>;
+
+    /// Publishes to a JetStream stream and waits for its acknowledgement.
+    async fn jetstream_publish(
+        &self,
+        msg: BusMessage,
+        msg_id: Option<String>,
+    ) -> Result<PublishAck, BusError>;
+
+    /// Largest payload the bus accepts, in bytes.
+    fn max_payload(&self) -> usize;
+
+    /// Where the bus is, for logs: `embedded` or the server URL.
+    fn describe(&self) -> String;
+}

@@ -1,0 +1,389 @@
+//! L1: the in-process cache, bounded by entries and bytes, with TTLs.
+//!
+//! Sharded LRU maps behind short mutexes: a hit is a hash, a lock and a
+//! pointer move. Expired entries are dropped when read and by
+//! [`MemoryStore::purge_expired`], which the host runs periodically.
+
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use lru::LruCache;
+
+use super::{CacheError, CacheStore, Layer, LayerStats, glob};
+
+/// Bounds of an L1 cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryStoreConfig {
+    /// Most entries held at once.
+    pub max_entries: usize,
+    /// Most bytes (keys plus values) held at once.
+    pub max_bytes: usize,
+}
+
+impl Default for MemoryStoreConfig {
+    fn default() -> Self {
+        MemoryStoreConfig {
+            max_entries: 100_000,
+            max_bytes: 256 * 1024 * 1024,
+        }
+    }
+}
+
+/// Shards: enough that two cores rarely meet on one lock.
+const SHARDS: usize = 16;
+
+/// Bytes charged per entry beyond key and value (map node, expiry, sizes).
+const ENTRY_OVERHEAD: usize = 64;
+
+/// A cheap-to-clone handle to one L1 cache.
+#[derive(Clone)]
+pub struct MemoryStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    shards: Vec<Mutex<Shard>>,
+    /// Per-shard share of the byte bound.
+    shard_max_bytes: usize,
+    /// Picks the shard from the key.
+    hasher: std::collections::hash_map::RandomState,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    sets: AtomicU64,
+    deletes: AtomicU64,
+    evictions: AtomicU64,
+}
+
+struct Shard {
+    map: LruCache<String, Entry>,
+    /// Bytes charged for the entries in `map`.
+    bytes: usize,
+}
+
+struct Entry {
+    value: Bytes,
+    expires_at: Instant,
+}
+
+fn charge(key: &str, value: &Bytes) -> usize {
+    key.len() + value.len() + ENTRY_OVERHEAD
+}
+
+impl MemoryStore {
+    /// An empty cache with these bounds.
+    pub fn new(config: MemoryStoreConfig) -> Self {
+        let per_shard = config.max_entries.div_ceil(SHARDS).max(1);
+        let cap = std::num::NonZeroUsize::new(per_shard).unwrap_or(std::num::NonZeroUsize::MIN);
+        let shards = (0..SHARDS)
+            .map(|_| {
+                Mutex::new(Shard {
+                    map: LruCache::new(cap),
+                    bytes: 0,
+                })
+            })
+            .collect();
+        MemoryStore {
+            inner: Arc::new(Inner {
+                shards,
+                shard_max_bytes: (config.max_bytes / SHARDS).max(1),
+                hasher: Default::default(),
+                hits: AtomicU64::new(0),
+                misses: AtomicU64::new(0),
+                sets: AtomicU64::new(0),
+                deletes: AtomicU64::new(0),
+                evictions: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
+        let mut h = self.inner.hasher.build_hasher();
+        key.hash(&mut h);
+        let i = (h.finish() as usize) % SHARDS;
+        // A poisoned shard only means a panic elsewhere mid-update of plain
+        // data; the map itself is still consistent.
+        self.inner.shards[i]
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reads a live value without going through the async trait.
+    pub fn get_now(&self, key: &str) -> Option<Bytes> {
+        let now = Instant::now();
+        let mut shard = self.shard(key);
+        let found = match shard.map.get(key) {
+            Some(e) if e.expires_at > now => Some(e.value.clone()),
+            Some(_) => {
+                if let Some((k, e)) = shard.map.pop_entry(key) {
+                    shard.bytes -= charge(&k, &e.value);
+                }
+                None
+            }
+            None => None,
+        };
+        drop(shard);
+        let counter = if found.is_some() {
+            &self.inner.hits
+        } else {
+            &self.inner.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        found
+    }
+
+    /// Writes a value; evicts least recently used entries to stay in bounds.
+    /// A value larger than a shard's byte share is refused.
+    pub fn set_now(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), CacheError> {
+        let size = charge(key, &value);
+        if size > self.inner.shard_max_bytes {
+            return Err(CacheError::Invalid(format!(
+                "entry of {size} bytes is larger than the L1 can hold per shard ({} bytes)",
+                self.inner.shard_max_bytes
+            )));
+        }
+        let expires_at = Instant::now() + ttl;
+        let mut shard = self.shard(key);
+        let mut evicted = 0;
+        if let Some(old) = shard.map.peek(key) {
+            let old_size = charge(key, &old.value);
+            shard.bytes -= old_size;
+        }
+        while shard.bytes + size > self.inner.shard_max_bytes {
+            match shard.map.pop_lru() {
+                Some((k, e)) if k != key => {
+                    shard.bytes -= charge(&k, &e.value);
+                    evicted += 1;
+                }
+                Some(_) => {}
+                None => break,
+            }
+        }
+        let replaced = shard.map.push(key.to_owned(), Entry { value, expires_at });
+        if let Some((k, e)) = replaced
+            && k != key
+        {
+            // The entry bound pushed out the least recently used entry.
+            shard.bytes -= charge(&k, &e.value);
+            evicted += 1;
+        }
+        shard.bytes += size;
+        drop(shard);
+        self.inner.sets.fetch_add(1, Ordering::Relaxed);
+        if evicted > 0 {
+            self.inner.evictions.fetch_add(evicted, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    /// Removes a key; whether it was present and live.
+    pub fn delete_now(&self, key: &str) -> bool {
+        let mut shard = self.shard(key);
+        let removed = shard.map.pop_entry(key);
+        let live = match removed {
+            Some((k, e)) => {
+                shard.bytes -= charge(&k, &e.value);
+                e.expires_at > Instant::now()
+            }
+            None => false,
+        };
+        drop(shard);
+        if live {
+            self.inner.deletes.fetch_add(1, Ordering::Relaxed);
+        }
+        live
+    }
+
+    /// Removes every key matching the glob; how many live keys went.
+    pub fn invalidate_pattern_now(&self, pattern: &str) -> u64 {
+        let now = Instant::now();
+        let mut removed = 0;
+        for shard in &self.inner.shards {
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let doomed: Vec<String> = shard
+                .map
+                .iter()
+                .filter(|(k, _)| glob::matches(pattern, k))
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in doomed {
+                if let Some((k, e)) = shard.map.pop_entry(&k) {
+                    shard.bytes -= charge(&k, &e.value);
+                    removed += u64::from(e.expires_at > now);
+                }
+            }
+        }
+        self.inner.deletes.fetch_add(removed, Ordering::Relaxed);
+        removed
+    }
+
+    /// Drops expired entries; how many.
+    pub fn purge_expired(&self) -> usize {
+        let now = Instant::now();
+        let mut purged = 0;
+        for shard in &self.inner.shards {
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            let dead: Vec<String> = shard
+                .map
+                .iter()
+                .filter(|(_, e)| e.expires_at <= now)
+                .map(|(k, _)| k.clone())
+                .collect();
+            for k in dead {
+                if let Some((k, e)) = shard.map.pop_entry(&k) {
+                    shard.bytes -= charge(&k, &e.value);
+                    purged += 1;
+                }
+            }
+        }
+        purged
+    }
+
+    /// Figures for this layer.
+    pub fn layer_stats(&self) -> LayerStats {
+        let (mut entries, mut bytes) = (0u64, 0u64);
+        for shard in &self.inner.shards {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            entries += shard.map.len() as u64;
+            bytes += shard.bytes as u64;
+        }
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        LayerStats {
+            hits: load(&self.inner.hits),
+            misses: load(&self.inner.misses),
+            sets: load(&self.inner.sets),
+            deletes: load(&self.inner.deletes),
+            evictions: load(&self.inner.evictions),
+            entries,
+            bytes,
+            ..LayerStats::empty(Layer::L1)
+        }
+    }
+}
+
+#[async_trait]
+impl CacheStore for MemoryStore {
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError> {
+        Ok(self.get_now(key))
+    }
+
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), CacheError> {
+        self.set_now(key, value, ttl)
+    }
+
+    async fn delete(&self, key: &str) -> Result<bool, CacheError> {
+        Ok(self.delete_now(key))
+    }
+
+    async fn invalidate_pattern(&self, pattern: &str) -> Result<u64, CacheError> {
+        Ok(self.invalidate_pattern_now(pattern))
+    }
+
+    fn stats(&self) -> Vec<LayerStats> {
+        vec![self.layer_stats()]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn store(max_entries: usize, max_bytes: usize) -> MemoryStore {
+        MemoryStore::new(MemoryStoreConfig {
+            max_entries,
+            max_bytes,
+        })
+    }
+
+    #[test]
+    fn get_set_delete_and_stats() {
+        let s = store(100, 1 << 20);
+        assert_eq!(s.get_now("a"), None);
+        s.set_now("a", Bytes::from_static(b"1"), HOUR).unwrap();
+        assert_eq!(s.get_now("a").as_deref(), Some(&b"1"[..]));
+        s.set_now("a", Bytes::from_static(b"22"), HOUR).unwrap();
+        assert_eq!(s.get_now("a").as_deref(), Some(&b"22"[..]));
+        assert!(s.delete_now("a"));
+        assert!(!s.delete_now("a"));
+        let st = s.layer_stats();
+        assert_eq!(
+            (
+                st.hits, st.misses, st.sets, st.deletes, st.entries, st.bytes
+            ),
+            (2, 1, 2, 1, 0, 0)
+        );
+    }
+
+    #[test]
+    fn entries_expire() {
+        let s = store(100, 1 << 20);
+        s.set_now("short", Bytes::from_static(b"x"), Duration::from_millis(20))
+            .unwrap();
+        s.set_now("long", Bytes::from_static(b"y"), HOUR).unwrap();
+        assert!(s.get_now("short").is_some());
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(s.get_now("short"), None);
+        s.set_now("short2", Bytes::from_static(b"x"), Duration::from_millis(1))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(s.purge_expired(), 1);
+        assert_eq!(s.layer_stats().entries, 1);
+    }
+
+    #[test]
+    fn bounded_by_entries_and_bytes() {
+        let s = store(SHARDS * 4, 1 << 30);
+        for i in 0..1000 {
+            s.set_now(&format!("k{i}"), Bytes::from_static(b"v"), HOUR)
+                .unwrap();
+        }
+        let st = s.layer_stats();
+        assert!(st.entries <= (SHARDS * 4) as u64, "{st:?}");
+        assert_eq!(st.evictions, 1000 - st.entries);
+
+        let s = store(1_000_000, SHARDS * 1024);
+        for i in 0..1000 {
+            s.set_now(&format!("k{i}"), Bytes::from(vec![0u8; 200]), HOUR)
+                .unwrap();
+        }
+        let st = s.layer_stats();
+        assert!(st.bytes <= (SHARDS * 1024) as u64, "{st:?}");
+        assert!(st.evictions > 0);
+        assert!(
+            s.set_now("huge", Bytes::from(vec![0u8; 4096]), HOUR)
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn lru_keeps_recently_read_keys() {
+        let s = store(SHARDS, 1 << 30);
+        // Fill one shard's single slot and read it, then write others.
+        s.set_now("keep", Bytes::from_static(b"v"), HOUR).unwrap();
+        assert!(s.get_now("keep").is_some());
+        let mut pushed_out = false;
+        for i in 0..200 {
+            s.set_now(&format!("other{i}"), Bytes::from_static(b"v"), HOUR)
+                .unwrap();
+            pushed_out |= s.get_now("keep").is_none();
+        }
+        // With one slot per shard "keep" must eventually lose its slot.
+        assert!(pushed_out);
+    }
+
+    #[test]
+    fn pattern_invalidation() {
+        let s = store(100, 1 << 20);
+        for k in ["md:BTC:1h", "md:BTC:1d", "md:ETH:1h", "other"] {
+            s.set_now(k, Bytes::from_static(b"v"), HOUR).unwrap();
+        }
+        assert_eq!(s.invalidate_pattern_now("md:BTC:*"), 2);
+        assert!(s.get_now("md:ETH:1h").is_some());
+        assert!(s.get_now("md:BTC:1h").is_none());
+    }
+}

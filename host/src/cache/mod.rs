@@ -1,0 +1,136 @@
+//! The cache behind the `weir:host/cache` interface.
+//!
+//! Layers implement [`CacheStore`]; the WIT glue in `capability::cache` is
+//! written once against it. L1 is [`MemoryStore`]; Redis (L2) and NATS
+//! coherence (L3) compose behind the same trait.
+
+pub mod glob;
+mod l1;
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use thiserror::Error;
+
+pub use l1::{MemoryStore, MemoryStoreConfig};
+
+/// Why a cache operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CacheError {
+    /// A layer the write must reach is down or not configured.
+    #[error("{0}")]
+    Unavailable(String),
+    /// Key, value or pattern is unacceptable.
+    #[error("{0}")]
+    Invalid(String),
+    /// The layer did not answer in time.
+    #[error("{0}")]
+    Timeout(String),
+}
+
+/// Which layer a [`LayerStats`] describes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layer {
+    /// In-process memory.
+    L1,
+    /// Redis.
+    L2,
+    /// Cross-host coherence over NATS.
+    L3,
+}
+
+/// Counters of one layer since start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerStats {
+    /// Which layer.
+    pub layer: Layer,
+    /// Reads that found a value.
+    pub hits: u64,
+    /// Reads that found nothing.
+    pub misses: u64,
+    /// Writes confirmed.
+    pub sets: u64,
+    /// Keys deleted or invalidated.
+    pub deletes: u64,
+    /// Failed operations.
+    pub errors: u64,
+    /// Entries dropped to stay within bounds (not counting expiry).
+    pub evictions: u64,
+    /// Entries held now.
+    pub entries: u64,
+    /// Bytes held now.
+    pub bytes: u64,
+    /// Bytes saved by compression.
+    pub bytes_saved: u64,
+    /// Median latency (ns), 0 when not measured.
+    pub latency_p50_ns: u64,
+    /// 99th percentile latency (ns), 0 when not measured.
+    pub latency_p99_ns: u64,
+}
+
+impl LayerStats {
+    /// All-zero figures for a layer.
+    pub fn empty(layer: Layer) -> Self {
+        LayerStats {
+            layer,
+            hits: 0,
+            misses: 0,
+            sets: 0,
+            deletes: 0,
+            errors: 0,
+            evictions: 0,
+            entries: 0,
+            bytes: 0,
+            bytes_saved: 0,
+            latency_p50_ns: 0,
+            latency_p99_ns: 0,
+        }
+    }
+
+    /// Hits over reads, 0 when nothing was read.
+    pub fn hit_rate(&self) -> f64 {
+        let reads = self.hits + self.misses;
+        if reads == 0 {
+            0.0
+        } else {
+            self.hits as f64 / reads as f64
+        }
+    }
+}
+
+/// A key/value store with TTLs: one cache layer, or several composed.
+///
+/// Keys arrive already namespaced; implementations do not check grants.
+#[async_trait]
+pub trait CacheStore: Send + Sync + 'static {
+    /// Reads a live value.
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, CacheError>;
+    /// Writes a value that lives for `ttl`.
+    async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), CacheError>;
+    /// Removes a key; whether it was present.
+    async fn delete(&self, key: &str) -> Result<bool, CacheError>;
+    /// Reads several keys, one answer per key in order.
+    async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, CacheError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            out.push(self.get(k).await?);
+        }
+        Ok(out)
+    }
+    /// Writes several values with one TTL.
+    async fn set_many(
+        &self,
+        entries: Vec<(String, Bytes)>,
+        ttl: Duration,
+    ) -> Result<(), CacheError> {
+        for (k, v) in entries {
+            self.set(&k, v, ttl).await?;
+        }
+        Ok(())
+    }
+    /// Removes every key matching a Redis-style glob; how many were removed.
+    async fn invalidate_pattern(&self, pattern: &str) -> Result<u64, CacheError>;
+    /// Figures per layer, L1 first.
+    fn stats(&self) -> Vec<LayerStats>;
+}

@@ -1,0 +1,144 @@
+//! `weir:host/messaging`: grants, subject and size checks over a
+//! [`Bus`](crate::bus::Bus).
+
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use super::bindings::weir::host::messaging::{Host, Message, PublishAck};
+use super::{Capabilities, GuestError};
+use crate::bus::{BusError, BusMessage};
+use crate::stats::ComponentStats;
+use crate::subject;
+
+type Answer<T> = wasmtime::Result<Result<T, GuestError>>;
+
+/// Longest a request may wait.
+const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl From<BusError> for GuestError {
+    fn from(e: BusError) -> Self {
+        match e {
+            BusError::NoResponders(s) => GuestError::Unavailable(format!("no responders on {s}")),
+            BusError::Timeout(d) => GuestError::Timeout(format!("no answer within {d:?}")),
+            BusError::Unavailable(m) => GuestError::Unavailable(m),
+            BusError::Invalid(m) => GuestError::Invalid(m),
+        }
+    }
+}
+
+/// Which grant list a call is checked against.
+#[derive(Clone, Copy)]
+enum Verb {
+    Publish,
+    Request,
+}
+
+impl Capabilities {
+    /// Checks subject, grant and size; builds the outgoing message.
+    fn outgoing(
+        &mut self,
+        verb: Verb,
+        subject_: String,
+        payload: Vec<u8>,
+        headers: Vec<(String, String)>,
+    ) -> Result<BusMessage, GuestError> {
+        self.spend()?;
+        let is_reply = self.reply_to.as_deref() == Some(subject_.as_str());
+        if !is_reply {
+            subject::validate_publish(&subject_).map_err(|e| GuestError::Invalid(e.to_string()))?;
+            let (grants, what) = match verb {
+                Verb::Publish => (&self.ctx.grants.publish, "publish"),
+                Verb::Request => (&self.ctx.grants.request, "request"),
+            };
+            if !grants.iter().any(|g| subject::matches(g, &subject_)) {
+                return Err(self.denied(format!(
+                    "component {} may not {what} on {subject_}: not covered by grants.{what} {grants:?}",
+                    self.ctx.name
+                )));
+            }
+        }
+        let limit = self
+            .ctx
+            .limits
+            .max_payload_bytes
+            .min(self.ctx.bus.max_payload());
+        if payload.len() > limit {
+            return Err(GuestError::Invalid(format!(
+                "payload of {} bytes exceeds the limit of {limit} bytes",
+                payload.len()
+            )));
+        }
+        for (name, _) in &headers {
+            if name.is_empty() || name.contains([':', ' ', '\r', '\n']) {
+                return Err(GuestError::Invalid(format!(
+                    "header name {name:?} is not a valid token"
+                )));
+            }
+        }
+        Ok(BusMessage {
+            subject: subject_,
+            reply_to: None,
+            headers,
+            payload: Bytes::from(payload),
+        })
+    }
+}
+
+impl Host for Capabilities {
+    async fn publish(
+        &mut self,
+        subject: String,
+        payload: Vec<u8>,
+        headers: Vec<(String, String)>,
+    ) -> Answer<()> {
+        Ok(async {
+            let msg = self.outgoing(Verb::Publish, subject, payload, headers)?;
+            self.ctx.bus.publish(msg).await?;
+            ComponentStats::bump(&self.ctx.stats.published);
+            Ok(())
+        }
+        .await)
+    }
+
+    async fn request(
+        &mut self,
+        subject: String,
+        payload: Vec<u8>,
+        headers: Vec<(String, String)>,
+        timeout_ms: u32,
+    ) -> Answer<Message> {
+        Ok(async {
+            let msg = self.outgoing(Verb::Request, subject, payload, headers)?;
+            let timeout = Duration::from_millis(u64::from(timeout_ms)).min(MAX_REQUEST_TIMEOUT);
+            let reply = self.ctx.bus.request(msg, timeout).await?;
+            Ok(Message {
+                subject: reply.subject,
+                reply_to: reply.reply_to,
+                headers: reply.headers,
+                payload: reply.payload.to_vec(),
+            })
+        }
+        .await)
+    }
+
+    async fn jetstream_publish(
+        &mut self,
+        subject: String,
+        payload: Vec<u8>,
+        headers: Vec<(String, String)>,
+        msg_id: Option<String>,
+    ) -> Answer<PublishAck> {
+        Ok(async {
+            let msg = self.outgoing(Verb::Publish, subject, payload, headers)?;
+            let ack = self.ctx.bus.jetstream_publish(msg, msg_id).await?;
+            ComponentStats::bump(&self.ctx.stats.published);
+            Ok(PublishAck {
+                stream: ack.stream,
+                sequence: ack.sequence,
+                duplicate: ack.duplicate,
+            })
+        }
+        .await)
+    }
+}

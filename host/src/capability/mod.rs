@@ -1,0 +1,195 @@
+//! The host side of weir's WIT interfaces.
+//!
+//! One `bindgen!` against `wit/`; each interface's glue lives in its own
+//! module over a backend trait ([`crate::cache::CacheStore`],
+//! [`crate::bus::Bus`]). [`ComponentContext`] is built once per component;
+//! [`Capabilities`] is the per-instance view the generated traits run on.
+
+mod cache;
+mod config;
+mod logging;
+mod messaging;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use wasmtime::component::{HasSelf, Linker};
+
+use crate::bus::Bus;
+use crate::cache::CacheStore;
+use crate::manifest::{Grants, Limits};
+use crate::stats::ComponentStats;
+
+/// Generated bindings; private so the WIT types stay behind this module.
+pub(crate) mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        // `strategy` and `alert` import and export the same interfaces today,
+        // so one set of bindings serves both worlds.
+        world: "weir:host/strategy",
+        imports: {
+            "weir:host/config": trappable,
+            "weir:host/logging": trappable,
+            default: async | trappable,
+        },
+        exports: { default: async },
+    });
+}
+
+pub(crate) use bindings::weir::host::types::Error as GuestError;
+
+/// Everything a component may use, built once from the manifest.
+pub struct ComponentContext {
+    /// The component's name, on every log line and error.
+    pub name: String,
+    /// What it may reach.
+    pub grants: Grants,
+    /// Its limits.
+    pub limits: Limits,
+    /// `config` values as strings.
+    pub config: BTreeMap<String, String>,
+    /// The cache, when enabled and a namespace is granted.
+    pub cache: Option<Arc<dyn CacheStore>>,
+    /// TTL for writes that give none.
+    pub default_ttl: Duration,
+    /// Largest cache key, bytes.
+    pub max_key_bytes: usize,
+    /// Largest cache value, bytes.
+    pub max_value_bytes: usize,
+    /// The message bus.
+    pub bus: Arc<dyn Bus>,
+    /// Its counters.
+    pub stats: Arc<ComponentStats>,
+    /// Log lines allowed per second, shared by its instances.
+    log_budget: Mutex<TokenBucket>,
+}
+
+impl ComponentContext {
+    /// Builds the context; `cache` is dropped when no namespace is granted.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        name: String,
+        grants: Grants,
+        limits: Limits,
+        config: BTreeMap<String, String>,
+        cache: Option<Arc<dyn CacheStore>>,
+        cache_settings: &crate::manifest::CacheSettings,
+        bus: Arc<dyn Bus>,
+    ) -> Self {
+        let cache = if grants.cache.is_some() { cache } else { None };
+        ComponentContext {
+            name,
+            grants,
+            limits,
+            config,
+            cache,
+            default_ttl: Duration::from_secs(cache_settings.default_ttl_secs),
+            max_key_bytes: cache_settings.max_key_bytes,
+            max_value_bytes: cache_settings.max_value_bytes,
+            bus,
+            stats: Arc::new(ComponentStats::default()),
+            log_budget: Mutex::new(TokenBucket::new(200.0, 400.0)),
+        }
+    }
+}
+
+/// The per-instance state the generated host traits are implemented on.
+pub struct Capabilities {
+    /// Shared, read-only description of the component.
+    pub(crate) ctx: Arc<ComponentContext>,
+    /// Host calls left in the current event.
+    calls_left: u32,
+    /// Reply subject of the message being handled: publishing to it needs
+    /// no grant (like NATS's `allow_responses`).
+    reply_to: Option<String>,
+}
+
+impl Capabilities {
+    /// A fresh view for a new instance.
+    pub fn new(ctx: Arc<ComponentContext>) -> Self {
+        let calls_left = ctx.limits.host_calls_per_event;
+        Capabilities {
+            ctx,
+            calls_left,
+            reply_to: None,
+        }
+    }
+
+    /// Resets per-event budgets before a `handle` call.
+    pub fn begin_event(&mut self, reply_to: Option<String>) {
+        self.calls_left = self.ctx.limits.host_calls_per_event;
+        self.reply_to = reply_to;
+    }
+
+    /// Spends one host call from the event's budget.
+    fn spend(&mut self) -> Result<(), GuestError> {
+        if self.calls_left == 0 {
+            ComponentStats::bump(&self.ctx.stats.limited);
+            return Err(GuestError::Limited(format!(
+                "component {} used all {} host calls allowed per event",
+                self.ctx.name, self.ctx.limits.host_calls_per_event
+            )));
+        }
+        self.calls_left -= 1;
+        Ok(())
+    }
+
+    /// Counts and builds a `denied` error.
+    fn denied(&self, message: String) -> GuestError {
+        ComponentStats::bump(&self.ctx.stats.denied);
+        tracing::warn!(component = %self.ctx.name, "denied: {message}");
+        GuestError::Denied(message)
+    }
+}
+
+impl bindings::weir::host::types::Host for Capabilities {}
+
+/// Adds every weir interface to a linker whose store data exposes
+/// [`Capabilities`] through `get`.
+pub fn add_to_linker<T: Send + 'static>(
+    linker: &mut Linker<T>,
+    get: fn(&mut T) -> &mut Capabilities,
+) -> wasmtime::Result<()> {
+    use bindings::weir::host as wit;
+    wit::types::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
+    wit::cache::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
+    wit::messaging::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
+    wit::config::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
+    wit::logging::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
+    Ok(())
+}
+
+/// A token bucket: `rate` tokens per second, holding at most `burst`.
+#[derive(Debug)]
+struct TokenBucket {
+    rate: f64,
+    burst: f64,
+    tokens: f64,
+    last: Instant,
+}
+
+impl TokenBucket {
+    fn new(rate: f64, burst: f64) -> Self {
+        TokenBucket {
+            rate,
+            burst,
+            tokens: burst,
+            last: Instant::now(),
+        }
+    }
+
+    /// Takes a token if one is there.
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens =
+            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        self.last = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! A running weir host: the bus, the cache, and every component of a
+//! manifest wired together.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+use crate::bus::{Bus, EmbeddedBus};
+use crate::cache::{CacheStore, LayerStats, MemoryStore, MemoryStoreConfig};
+use crate::capability::ComponentContext;
+use crate::dispatch;
+use crate::manifest::Manifest;
+use crate::runtime::{ComponentTemplate, Runtime, RuntimeConfig};
+use crate::stats::ComponentSnapshot;
+
+/// How often expired L1 entries are swept.
+const PURGE_INTERVAL: Duration = Duration::from_secs(1);
+
+/// A started host. Cheap accessors; [`Host::shutdown`] stops it.
+pub struct Host {
+    /// This host's id in coherence messages and logs.
+    id: String,
+    /// Where components publish and subscribe.
+    bus: Arc<dyn Bus>,
+    /// Set when the bus is the embedded one, to see its queues.
+    embedded: Option<EmbeddedBus>,
+    /// The cache, when enabled.
+    cache: Option<Arc<dyn CacheStore>>,
+    /// Loaded components, in manifest order.
+    components: Vec<Arc<ComponentTemplate>>,
+    /// Routers, workers and housekeeping.
+    tasks: JoinSet<()>,
+    /// Tells routers to stop taking messages.
+    shutdown: watch::Sender<bool>,
+}
+
+impl Host {
+    /// Starts a host for the manifest: the embedded bus unless NATS is set.
+    pub async fn start(manifest: &Manifest) -> anyhow::Result<Host> {
+        if let Some(nats) = &manifest.nats {
+            bail!(
+                "NATS at {} is configured, but this build of weir only runs on the embedded bus; unset NATS_URL / [nats]",
+                nats.url
+            );
+        }
+        let bus = EmbeddedBus::new();
+        Self::start_with_bus(manifest, Arc::new(bus.clone()), Some(bus)).await
+    }
+
+    async fn start_with_bus(
+        manifest: &Manifest,
+        bus: Arc<dyn Bus>,
+        embedded: Option<EmbeddedBus>,
+    ) -> anyhow::Result<Host> {
+        let id = manifest.host.id.clone().unwrap_or_else(default_host_id);
+        let mut tasks = JoinSet::new();
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let cache: Option<Arc<dyn CacheStore>> = manifest.cache.enabled.then(|| {
+            let l1 = MemoryStore::new(MemoryStoreConfig {
+                max_entries: manifest.cache.max_entries,
+                max_bytes: manifest.cache.max_mb * 1024 * 1024,
+            });
+            tasks.spawn(purge_expired(l1.clone(), shutdown_rx.clone()));
+            Arc::new(l1) as Arc<dyn CacheStore>
+        });
+
+        let specs = &manifest.components;
+        let runtime = Runtime::new(&RuntimeConfig {
+            epoch_tick: Duration::from_millis(manifest.host.epoch_tick_ms),
+            max_memory_bytes: specs
+                .values()
+                .map(|s| s.limits.memory_mb)
+                .max()
+                .unwrap_or(64)
+                * 1024
+                * 1024,
+            // Room for every instance plus a replacement for each.
+            max_instances: (specs.values().map(|s| s.limits.instances).sum::<usize>() * 2 + 4)
+                as u32,
+            fuel: specs.values().any(|s| s.limits.fuel_per_event.is_some()),
+        })
+        .context("cannot build the WebAssembly engine")?;
+
+        let mut components = Vec::new();
+        for (name, spec) in specs {
+            let ctx = ComponentContext::new(
+                name.clone(),
+                spec.grants.clone(),
+                spec.limits.clone(),
+                spec.config_strings(),
+                cache.clone(),
+                &manifest.cache,
+                bus.clone(),
+            );
+            let sha = spec.sha256.as_ref().map(|s| s.get_ref().as_str());
+            let template = Arc::new(runtime.load(Arc::new(ctx), &manifest.wasm_path(spec), sha)?);
+            let mut subs = Vec::new();
+            for sub in &spec.subscribe {
+                let sub = sub.get_ref();
+                if let Some(stream) = &sub.stream {
+                    bail!(
+                        "component {name} consumes stream {stream}: JetStream needs a NATS server (set [nats] url or NATS_URL)"
+                    );
+                }
+                let s = bus
+                    .subscribe(&sub.subject, sub.queue_group.as_deref())
+                    .await
+                    .with_context(|| {
+                        format!("component {name}: cannot subscribe to {}", sub.subject)
+                    })?;
+                subs.push(s);
+            }
+            dispatch::spawn_component(
+                template.clone(),
+                subs,
+                bus.clone(),
+                shutdown_rx.clone(),
+                &mut tasks,
+            );
+            tracing::info!(component = %name, subscriptions = spec.subscribe.len(), instances = spec.limits.instances, "component ready");
+            components.push(template);
+        }
+        tracing::info!(host = %id, bus = %bus.describe(), cache = if cache.is_some() { "L1" } else { "off" }, "weir host started");
+        Ok(Host {
+            id,
+            bus,
+            embedded,
+            cache,
+            components,
+            tasks,
+            shutdown,
+        })
+    }
+
+    /// This host's id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The bus, to publish into or tap.
+    pub fn bus(&self) -> Arc<dyn Bus> {
+        self.bus.clone()
+    }
+
+    /// Counters per component, in manifest order.
+    pub fn component_stats(&self) -> Vec<(String, ComponentSnapshot)> {
+        self.components
+            .iter()
+            .map(|c| (c.name().to_owned(), c.ctx.stats.snapshot()))
+            .collect()
+    }
+
+    /// Cache figures per layer (empty when the cache is off).
+    pub fn cache_stats(&self) -> Vec<LayerStats> {
+        self.cache.as_ref().map(|c| c.stats()).unwrap_or_default()
+    }
+
+    /// Messages queued or being handled anywhere in this host.
+    pub fn backlog(&self) -> u64 {
+        let queued = self.embedded.as_ref().map_or(0, EmbeddedBus::pending);
+        queued
+            + self
+                .components
+                .iter()
+                .map(|c| c.ctx.stats.in_flight.load(Ordering::Relaxed))
+                .sum::<u64>()
+    }
+
+    /// Waits until nothing is queued or in flight (seen twice in a row), or
+    /// the timeout passes; whether it went idle.
+    pub async fn wait_idle(&self, timeout: Duration) -> bool {
+        let until = Instant::now() + timeout;
+        let mut quiet = 0;
+        while Instant::now() < until {
+            quiet = if self.backlog() == 0 { quiet + 1 } else { 0 };
+            if quiet >= 3 {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    /// Stops taking messages, lets in-flight ones finish, and stops.
+    pub async fn shutdown(mut self, grace: Duration) {
+        let _ = self.shutdown.send(true);
+        let drained = tokio::time::timeout(grace, async {
+            while self.tasks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            tracing::warn!("shutdown grace of {grace:?} passed; aborting remaining tasks");
+            self.tasks.abort_all();
+        }
+    }
+}
+
+/// Runs a host until `shutdown` resolves, then stops it gracefully.
+pub async fn run(host: Host, shutdown: impl Future) {
+    shutdown.await;
+    tracing::info!(host = host.id(), "shutting down");
+    host.shutdown(Duration::from_secs(10)).await;
+}
+
+async fn purge_expired(l1: MemoryStore, mut shutdown: watch::Receiver<bool>) {
+    let mut every = tokio::time::interval(PURGE_INTERVAL);
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = every.tick() => { l1.purge_expired(); }
+        }
+    }
+}
+
+fn default_host_id() -> String {
+    let name = std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default();
+    let name = if name.is_empty() {
+        "weir".to_owned()
+    } else {
+        name
+    };
+    format!("{name}-{}", std::process::id())
+}

@@ -1,0 +1,22 @@
+//! weir: a WebAssembly component host for event-driven trading code.
+//!
+//! Components (strategies, alert rules) are sandboxed `.wasm` files that
+//! export `weir:host/handler` and import `cache`, `messaging`, `config` and
+//! `logging`. The host feeds them messages from its bus, with limits,
+//! deadlines and dead letters. See the README for the flow.
+
+pub mod bus;
+pub mod cache;
+pub mod capability;
+pub mod digest;
+pub mod dispatch;
+pub mod dlq;
+pub mod feed;
+pub mod host;
+pub mod manifest;
+pub mod runtime;
+pub mod stats;
+pub mod subject;
+
+pub use host::Host;
+pub use manifest::{EnvOverrides, Manifest};

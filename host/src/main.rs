@@ -1,0 +1,199 @@
+//! The `weir` command line.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use futures::StreamExt;
+use weir::feed::{self, FeedPace};
+use weir::manifest::LogFormat;
+use weir::{EnvOverrides, Host, Manifest};
+
+#[derive(Parser)]
+#[command(
+    name = "weir",
+    version,
+    about = "A WebAssembly component host for event-driven trading code"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Runs the components of a manifest until Ctrl-C (or until a --feed is done).
+    Run {
+        /// The manifest (TOML).
+        manifest: PathBuf,
+        /// Replays an NDJSON file of market events onto the bus once the components are up.
+        #[arg(long)]
+        feed: Option<PathBuf>,
+        /// Messages per second for --feed (default: as fast as the host keeps up).
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Prints every message on this subject filter as it happens (repeatable).
+        #[arg(long = "tap")]
+        taps: Vec<String>,
+        /// Keeps running after the --feed is done, until Ctrl-C.
+        #[arg(long)]
+        stay: bool,
+    },
+    /// Checks a manifest and compiles its components, then exits.
+    Check {
+        /// The manifest (TOML).
+        manifest: PathBuf,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let manifest_path = match &cli.command {
+        Command::Run { manifest, .. } | Command::Check { manifest } => manifest.clone(),
+    };
+    let manifest = Manifest::load(&manifest_path, &EnvOverrides::from_process())?;
+    init_logging(manifest.host.log_format);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        match cli.command {
+            Command::Check { .. } => {
+                let host = Host::start(&manifest).await?;
+                println!(
+                    "{}: {} component(s) compiled and ready",
+                    manifest_path.display(),
+                    host.component_stats().len()
+                );
+                host.shutdown(Duration::from_secs(1)).await;
+                Ok(())
+            }
+            Command::Run {
+                feed,
+                rate,
+                taps,
+                stay,
+                ..
+            } => run(manifest, feed, rate, taps, stay).await,
+        }
+    })
+}
+
+async fn run(
+    manifest: Manifest,
+    feed: Option<PathBuf>,
+    rate: Option<f64>,
+    taps: Vec<String>,
+    stay: bool,
+) -> anyhow::Result<()> {
+    let host = Host::start(&manifest).await?;
+    let mut tap_counts = Vec::new();
+    for filter in &taps {
+        let mut sub = host
+            .bus()
+            .subscribe(filter, None)
+            .await
+            .with_context(|| format!("cannot tap {filter}"))?;
+        let count = Arc::new(AtomicU64::new(0));
+        tap_counts.push((filter.clone(), count.clone()));
+        tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                count.fetch_add(1, Ordering::Relaxed);
+                println!(
+                    "{:<24} {}",
+                    msg.subject,
+                    String::from_utf8_lossy(&msg.payload)
+                );
+            }
+        });
+    }
+
+    let started = Instant::now();
+    let mut fed = None;
+    if let Some(path) = &feed {
+        let pace = FeedPace {
+            rate,
+            ..FeedPace::default()
+        };
+        let bus = host.bus();
+        let report = tokio::select! {
+            r = feed::replay(&*bus, path, pace, || host.backlog()) => r?,
+            _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted while feeding"),
+        };
+        for line in &report.skipped {
+            eprintln!("skipped {line}");
+        }
+        host.wait_idle(Duration::from_secs(60)).await;
+        fed = Some((report, started.elapsed()));
+    }
+    if feed.is_none() || stay {
+        tracing::info!("running; Ctrl-C to stop");
+        let _ = tokio::signal::ctrl_c().await;
+    }
+    // Let taps print what is still in flight.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    print_summary(&host, fed.as_ref(), &tap_counts);
+    weir::host::run(host, async {}).await;
+    Ok(())
+}
+
+fn print_summary(
+    host: &Host,
+    fed: Option<&(feed::FeedReport, Duration)>,
+    taps: &[(String, Arc<AtomicU64>)],
+) {
+    println!();
+    println!("── weir summary ──────────────────────────────────────────────────────────");
+    if let Some((report, took)) = fed {
+        let rate = report.published as f64 / took.as_secs_f64().max(1e-9);
+        println!(
+            "events in        {:>8}  ({} skipped) in {:.2?}, {:.0} events/s",
+            report.published, report.skipped_total, took, rate
+        );
+    }
+    for (filter, count) in taps {
+        println!("out {filter:<12} {:>8}", count.load(Ordering::Relaxed));
+    }
+    println!();
+    println!(
+        "{:<16} {:>9} {:>9} {:>8} {:>8} {:>6} {:>10}",
+        "component", "received", "handled", "retried", "dead-ltr", "traps", "published"
+    );
+    for (name, s) in host.component_stats() {
+        println!(
+            "{name:<16} {:>9} {:>9} {:>8} {:>8} {:>6} {:>10}",
+            s.received, s.handled, s.retried, s.dead_lettered, s.traps, s.published
+        );
+    }
+    for l in host.cache_stats() {
+        println!();
+        println!(
+            "cache {:?}: hit rate {:.1}% ({} hits, {} misses), {} sets, {} entries, {} bytes, {} evictions",
+            l.layer,
+            l.hit_rate() * 100.0,
+            l.hits,
+            l.misses,
+            l.sets,
+            l.entries,
+            l.bytes,
+            l.evictions
+        );
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        tracing_subscriber::EnvFilter::new("info,cranelift=warn,wasmtime=warn")
+    });
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Human => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,314 @@
+//! The manifest: one TOML file with host settings and components.
+//!
+//! Loading parses, applies the seed's environment variables, then checks
+//! everything it can without starting anything. Every error names the
+//! file, the line and the field.
+
+mod env;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+use toml::Spanned;
+
+pub use env::EnvOverrides;
+
+/// A manifest error with its place in the file.
+#[derive(Debug, Error)]
+#[error("{file}:{line}: {field}: {message}")]
+pub struct ManifestError {
+    /// The manifest's path.
+    pub file: PathBuf,
+    /// 1-based line (0 when the error has no place, such as an env variable).
+    pub line: usize,
+    /// Dotted path of the field, or the environment variable's name.
+    pub field: String,
+    /// What is wrong.
+    pub message: String,
+}
+
+/// The whole manifest.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    /// Host-wide settings.
+    #[serde(default)]
+    pub host: HostSettings,
+    /// NATS connection; absent means the embedded in-process bus.
+    #[serde(default)]
+    pub nats: Option<NatsSettings>,
+    /// Redis connection; absent means the cache is L1 only.
+    #[serde(default)]
+    pub redis: Option<RedisSettings>,
+    /// Cache sizes and switches.
+    #[serde(default)]
+    pub cache: CacheSettings,
+    /// Components by name.
+    #[serde(default)]
+    pub components: BTreeMap<String, ComponentSpec>,
+    /// Directory relative paths are resolved against (the manifest's own).
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+/// Host-wide settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HostSettings {
+    /// Identifies this host in cache coherence messages; defaults to
+    /// `<hostname>-<pid>`.
+    pub id: Option<String>,
+    /// `human` or `json` log lines.
+    pub log_format: LogFormat,
+    /// Epoch tick: the granularity of per-event deadlines, in milliseconds.
+    pub epoch_tick_ms: u64,
+}
+
+impl Default for HostSettings {
+    fn default() -> Self {
+        HostSettings {
+            id: None,
+            log_format: LogFormat::Human,
+            epoch_tick_ms: 5,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One readable line per event.
+    Human,
+    /// One JSON object per line.
+    Json,
+}
+
+/// NATS settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NatsSettings {
+    /// Server URL, e.g. `nats://127.0.0.1:4222`.
+    pub url: String,
+}
+
+/// Redis settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    /// Server URL, e.g. `redis://127.0.0.1:6379/0`.
+    pub url: String,
+}
+
+/// Cache settings (`CACHE_*` environment variables override them).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CacheSettings {
+    /// Master switch: off means every cache call answers `unavailable`.
+    pub enabled: bool,
+    /// Time to live when a component gives none, in seconds.
+    pub default_ttl_secs: u64,
+    /// L1 bound on entries.
+    pub max_entries: usize,
+    /// L1 bound on bytes, in MiB.
+    pub max_mb: usize,
+    /// Compress L2 values above the threshold.
+    pub compression: bool,
+    /// Broadcast and apply cross-host invalidations (L3).
+    pub distributed: bool,
+    /// Publish cache statistics periodically.
+    pub monitoring: bool,
+    /// Largest key a component may use, in bytes.
+    pub max_key_bytes: usize,
+    /// Largest value a component may store, in bytes.
+    pub max_value_bytes: usize,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            enabled: true,
+            default_ttl_secs: 300,
+            max_entries: 100_000,
+            max_mb: 256,
+            compression: true,
+            distributed: true,
+            monitoring: true,
+            max_key_bytes: 512,
+            max_value_bytes: 1024 * 1024,
+        }
+    }
+}
+
+/// One component.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComponentSpec {
+    /// Path of the `.wasm` component, relative to the manifest.
+    pub wasm: Spanned<PathBuf>,
+    /// Expected sha256 of the file, hex; refused before compiling if it differs.
+    #[serde(default)]
+    pub sha256: Option<Spanned<String>>,
+    /// What it receives.
+    #[serde(default)]
+    pub subscribe: Vec<Spanned<Subscription>>,
+    /// What it may do.
+    #[serde(default)]
+    pub grants: Grants,
+    /// Resource limits.
+    #[serde(default)]
+    pub limits: Limits,
+    /// Values for the `config` interface; tables and arrays become JSON.
+    #[serde(default)]
+    pub config: BTreeMap<String, toml::Value>,
+}
+
+/// One subscription: a core subject, or a JetStream stream through a
+/// durable consumer (with the subject as its filter).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Subscription {
+    /// Subject filter (wildcards allowed).
+    pub subject: String,
+    /// Queue group for core subscriptions shared by several hosts.
+    #[serde(default)]
+    pub queue_group: Option<String>,
+    /// JetStream stream to consume from.
+    #[serde(default)]
+    pub stream: Option<String>,
+    /// Durable consumer name on that stream.
+    #[serde(default)]
+    pub consumer: Option<String>,
+}
+
+/// What a component may reach. Nothing granted means nothing allowed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Grants {
+    /// Subjects it may publish on (wildcards allowed).
+    pub publish: Vec<String>,
+    /// Subjects it may subscribe to.
+    pub subscribe: Vec<String>,
+    /// Subjects it may send requests to.
+    pub request: Vec<String>,
+    /// JetStream streams it may publish to or consume from.
+    pub streams: Vec<String>,
+    /// Cache namespace; absent means no cache access.
+    pub cache: Option<String>,
+}
+
+/// Per-component limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    /// Linear memory per instance, MiB.
+    pub memory_mb: usize,
+    /// Wall time per `handle` call, milliseconds.
+    pub time_per_event_ms: u64,
+    /// Instances running in parallel; events of one subject stay in order.
+    pub instances: usize,
+    /// Deliveries of one message before it is dead-lettered.
+    pub max_deliver: u32,
+    /// Largest payload in or out, bytes.
+    pub max_payload_bytes: usize,
+    /// Host calls allowed during one event.
+    pub host_calls_per_event: u32,
+    /// Optional fuel per event (deterministic instruction budget).
+    pub fuel_per_event: Option<u64>,
+    /// Table elements per instance.
+    pub table_elements: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            memory_mb: 64,
+            time_per_event_ms: 100,
+            instances: 1,
+            max_deliver: 5,
+            max_payload_bytes: 1024 * 1024,
+            host_calls_per_event: 10_000,
+            fuel_per_event: None,
+            table_elements: 20_000,
+        }
+    }
+}
+
+impl Manifest {
+    /// Reads, parses, applies environment overrides and validates a manifest.
+    pub fn load(path: &Path, env: &EnvOverrides) -> Result<Manifest, ManifestError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ManifestError {
+            file: path.to_owned(),
+            line: 0,
+            field: "(file)".into(),
+            message: format!("cannot read the manifest: {e}"),
+        })?;
+        let mut manifest = Self::parse(&text, path)?;
+        manifest.base_dir = path.parent().map(Path::to_owned).unwrap_or_default();
+        env.apply(&mut manifest)
+            .map_err(|(var, message)| ManifestError {
+                file: path.to_owned(),
+                line: 0,
+                field: var,
+                message,
+            })?;
+        validate::check(&manifest, &text, path)?;
+        Ok(manifest)
+    }
+
+    /// Parses manifest text; `path` only names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
+        let de = toml::de::Deserializer::parse(text)
+            .map_err(|e| toml_error(&e, text, path, String::new()))?;
+        serde_path_to_error::deserialize(de).map_err(|e| {
+            let field = e.path().to_string();
+            toml_error(e.inner(), text, path, field)
+        })
+    }
+
+    /// A component's wasm path, resolved against the manifest's directory.
+    pub fn wasm_path(&self, spec: &ComponentSpec) -> PathBuf {
+        self.base_dir.join(spec.wasm.get_ref())
+    }
+}
+
+fn toml_error(e: &toml::de::Error, text: &str, path: &Path, field: String) -> ManifestError {
+    ManifestError {
+        file: path.to_owned(),
+        line: e.span().map(|s| line_of(text, s.start)).unwrap_or(0),
+        field: if field.is_empty() || field == "." {
+            "(syntax)".into()
+        } else {
+            field
+        },
+        message: e.message().trim().to_owned(),
+    }
+}
+
+/// 1-based line number of a byte offset.
+pub(crate) fn line_of(text: &str, offset: usize) -> usize {
+    text.get(..offset).unwrap_or(text).matches('\n').count() + 1
+}
+
+impl ComponentSpec {
+    /// Config values as strings: scalars as text, tables and arrays as JSON.
+    pub fn config_strings(&self) -> BTreeMap<String, String> {
+        self.config
+            .iter()
+            .map(|(k, v)| {
+                let s = match v {
+                    toml::Value::String(s) => s.clone(),
+                    toml::Value::Integer(i) => i.to_string(),
+                    toml::Value::Float(f) => f.to_string(),
+                    toml::Value::Boolean(b) => b.to_string(),
+                    toml::Value::Datetime(d) => d.to_string(),
+                    other => serde_json::to_string(other).unwrap_or_default(),
+                };
+                (k.clone(), s)
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,240 @@
+//! One live instance of a component: its store, its limits, and the
+//! `handle` call with a deadline. A failed instance is dropped, never reused.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, Trap};
+use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+
+use super::ComponentTemplate;
+use super::limiter::{LimitHit, Limiter};
+use crate::bus::BusMessage;
+use crate::capability::bindings::Strategy;
+use crate::capability::bindings::exports::weir::host::handler::{Delivery, HandleError};
+use crate::capability::bindings::weir::host::messaging::Message;
+use crate::capability::{Capabilities, ComponentContext};
+
+/// Store data of one instance.
+pub struct InstanceState {
+    /// WASI with nothing granted: no files, sockets, env or args.
+    wasi: WasiCtx,
+    /// WASI resources (streams, pollables).
+    table: ResourceTable,
+    /// Memory and table limits.
+    limiter: Limiter,
+    /// weir's interfaces.
+    pub(crate) caps: Capabilities,
+}
+
+impl WasiView for InstanceState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl InstanceState {
+    fn new(ctx: Arc<ComponentContext>) -> Self {
+        let limiter = Limiter {
+            memory_bytes: ctx.limits.memory_mb * 1024 * 1024,
+            table_elements: ctx.limits.table_elements,
+        };
+        let wasi = WasiCtxBuilder::new()
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .build();
+        InstanceState {
+            wasi,
+            table: ResourceTable::new(),
+            limiter,
+            caps: Capabilities::new(ctx),
+        }
+    }
+}
+
+/// What kind of failure ended an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// A wasm trap (unreachable, panic, bad memory access, ...).
+    Trap,
+    /// The per-event deadline passed.
+    Deadline,
+    /// Linear memory or a table grew past its limit.
+    ResourceLimit,
+    /// The guest's stack overflowed.
+    StackOverflow,
+    /// The fuel budget ran out.
+    Fuel,
+    /// Instantiation failed.
+    Instantiate,
+}
+
+/// A failure with the component's name and the reason, ready to log.
+#[derive(Debug, Clone)]
+pub struct Failure {
+    /// The component.
+    pub component: String,
+    /// What kind.
+    pub kind: FailureKind,
+    /// wasmtime's explanation, with a guest backtrace when there is one.
+    pub detail: String,
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.kind {
+            FailureKind::Trap => "trapped",
+            FailureKind::Deadline => "missed its deadline",
+            FailureKind::ResourceLimit => "hit a resource limit",
+            FailureKind::StackOverflow => "overflowed its stack",
+            FailureKind::Fuel => "ran out of fuel",
+            FailureKind::Instantiate => "could not be instantiated",
+        };
+        write!(f, "component {} {what}: {}", self.component, self.detail)
+    }
+}
+
+/// The result of one `handle` call.
+#[derive(Debug, Clone)]
+pub enum HandleOutcome {
+    /// Handled: acknowledge.
+    Handled,
+    /// The component asked for a redelivery.
+    Retry(String),
+    /// The component refused the message for good.
+    Reject(String),
+    /// The instance failed and must be replaced.
+    Failed(Failure),
+}
+
+/// A live instance.
+pub struct Instance {
+    store: Store<InstanceState>,
+    bindings: Strategy,
+    /// Deadline per event.
+    deadline: Duration,
+    /// Epoch ticks in `deadline`.
+    deadline_ticks: u64,
+    /// Fuel per event, when fuel is on.
+    fuel: Option<u64>,
+}
+
+impl ComponentTemplate {
+    /// Makes a fresh instance (microseconds with the pooling allocator).
+    pub async fn instantiate(&self) -> Result<Instance, Failure> {
+        let limits = &self.ctx.limits;
+        let deadline = Duration::from_millis(limits.time_per_event_ms);
+        let deadline_ticks = self.runtime.ticks(deadline);
+        let fuel = self
+            .runtime
+            .fuel
+            .then(|| limits.fuel_per_event.unwrap_or(u64::MAX));
+        let mut store = Store::new(self.pre.engine(), InstanceState::new(self.ctx.clone()));
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(deadline_ticks);
+        if let Some(f) = fuel {
+            store.set_fuel(f).map_err(|e| self.failure(e))?;
+        }
+        let bindings = self.pre.instantiate_async(&mut store).await.map_err(|e| {
+            let mut f = self.failure(e);
+            if f.kind == FailureKind::Trap {
+                f.kind = FailureKind::Instantiate;
+            }
+            f
+        })?;
+        Ok(Instance {
+            store,
+            bindings,
+            deadline,
+            deadline_ticks,
+            fuel,
+        })
+    }
+
+    /// Classifies a wasmtime error into a [`Failure`].
+    pub(crate) fn failure(&self, e: wasmtime::Error) -> Failure {
+        let kind = if let Some(trap) = e.downcast_ref::<Trap>() {
+            match trap {
+                Trap::Interrupt => FailureKind::Deadline,
+                Trap::StackOverflow => FailureKind::StackOverflow,
+                Trap::OutOfFuel => FailureKind::Fuel,
+                _ => FailureKind::Trap,
+            }
+        } else if e.downcast_ref::<LimitHit>().is_some() {
+            FailureKind::ResourceLimit
+        } else {
+            FailureKind::Trap
+        };
+        let detail = match kind {
+            FailureKind::Deadline => format!(
+                "handle took longer than {} ms",
+                self.ctx.limits.time_per_event_ms
+            ),
+            _ => format!("{e:#}"),
+        };
+        Failure {
+            component: self.ctx.name.clone(),
+            kind,
+            detail,
+        }
+    }
+}
+
+impl Instance {
+    /// Calls `handle` with the per-event deadline. On `Failed`, drop the
+    /// instance: its state is undefined.
+    pub async fn handle(
+        &mut self,
+        template: &ComponentTemplate,
+        msg: &BusMessage,
+        stream: Option<&str>,
+        sequence: Option<u64>,
+        attempt: u32,
+    ) -> HandleOutcome {
+        self.store.data_mut().caps.begin_event(msg.reply_to.clone());
+        self.store.set_epoch_deadline(self.deadline_ticks);
+        if let Some(f) = self.fuel
+            && let Err(e) = self.store.set_fuel(f)
+        {
+            return HandleOutcome::Failed(template.failure(e));
+        }
+        let message = Message {
+            subject: msg.subject.clone(),
+            reply_to: msg.reply_to.clone(),
+            headers: msg.headers.clone(),
+            payload: msg.payload.to_vec(),
+        };
+        let delivery = Delivery {
+            stream: stream.map(str::to_owned),
+            sequence,
+            attempt,
+        };
+        let call =
+            self.bindings
+                .weir_host_handler()
+                .call_handle(&mut self.store, &message, &delivery);
+        // The epoch deadline stops guest code; this stops a guest parked in
+        // a slow host call (the dropped call leaves the store unusable).
+        let grace = self.deadline + Duration::from_millis(50);
+        match tokio::time::timeout(grace, call).await {
+            Ok(Ok(Ok(()))) => HandleOutcome::Handled,
+            Ok(Ok(Err(HandleError::Retry(reason)))) => HandleOutcome::Retry(reason),
+            Ok(Ok(Err(HandleError::Reject(reason)))) => HandleOutcome::Reject(reason),
+            Ok(Err(e)) => HandleOutcome::Failed(template.failure(e)),
+            Err(_) => HandleOutcome::Failed(Failure {
+                component: template.ctx.name.clone(),
+                kind: FailureKind::Deadline,
+                detail: format!(
+                    "handle took longer than {} ms (waiting in a host call)",
+                    template.ctx.limits.time_per_event_ms
+                ),
+            }),
+        }
+    }
+}

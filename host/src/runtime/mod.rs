@@ -1,0 +1,214 @@
+//! The WebAssembly runtime: one [`wasmtime::Engine`] per host, components
+//! compiled once and pre-instantiated, instances with limits and deadlines.
+
+mod instance;
+mod limiter;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+use wasmtime::component::{Component, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use crate::capability::bindings::StrategyPre;
+use crate::capability::{self, ComponentContext};
+
+pub use instance::{Failure, FailureKind, HandleOutcome, Instance, InstanceState};
+
+/// Largest component file weir will compile (compile-time DoS guard).
+pub const MAX_COMPONENT_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Engine-wide settings, derived from the whole manifest.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// Epoch tick: deadline granularity.
+    pub epoch_tick: Duration,
+    /// Largest linear memory any component may have, bytes.
+    pub max_memory_bytes: usize,
+    /// Instances alive at once across all components (pool size).
+    pub max_instances: u32,
+    /// Whether any component uses fuel (costs every component ~25%).
+    pub fuel: bool,
+}
+
+/// Why a component could not be loaded.
+#[derive(Debug, Error)]
+pub enum LoadError {
+    /// Could not read the file.
+    #[error("component {name}: cannot read {path}: {source}")]
+    Read {
+        /// Component name.
+        name: String,
+        /// File path.
+        path: String,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// Bigger than [`MAX_COMPONENT_BYTES`].
+    #[error("component {name}: {path} is {size} bytes; the limit is {MAX_COMPONENT_BYTES}")]
+    TooLarge {
+        /// Component name.
+        name: String,
+        /// File path.
+        path: String,
+        /// Its size.
+        size: u64,
+    },
+    /// sha256 differs from the manifest's pin.
+    #[error(
+        "component {name}: {path} has sha256 {actual}, the manifest pins {expected}; refusing to compile it"
+    )]
+    Digest {
+        /// Component name.
+        name: String,
+        /// File path.
+        path: String,
+        /// Pinned digest.
+        expected: String,
+        /// Digest of the file.
+        actual: String,
+    },
+    /// Not a valid component, or it needs imports weir does not give.
+    #[error("component {name}: {path} is not a usable weir component: {reason}")]
+    Invalid {
+        /// Component name.
+        name: String,
+        /// File path.
+        path: String,
+        /// wasmtime's explanation.
+        reason: String,
+    },
+}
+
+/// The engine, the linker with every capability, and the epoch ticker.
+#[derive(Clone)]
+pub struct Runtime {
+    engine: Engine,
+    /// Shared by all components: WASI p2 plus weir's interfaces.
+    linker: Arc<Linker<InstanceState>>,
+    /// Deadline granularity.
+    tick: Duration,
+    /// Whether stores must be given fuel.
+    fuel: bool,
+}
+
+impl Runtime {
+    /// Builds the engine and starts its epoch ticker thread (it stops when
+    /// the last clone of the engine is dropped).
+    pub fn new(cfg: &RuntimeConfig) -> anyhow::Result<Runtime> {
+        let mut config = Config::new();
+        // Concurrency support roughly doubles the cost of each call and
+        // weir's interfaces do not use it.
+        config.concurrency_support(false);
+        config.epoch_interruption(true);
+        config.consume_fuel(cfg.fuel);
+        let slots = cfg.max_instances.max(1);
+        let mut pool = PoolingAllocationConfig::default();
+        pool.total_component_instances(slots)
+            .total_core_instances(slots * 8)
+            .total_memories(slots * 2)
+            .total_tables(slots * 4)
+            .total_stacks(slots)
+            .max_memory_size(cfg.max_memory_bytes);
+        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(anyhow::Error::from)?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker).map_err(anyhow::Error::from)?;
+        capability::add_to_linker(&mut linker, |s: &mut InstanceState| &mut s.caps)
+            .map_err(anyhow::Error::from)?;
+
+        let weak = engine.weak();
+        let tick = cfg.epoch_tick;
+        std::thread::Builder::new()
+            .name("weir-epoch".into())
+            .spawn(move || {
+                while let Some(engine) = weak.upgrade() {
+                    engine.increment_epoch();
+                    drop(engine);
+                    std::thread::sleep(tick);
+                }
+            })?;
+        Ok(Runtime {
+            engine,
+            linker: Arc::new(linker),
+            tick,
+            fuel: cfg.fuel,
+        })
+    }
+
+    /// Reads, checks, compiles and pre-instantiates a component.
+    pub fn load(
+        &self,
+        ctx: Arc<ComponentContext>,
+        path: &Path,
+        sha256: Option<&str>,
+    ) -> Result<ComponentTemplate, LoadError> {
+        let name = ctx.name.clone();
+        let shown = path.display().to_string();
+        let read_err = |source| LoadError::Read {
+            name: name.clone(),
+            path: shown.clone(),
+            source,
+        };
+        let size = std::fs::metadata(path).map_err(read_err)?.len();
+        if size > MAX_COMPONENT_BYTES {
+            return Err(LoadError::TooLarge {
+                name,
+                path: shown,
+                size,
+            });
+        }
+        let bytes = std::fs::read(path).map_err(read_err)?;
+        if let Some(expected) = sha256 {
+            let actual = crate::digest::sha256_hex(&bytes);
+            if !actual.eq_ignore_ascii_case(expected) {
+                return Err(LoadError::Digest {
+                    name,
+                    path: shown,
+                    expected: expected.to_owned(),
+                    actual,
+                });
+            }
+        }
+        let invalid = |e: wasmtime::Error| LoadError::Invalid {
+            name: name.clone(),
+            path: shown.clone(),
+            reason: format!("{e:#}"),
+        };
+        let component = Component::new(&self.engine, &bytes).map_err(invalid)?;
+        let pre = self.linker.instantiate_pre(&component).map_err(invalid)?;
+        let pre = StrategyPre::new(pre).map_err(invalid)?;
+        Ok(ComponentTemplate {
+            ctx,
+            pre,
+            runtime: self.clone(),
+        })
+    }
+
+    /// Epoch ticks that make up `d`, rounded up, plus one for the tick in progress.
+    fn ticks(&self, d: Duration) -> u64 {
+        let tick = self.tick.as_nanos().max(1);
+        (d.as_nanos().div_ceil(tick) as u64).saturating_add(1)
+    }
+}
+
+/// A compiled component, ready to instantiate quickly.
+#[derive(Clone)]
+pub struct ComponentTemplate {
+    /// What the component may use.
+    pub ctx: Arc<ComponentContext>,
+    /// Imports resolved, exports type-checked.
+    pre: StrategyPre<InstanceState>,
+    /// For deadlines and fuel.
+    runtime: Runtime,
+}
+
+impl ComponentTemplate {
+    /// The component's name.
+    pub fn name(&self) -> &str {
+        &self.ctx.name
+    }
+}

@@ -1,0 +1,82 @@
+//! Counters per component, shared by its instances and the dispatcher.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Event and failure counters of one component since start.
+#[derive(Debug, Default)]
+pub struct ComponentStats {
+    /// Messages taken from its subscriptions.
+    pub received: AtomicU64,
+    /// Messages it handled successfully.
+    pub handled: AtomicU64,
+    /// Deliveries that ended in a retry.
+    pub retried: AtomicU64,
+    /// Messages given up on and sent to the dead-letter subject.
+    pub dead_lettered: AtomicU64,
+    /// Instances that trapped (including deadline and memory limit hits).
+    pub traps: AtomicU64,
+    /// `handle` calls stopped by the per-event deadline.
+    pub deadline_hits: AtomicU64,
+    /// Instances thrown away and rebuilt.
+    pub restarts: AtomicU64,
+    /// Messages it published (core and JetStream).
+    pub published: AtomicU64,
+    /// Host calls refused by its grants.
+    pub denied: AtomicU64,
+    /// Host calls refused by a quota (host calls per event, rates).
+    pub limited: AtomicU64,
+    /// Messages currently between subscription and settlement.
+    pub in_flight: AtomicU64,
+}
+
+/// A plain copy of [`ComponentStats`] at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ComponentSnapshot {
+    /// See [`ComponentStats::received`].
+    pub received: u64,
+    /// See [`ComponentStats::handled`].
+    pub handled: u64,
+    /// See [`ComponentStats::retried`].
+    pub retried: u64,
+    /// See [`ComponentStats::dead_lettered`].
+    pub dead_lettered: u64,
+    /// See [`ComponentStats::traps`].
+    pub traps: u64,
+    /// See [`ComponentStats::deadline_hits`].
+    pub deadline_hits: u64,
+    /// See [`ComponentStats::restarts`].
+    pub restarts: u64,
+    /// See [`ComponentStats::published`].
+    pub published: u64,
+    /// See [`ComponentStats::denied`].
+    pub denied: u64,
+    /// See [`ComponentStats::limited`].
+    pub limited: u64,
+    /// See [`ComponentStats::in_flight`].
+    pub in_flight: u64,
+}
+
+impl ComponentStats {
+    /// Adds one to a counter.
+    pub fn bump(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Reads every counter.
+    pub fn snapshot(&self) -> ComponentSnapshot {
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        ComponentSnapshot {
+            received: l(&self.received),
+            handled: l(&self.handled),
+            retried: l(&self.retried),
+            dead_lettered: l(&self.dead_lettered),
+            traps: l(&self.traps),
+            deadline_hits: l(&self.deadline_hits),
+            restarts: l(&self.restarts),
+            published: l(&self.published),
+            denied: l(&self.denied),
+            limited: l(&self.limited),
+            in_flight: l(&self.in_flight),
+        }
+    }
+}

@@ -1,0 +1,39 @@
+# weir — run `just` to see the recipes.
+
+set shell := ["bash", "-euo", "pipefail", "-c"]
+
+guests := "-p sma-crossover -p price-alert -p hostile"
+
+# List the recipes.
+default:
+    @just --list
+
+# Build the guest components for wasm32-wasip2.
+build-components:
+    cargo build --release --target wasm32-wasip2 {{guests}}
+
+# Build the components and the weir binary.
+build: build-components
+    cargo build -p weir
+
+# Run the demo: replay sample trades through both components on the embedded bus.
+run *ARGS: build
+    cargo run -q -p weir -- run examples/demo.toml --feed examples/data/trades.ndjson --tap 'signals.>' --tap 'alerts.triggered' {{ARGS}}
+
+# Run every test (unit, integration with real components).
+test: build-components
+    cargo test --workspace --exclude sma-crossover --exclude price-alert --exclude hostile
+
+# Benchmarks (criterion); ratios against native baselines are printed.
+bench: build-components
+    cargo bench -p weir
+
+# Format check and clippy with warnings as errors (host and guests).
+lint:
+    cargo fmt --all --check
+    cargo clippy --workspace --exclude sma-crossover --exclude price-alert --exclude hostile --all-targets -- -D warnings
+    cargo clippy --target wasm32-wasip2 {{guests}} -- -D warnings
+
+# Regenerate the sample market data (fixed seed).
+gen-data:
+    cargo run -q -p gen-trades -- examples/data/trades.ndjson
