@@ -1,1 +1,144 @@
+//! Test harness shared by weir's integration tests: component paths,
+//! manifests written to temporary directories, message collectors, and a
+//! native reference implementation of the demo components' logic.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test support code
+
+pub mod reference;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use weir::bus::{Bus, BusMessage};
+use weir::{EnvOverrides, Host, Manifest};
+
+/// The workspace root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_owned()
+}
+
+/// Path of a built guest component, e.g. `wasm("sma_crossover")`.
+pub fn wasm(name: &str) -> PathBuf {
+    let p = root()
+        .join("target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    assert!(
+        p.is_file(),
+        "{} is missing: run `just build-components` (or `just test`)",
+        p.display()
+    );
+    p
+}
+
+/// The sample market data.
+pub fn sample_trades() -> PathBuf {
+    root().join("examples/data/trades.ndjson")
+}
+
+/// A fresh temporary directory.
+pub fn tempdir(tag: &str) -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "weir-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    std::fs::create_dir_all(&d).unwrap();
+    d
+}
+
+/// Writes manifest text (with `{sma}`, `{alert}`, `{hostile}` standing for
+/// the component paths) and loads it without environment overrides.
+pub fn manifest(text: &str) -> Manifest {
+    let text = text
+        .replace("{sma}", &wasm("sma_crossover").display().to_string())
+        .replace("{alert}", &wasm("price_alert").display().to_string())
+        .replace("{hostile}", &wasm("hostile").display().to_string());
+    let dir = tempdir("manifest");
+    let path = dir.join("weir.toml");
+    std::fs::write(&path, text).unwrap();
+    Manifest::load(&path, &EnvOverrides::none()).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Collects every message on a filter, in arrival order.
+#[derive(Clone, Default)]
+pub struct Collector {
+    msgs: Arc<Mutex<Vec<BusMessage>>>,
+}
+
+impl Collector {
+    /// Subscribes and starts collecting.
+    pub async fn start(bus: &dyn Bus, filter: &str) -> Collector {
+        let mut sub = bus.subscribe(filter, None).await.unwrap();
+        let c = Collector::default();
+        let msgs = c.msgs.clone();
+        tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                msgs.lock().unwrap().push(m);
+            }
+        });
+        c
+    }
+
+    /// A copy of what arrived so far.
+    pub fn messages(&self) -> Vec<BusMessage> {
+        self.msgs.lock().unwrap().clone()
+    }
+
+    /// Payloads parsed as JSON.
+    pub fn json(&self) -> Vec<serde_json::Value> {
+        self.messages()
+            .iter()
+            .map(|m| serde_json::from_slice(&m.payload).unwrap())
+            .collect()
+    }
+
+    /// Waits until at least `n` messages arrived (or panics after `timeout`).
+    pub async fn wait_for(&self, n: usize, timeout: Duration) -> Vec<BusMessage> {
+        let until = tokio::time::Instant::now() + timeout;
+        loop {
+            let got = self.messages();
+            if got.len() >= n {
+                return got;
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "waited {timeout:?} for {n} messages, got {}",
+                got.len()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+/// Publishes each line of an NDJSON file (trades or envelopes), at most `limit`.
+pub async fn feed(host: &Host, path: &Path, limit: usize) -> usize {
+    let text = std::fs::read_to_string(path).unwrap();
+    let mut n = 0;
+    for line in text.lines().filter(|l| !l.trim().is_empty()).take(limit) {
+        let msg = weir::feed::parse_line(line).unwrap();
+        while host.backlog() > 2048 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        host.bus().publish(msg).await.unwrap();
+        n += 1;
+    }
+    n
+}
+
+/// Lines of the sample data, parsed as bus messages.
+pub fn sample_messages(limit: usize) -> Vec<BusMessage> {
+    std::fs::read_to_string(sample_trades())
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .take(limit)
+        .map(|l| weir::feed::parse_line(l).unwrap())
+        .collect()
+}

@@ -23,10 +23,14 @@ use exports::weir::host::handler::{Delivery, Guest, HandleError};
 use weir::host::messaging::Message;
 use weir::host::{cache, config};
 
-#[allow(unconditional_recursion)] // the point: overflow the stack
-fn recurse(depth: u64, pad: [u8; 256]) -> u64 {
-    let pad = black_box(pad);
-    recurse(depth + 1, pad) + u64::from(pad[(depth % 256) as usize])
+/// Recursion the optimiser cannot turn into a loop, with no locals in
+/// linear memory, so it exhausts wasm's own call stack.
+#[inline(never)]
+fn recurse(depth: u64, limit: u64) -> u64 {
+    if depth >= limit {
+        return depth;
+    }
+    recurse(depth + 1, limit).wrapping_mul(31) ^ depth
 }
 
 struct Hostile;
@@ -50,7 +54,9 @@ impl Guest for Hostile {
                 }
             }
             "recurse" => {
-                black_box(recurse(0, [7; 256]));
+                // The limit comes from outside so it cannot be folded away.
+                let limit = u64::MAX - u64::from(delivery.attempt);
+                black_box(recurse(0, black_box(limit)));
                 Ok(())
             }
             "trap-first" if delivery.attempt <= 1 => core::arch::wasm32::unreachable(),

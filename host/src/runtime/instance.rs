@@ -186,6 +186,24 @@ impl ComponentTemplate {
     }
 }
 
+/// The root cause and the innermost few guest frames: a stack overflow's
+/// backtrace has thousands of frames, and logs want one line.
+fn summarize(e: &wasmtime::Error) -> String {
+    let root = e.root_cause().to_string();
+    let top = e.to_string();
+    let frames: Vec<&str> = top
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_once(" - ").map(|(_, f)| f.trim()))
+        .take(3)
+        .collect();
+    if frames.is_empty() {
+        root
+    } else {
+        format!("{root} (in {})", frames.join(" < "))
+    }
+}
+
 impl Instance {
     /// Calls `handle` with the per-event deadline. On `Failed`, drop the
     /// instance: its state is undefined.

@@ -1,0 +1,180 @@
+//! Misbehaving components: each failure stays inside its own instance, is
+//! reported with the component's name and cause, and the other components
+//! keep producing exactly their expected output.
+
+use std::time::Duration;
+
+use weir::Host;
+use weir::bus::BusMessage;
+use weir_tests::reference;
+use weir_tests::{Collector, feed, manifest, sample_messages, sample_trades};
+
+/// Lines of sample data fed while the hostile component misbehaves.
+const TRADES: usize = 600;
+/// Pokes sent to the hostile component.
+const POKES: usize = 3;
+
+fn manifest_with(behaviour: &str) -> String {
+    // Wall-clock deadlines on a loaded 2-core machine: only the looping
+    // guest should ever reach one.
+    let deadline = if behaviour == "loop" { 200 } else { 5000 };
+    format!(
+        r#"
+[components.sma-crossover]
+wasm = "{{sma}}"
+subscribe = [{{ subject = "TRADE.trade.*" }}]
+grants = {{ subscribe = ["TRADE.trade.*"], publish = ["signals.*"], cache = "sma" }}
+
+[components.hostile]
+wasm = "{{hostile}}"
+subscribe = [{{ subject = "poke.*" }}]
+grants = {{ subscribe = ["poke.*"], cache = "hostile" }}
+limits = {{ memory_mb = 16, time_per_event_ms = {deadline}, max_deliver = 2 }}
+config = {{ behaviour = "{behaviour}" }}
+"#
+    )
+}
+
+/// Runs the hostile component beside sma-crossover; returns its dead letters.
+async fn survive(behaviour: &str) -> Vec<serde_json::Value> {
+    let host = Host::start(&manifest(&manifest_with(behaviour)))
+        .await
+        .unwrap();
+    let signals = Collector::start(&*host.bus(), "signals.>").await;
+    let dlq = Collector::start(&*host.bus(), "dlq.>").await;
+    for i in 0..POKES {
+        host.bus()
+            .publish(BusMessage::new(format!("poke.{i}"), "{}"))
+            .await
+            .unwrap();
+    }
+    feed(&host, &sample_trades(), TRADES).await;
+    assert!(
+        host.wait_idle(Duration::from_secs(60)).await,
+        "{behaviour}: host did not go idle"
+    );
+    let letters = dlq.wait_for(POKES, Duration::from_secs(10)).await;
+
+    // The healthy component's output is exactly what it would be alone.
+    let msgs = sample_messages(TRADES);
+    let trades = msgs
+        .iter()
+        .filter(|m| m.subject.starts_with("TRADE."))
+        .count() as u64;
+    let expected = reference::sma_signals(&msgs, 5, 20);
+    assert_eq!(
+        reference::published_signals(&signals.messages()),
+        expected,
+        "{behaviour}"
+    );
+    let stats = host.component_stats();
+    let sma = stats.iter().find(|(n, _)| n == "sma-crossover").unwrap().1;
+    assert_eq!(
+        (sma.handled, sma.traps, sma.dead_lettered),
+        (trades, 0, 0),
+        "{behaviour}"
+    );
+
+    // Every poke was tried twice on fresh instances, then dead-lettered.
+    let hostile = stats.iter().find(|(n, _)| n == "hostile").unwrap().1;
+    assert_eq!(hostile.received, POKES as u64);
+    assert_eq!(hostile.traps, 2 * POKES as u64, "{behaviour}: {hostile:?}");
+    assert_eq!(hostile.dead_lettered, POKES as u64);
+    assert_eq!(hostile.handled, 0);
+    host.shutdown(Duration::from_secs(5)).await;
+
+    let letters: Vec<serde_json::Value> = letters
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .collect();
+    for l in &letters {
+        assert_eq!(l["component"], "hostile");
+        assert_eq!(l["attempts"], 2);
+        assert!(l["original_subject"].as_str().unwrap().starts_with("poke."));
+        assert!(
+            l["error"]
+                .as_str()
+                .unwrap()
+                .starts_with("component hostile "),
+            "{l}"
+        );
+    }
+    letters
+}
+
+fn error_of(letters: &[serde_json::Value]) -> String {
+    letters[0]["error"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trapping_component() {
+    let e = error_of(&survive("trap").await);
+    assert!(e.contains("trapped") && e.contains("unreachable"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panicking_component() {
+    let e = error_of(&survive("panic").await);
+    assert!(e.contains("trapped"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn looping_component_is_stopped_by_its_deadline() {
+    let e = error_of(&survive("loop").await);
+    assert!(
+        e.contains("missed its deadline") && e.contains("200 ms"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allocating_component_is_stopped_by_its_memory_limit() {
+    let e = error_of(&survive("alloc").await);
+    assert!(
+        e.contains("hit a resource limit") && e.contains("memory limit of 16777216 bytes"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recursing_component_overflows_its_stack() {
+    let e = error_of(&survive("recurse").await);
+    assert!(e.contains("overflowed its stack"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_instance_takes_over_after_a_trap() {
+    let m = manifest(
+        r#"
+[components.hostile]
+wasm = "{hostile}"
+subscribe = [{ subject = "poke.*" }]
+grants = { subscribe = ["poke.*"], cache = "hostile" }
+limits = { max_deliver = 3 }
+config = { behaviour = "trap-first" }
+"#,
+    );
+    let host = Host::start(&m).await.unwrap();
+    let dlq = Collector::start(&*host.bus(), "dlq.>").await;
+    for i in 0..5 {
+        host.bus()
+            .publish(BusMessage::new(format!("poke.{i}"), "{}"))
+            .await
+            .unwrap();
+    }
+    assert!(host.wait_idle(Duration::from_secs(10)).await);
+    let s = host.component_stats()[0].1;
+    assert_eq!(
+        (
+            s.received,
+            s.handled,
+            s.traps,
+            s.restarts,
+            s.retried,
+            s.dead_lettered
+        ),
+        (5, 5, 5, 5, 5, 0)
+    );
+    assert!(dlq.messages().is_empty());
+    host.shutdown(Duration::from_secs(5)).await;
+}

@@ -1,0 +1,171 @@
+//! The demo pipeline on the embedded bus: exact signals and alerts for the
+//! sample data, compared with a native reference implementation.
+
+use std::time::Duration;
+
+use weir::Host;
+use weir_tests::reference::{self, AlertSpec};
+use weir_tests::{Collector, feed, manifest, sample_messages, sample_trades};
+
+const DEMO: &str = r#"
+[components.sma-crossover]
+wasm = "{sma}"
+subscribe = [{ subject = "TRADE.trade.*" }]
+grants = { subscribe = ["TRADE.trade.*"], publish = ["signals.*"], cache = "sma" }
+limits = { instances = 2 }
+config = { fast_window = 5, slow_window = 20 }
+
+[components.price-alert]
+wasm = "{alert}"
+subscribe = [{ subject = "TRADE.trade.*" }, { subject = "alerts.created" }]
+grants = { subscribe = ["TRADE.trade.*", "alerts.created"], publish = ["alerts.triggered"], cache = "alerts" }
+
+[components.price-alert.config]
+alerts = [
+    { id = "btc-below-62k", symbol = "BTCUSDT", condition = "below", threshold = 62000 },
+    { id = "sol-above-152", symbol = "SOLUSDT", condition = "above", threshold = 152 },
+]
+"#;
+
+fn spec(id: &str, symbol: &str, above: bool, threshold: f64) -> AlertSpec {
+    AlertSpec {
+        id: id.into(),
+        symbol: symbol.into(),
+        above,
+        threshold,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sample_data_gives_exactly_the_reference_signals_and_alerts() {
+    let host = Host::start(&manifest(DEMO)).await.unwrap();
+    let signals = Collector::start(&*host.bus(), "signals.>").await;
+    let alerts = Collector::start(&*host.bus(), "alerts.triggered").await;
+    let dlq = Collector::start(&*host.bus(), "dlq.>").await;
+
+    let n = feed(&host, &sample_trades(), usize::MAX).await;
+    assert!(
+        host.wait_idle(Duration::from_secs(60)).await,
+        "host did not go idle"
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await;
+
+    let msgs = sample_messages(usize::MAX);
+    assert_eq!(n, msgs.len());
+    let expected = reference::sma_signals(&msgs, 5, 20);
+    let got = reference::published_signals(&signals.messages());
+    let total: usize = expected.values().map(Vec::len).sum();
+    assert!(
+        total > 100,
+        "the sample data should cross often, got {total}"
+    );
+    assert_eq!(got, expected);
+
+    let created = [spec("alert-eth-dip", "ETHUSDT", false, 3380.0)];
+    let config = [
+        spec("btc-below-62k", "BTCUSDT", false, 62000.0),
+        spec("sol-above-152", "SOLUSDT", true, 152.0),
+    ];
+    let mut want = reference::triggered_alerts(&msgs, &config, &created);
+    let mut have: Vec<(String, u64)> = alerts
+        .json()
+        .iter()
+        .map(|a| {
+            (
+                a["alert_id"].as_str().unwrap().to_owned(),
+                a["trade_id"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    want.sort();
+    have.sort();
+    assert!(
+        want.iter().any(|(id, _)| id == "alert-eth-dip"),
+        "the alerts.created alert must fire in the sample"
+    );
+    assert_eq!(have, want);
+
+    // The cached signal has the seed's format.
+    let stats = host.component_stats();
+    let sma = &stats.iter().find(|(n, _)| n == "sma-crossover").unwrap().1;
+    assert_eq!(
+        (sma.received, sma.handled, sma.dead_lettered, sma.traps),
+        (6000, 6000, 0, 0)
+    );
+    assert_eq!(sma.published as usize, total);
+    assert!(dlq.messages().is_empty());
+    let l1 = host.cache_stats()[0];
+    assert!(l1.hits > 10_000 && l1.hit_rate() > 0.5, "{l1:?}");
+    host.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_trade_is_dead_lettered_with_its_reason_and_others_go_on() {
+    let host = Host::start(&manifest(DEMO)).await.unwrap();
+    let dlq = Collector::start(&*host.bus(), "dlq.>").await;
+    let signals = Collector::start(&*host.bus(), "signals.>").await;
+    let bus = host.bus();
+    bus.publish(weir::bus::BusMessage::new(
+        "TRADE.trade.BTCUSDT",
+        "{not json",
+    ))
+    .await
+    .unwrap();
+    bus.publish(weir::bus::BusMessage::new(
+        "TRADE.trade.BTCUSDT",
+        r#"{"symbol":"BTCUSDT","price":-5,"ts":1}"#,
+    ))
+    .await
+    .unwrap();
+    feed(&host, &sample_trades(), 400).await;
+    assert!(host.wait_idle(Duration::from_secs(30)).await);
+
+    // Both components reject both bad messages: four dead letters, one attempt each.
+    let letters = dlq.wait_for(4, Duration::from_secs(5)).await;
+    assert_eq!(letters.len(), 4);
+    for l in &letters {
+        let v: serde_json::Value = serde_json::from_slice(&l.payload).unwrap();
+        assert_eq!(l.subject, "dlq.TRADE.trade.BTCUSDT");
+        assert_eq!(v["attempts"], 1);
+        let err = v["error"].as_str().unwrap();
+        assert!(
+            err.contains("malformed trade JSON") || err.contains("not a positive number"),
+            "{err}"
+        );
+        assert!(["sma-crossover", "price-alert"].contains(&v["component"].as_str().unwrap()));
+    }
+    let expected = reference::sma_signals(&sample_messages(400), 5, 20);
+    assert_eq!(reference::published_signals(&signals.messages()), expected);
+    host.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_outside_grants_is_denied_and_dead_lettered() {
+    let m = manifest(
+        r#"
+[components.sma-crossover]
+wasm = "{sma}"
+subscribe = [{ subject = "TRADE.trade.*" }]
+grants = { subscribe = ["TRADE.trade.*"], publish = ["orders.*"], cache = "sma" }
+config = { fast_window = 2, slow_window = 3 }
+"#,
+    );
+    let host = Host::start(&m).await.unwrap();
+    let dlq = Collector::start(&*host.bus(), "dlq.>").await;
+    let leaked = Collector::start(&*host.bus(), "signals.>").await;
+    feed(&host, &sample_trades(), 300).await;
+    assert!(host.wait_idle(Duration::from_secs(30)).await);
+    let letters = dlq.json();
+    assert!(!letters.is_empty());
+    for v in &letters {
+        let err = v["error"].as_str().unwrap();
+        assert!(
+            err.contains("may not publish on signals.") && err.contains("orders.*"),
+            "{err}"
+        );
+    }
+    assert!(leaked.messages().is_empty(), "nothing may reach signals.*");
+    let s = host.component_stats()[0].1;
+    assert_eq!(s.denied as usize, letters.len());
+    host.shutdown(Duration::from_secs(5)).await;
+}
