@@ -6,7 +6,7 @@
 //! instances. A retried message is retried before the next one of its
 //! subject, so order holds through retries too.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -71,9 +71,7 @@ async fn route(
         };
         stats.in_flight.fetch_add(1, Ordering::Relaxed);
         ComponentStats::bump(&stats.received);
-        let mut h = hasher.build_hasher();
-        msg.subject.hash(&mut h);
-        let worker = &workers[(h.finish() as usize) % workers.len()];
+        let worker = &workers[(hasher.hash_one(&msg.subject) as usize) % workers.len()];
         if worker.send(msg).await.is_err() {
             stats.in_flight.fetch_sub(1, Ordering::Relaxed);
             break;

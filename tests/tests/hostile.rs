@@ -2,6 +2,8 @@
 //! reported with the component's name and cause, and the other components
 //! keep producing exactly their expected output.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may fail loudly
+
 use std::time::Duration;
 
 use weir::Host;

@@ -1,6 +1,8 @@
 //! The demo pipeline on the embedded bus: exact signals and alerts for the
 //! sample data, compared with a native reference implementation.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may fail loudly
+
 use std::time::Duration;
 
 use weir::Host;

@@ -4,7 +4,7 @@
 //! pointer move. Expired entries are dropped when read and by
 //! [`MemoryStore::purge_expired`], which the host runs periodically.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -101,9 +101,7 @@ impl MemoryStore {
     }
 
     fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
-        let mut h = self.inner.hasher.build_hasher();
-        key.hash(&mut h);
-        let i = (h.finish() as usize) % SHARDS;
+        let i = (self.inner.hasher.hash_one(key) as usize) % SHARDS;
         // A poisoned shard only means a panic elsewhere mid-update of plain
         // data; the map itself is still consistent.
         self.inner.shards[i]

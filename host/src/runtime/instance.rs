@@ -176,7 +176,7 @@ impl ComponentTemplate {
                 "handle took longer than {} ms",
                 self.ctx.limits.time_per_event_ms
             ),
-            _ => format!("{e:#}"),
+            _ => summarize(&e),
         };
         Failure {
             component: self.ctx.name.clone(),
