@@ -1,0 +1,172 @@
+//! In-host cost per event: sma-crossover as a component against the same
+//! logic in native Rust, both on weir's L1 cache and embedded bus.
+//!
+//! Prints criterion's figures and, at the end, the component/native ratio
+//! from interleaved rounds in the same run (the machine is noisy).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // benchmark code
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group};
+use market::{Trade, iso8601_ms, sma_pair};
+use weir::bus::{Bus, BusMessage, EmbeddedBus};
+use weir::cache::{CacheStore, MemoryStore, MemoryStoreConfig};
+use weir::capability::ComponentContext;
+use weir::manifest::{CacheSettings, Grants, Limits};
+use weir::runtime::{ComponentTemplate, HandleOutcome, Instance, Runtime, RuntimeConfig};
+
+fn root() -> &'static Path {
+    Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+}
+
+fn trades() -> Vec<BusMessage> {
+    std::fs::read_to_string(root().join("examples/data/trades.ndjson"))
+        .unwrap()
+        .lines()
+        .map(|l| weir::feed::parse_line(l).unwrap())
+        .filter(|m| m.subject.starts_with("TRADE."))
+        .collect()
+}
+
+/// The strategy step in plain Rust, on the same cache and bus.
+fn native_step(l1: &MemoryStore, bus: &EmbeddedBus, msg: &BusMessage, rt: &tokio::runtime::Runtime) {
+    let t = Trade::parse(&msg.payload).unwrap();
+    let key = format!("sma:sma:{}", t.symbol);
+    let (mut side, mut prices) = match l1.get_now(&key) {
+        Some(b) => (b[0], b[1..].chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()),
+        None => (0u8, Vec::new()),
+    };
+    prices.push(t.price);
+    if prices.len() > 20 {
+        prices.drain(..prices.len() - 20);
+    }
+    if let Some((fast, slow)) = sma_pair(&prices, 5, 20) {
+        let new = if fast > slow { 1 } else if fast < slow { 2 } else { side };
+        if side != 0 && new != side {
+            let signal = if new == 1 { "buy" } else { "sell" };
+            let ts = iso8601_ms(t.ts);
+            let cached = serde_json::json!({"signal": signal, "confidence": 0.5, "timestamp": ts});
+            l1.set_now(&format!("sma:trading_signal_{}", t.symbol), Bytes::from(cached.to_string()), Duration::from_secs(3600)).unwrap();
+            let out = serde_json::json!({"symbol": t.symbol, "signal": signal, "price": t.price, "fast_sma": fast, "slow_sma": slow, "trade_id": t.trade_id, "timestamp": ts});
+            rt.block_on(bus.publish(BusMessage::new(format!("signals.{}", t.symbol), out.to_string()))).unwrap();
+        }
+        side = new;
+    }
+    let mut state = vec![side];
+    for p in &prices {
+        state.extend_from_slice(&p.to_le_bytes());
+    }
+    l1.set_now(&key, Bytes::from(state), Duration::from_secs(300)).unwrap();
+}
+
+struct Setup {
+    rt: tokio::runtime::Runtime,
+    template: ComponentTemplate,
+    instance: Instance,
+    l1: MemoryStore,
+    bus: EmbeddedBus,
+    msgs: Vec<BusMessage>,
+}
+
+fn setup() -> Setup {
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let l1 = MemoryStore::new(MemoryStoreConfig::default());
+    let bus = EmbeddedBus::new();
+    let runtime = Runtime::new(&RuntimeConfig {
+        epoch_tick: Duration::from_millis(5),
+        max_memory_bytes: 64 << 20,
+        max_instances: 4,
+        fuel: false,
+    })
+    .unwrap();
+    let grants = Grants { publish: vec!["signals.*".into()], cache: Some("sma".into()), ..Grants::default() };
+    let config = [("fast_window", "5"), ("slow_window", "20")].map(|(k, v)| (k.to_owned(), v.to_owned())).into();
+    let ctx = ComponentContext::new(
+        "sma-crossover".into(),
+        grants,
+        Limits::default(),
+        config,
+        Some(Arc::new(l1.clone()) as Arc<dyn CacheStore>),
+        &CacheSettings::default(),
+        Arc::new(bus.clone()),
+    );
+    let wasm = root().join("target/wasm32-wasip2/release/sma_crossover.wasm");
+    let template = runtime.load(Arc::new(ctx), &wasm, None).expect("run `just build-components` first");
+    let instance = rt.block_on(template.instantiate()).unwrap();
+    Setup { rt, template, instance, l1, bus, msgs: trades() }
+}
+
+impl Setup {
+    fn component_events(&mut self, n: usize, offset: usize) -> Duration {
+        let Setup { rt, template, instance, msgs, .. } = self;
+        rt.block_on(async {
+            let start = Instant::now();
+            for i in 0..n {
+                let m = &msgs[(offset + i) % msgs.len()];
+                let out = instance.handle(template, m, None, None, 1).await;
+                assert!(matches!(out, HandleOutcome::Handled), "{out:?}");
+            }
+            start.elapsed()
+        })
+    }
+
+    fn native_events(&mut self, n: usize, offset: usize) -> Duration {
+        let start = Instant::now();
+        for i in 0..n {
+            let m = &self.msgs[(offset + i) % self.msgs.len()];
+            native_step(&self.l1, &self.bus, m, &self.rt);
+        }
+        start.elapsed()
+    }
+}
+
+fn per_event(c: &mut Criterion) {
+    let mut s = setup();
+    let mut g = c.benchmark_group("sma-crossover per event");
+    let mut offset = 0;
+    g.bench_function("native Rust", |b| {
+        b.iter_custom(|iters| {
+            offset += iters as usize;
+            s.native_events(iters as usize, offset)
+        })
+    });
+    g.bench_function("component", |b| {
+        b.iter_custom(|iters| {
+            offset += iters as usize;
+            s.component_events(iters as usize, offset)
+        })
+    });
+    g.finish();
+}
+
+/// Interleaved rounds of the whole sample, median ratio.
+fn ratio() {
+    let mut s = setup();
+    let n = s.msgs.len();
+    let (mut native, mut comp) = (Vec::new(), Vec::new());
+    for round in 0..7 {
+        native.push(s.native_events(n, round * 7).as_nanos() as f64 / n as f64);
+        comp.push(s.component_events(n, round * 7).as_nanos() as f64 / n as f64);
+    }
+    native.sort_by(f64::total_cmp);
+    comp.sort_by(f64::total_cmp);
+    let (nm, cm) = (native[3], comp[3]);
+    println!("\nsma-crossover per event, median of 7 rounds of {n} trades:");
+    println!("  native Rust {nm:>8.0} ns   component {cm:>8.0} ns   ratio {:.2}x", cm / nm);
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().measurement_time(Duration::from_secs(5)).warm_up_time(Duration::from_secs(1));
+    targets = per_event
+}
+
+fn main() {
+    benches();
+    ratio();
+    Criterion::default().configure_from_args().final_summary();
+}
