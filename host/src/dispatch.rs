@@ -3,8 +3,11 @@
 //! Ordering rule: messages are assigned to instances by a hash of their
 //! subject, so all events of one subject (one symbol) are handled by one
 //! instance, one at a time, in arrival order — with any number of
-//! instances. A retried message is retried before the next one of its
-//! subject, so order holds through retries too.
+//! instances. On a core subject a retried message is retried before the
+//! next one of its subject, so order holds through retries too. On a
+//! JetStream consumer a retry is a nak with backoff: the server redelivers
+//! it after messages that arrived meanwhile (set the consumer's
+//! `max_ack_pending` to 1 where strict order matters more than speed).
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
@@ -15,9 +18,9 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::bus::{Bus, BusMessage, Subscription};
+use crate::bus::{Bus, BusError, BusMessage, Subscription};
 use crate::dlq::DeadLetter;
-use crate::runtime::{ComponentTemplate, HandleOutcome, Instance};
+use crate::runtime::{ComponentTemplate, FailureKind, HandleOutcome, Instance};
 use crate::stats::ComponentStats;
 
 /// Messages queued per instance before the subscription backs up.
@@ -29,140 +32,223 @@ pub fn backoff(attempt: u32) -> Duration {
         .min(Duration::from_secs(1))
 }
 
-/// Starts the component's instance workers and one router per subscription.
-pub fn spawn_component(
-    template: Arc<ComponentTemplate>,
-    subscriptions: Vec<Subscription>,
-    bus: Arc<dyn Bus>,
-    shutdown: watch::Receiver<bool>,
-    tasks: &mut JoinSet<()>,
-) {
-    let instances = template.ctx.limits.instances;
-    let mut senders = Vec::with_capacity(instances);
-    for index in 0..instances {
-        let (tx, rx) = mpsc::channel(WORKER_QUEUE);
-        senders.push(tx);
-        tasks.spawn(worker(template.clone(), index, rx, bus.clone()));
+/// One message for a worker.
+pub struct Job {
+    /// The message.
+    pub msg: BusMessage,
+    /// Set when it came from a JetStream consumer.
+    pub stream: Option<StreamJob>,
+}
+
+/// Where a JetStream message came from, and how to settle it.
+pub struct StreamJob {
+    /// Stream name.
+    pub stream: String,
+    /// Stream sequence.
+    pub sequence: u64,
+    /// Delivery count from the server (1 on first delivery).
+    pub attempt: u32,
+    /// Acknowledges, naks or terminates this delivery.
+    pub acker: async_nats::jetstream::message::Acker,
+}
+
+/// The instance workers of one component; routers feed them.
+#[derive(Clone)]
+pub struct Workers {
+    senders: Arc<Vec<mpsc::Sender<Job>>>,
+    /// Picks the worker from the subject.
+    hasher: std::collections::hash_map::RandomState,
+    stats: Arc<ComponentStats>,
+}
+
+impl Workers {
+    /// Starts the component's instance workers.
+    pub fn spawn(template: Arc<ComponentTemplate>, bus: Arc<dyn Bus>, tasks: &mut JoinSet<()>) -> Workers {
+        let instances = template.ctx.limits.instances;
+        let mut senders = Vec::with_capacity(instances);
+        for index in 0..instances {
+            let (tx, rx) = mpsc::channel(WORKER_QUEUE);
+            senders.push(tx);
+            tasks.spawn(worker(template.clone(), index, rx, bus.clone()));
+        }
+        Workers { senders: Arc::new(senders), hasher: Default::default(), stats: template.ctx.stats.clone() }
     }
-    let senders = Arc::new(senders);
-    for sub in subscriptions {
-        tasks.spawn(route(
-            sub,
-            senders.clone(),
-            template.ctx.stats.clone(),
-            shutdown.clone(),
-        ));
+
+    /// Hands a job to the worker that owns its subject; false once workers are gone.
+    pub async fn dispatch(&self, job: Job) -> bool {
+        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
+        ComponentStats::bump(&self.stats.received);
+        let worker = &self.senders[(self.hasher.hash_one(&job.msg.subject) as usize) % self.senders.len()];
+        if worker.send(job).await.is_err() {
+            self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+            return false;
+        }
+        true
     }
 }
 
-/// Moves messages from a subscription to the instance that owns their subject.
-async fn route(
-    mut sub: Subscription,
-    workers: Arc<Vec<mpsc::Sender<BusMessage>>>,
-    stats: Arc<ComponentStats>,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let hasher = std::collections::hash_map::RandomState::new();
+/// Moves messages from a core subscription to the workers until shutdown.
+pub async fn route(mut sub: Subscription, workers: Workers, mut shutdown: watch::Receiver<bool>) {
     loop {
         let msg = tokio::select! {
             biased;
             _ = shutdown.wait_for(|stop| *stop) => break,
             msg = sub.next() => match msg { Some(m) => m, None => break },
         };
-        stats.in_flight.fetch_add(1, Ordering::Relaxed);
-        ComponentStats::bump(&stats.received);
-        let worker = &workers[(hasher.hash_one(&msg.subject) as usize) % workers.len()];
-        if worker.send(msg).await.is_err() {
-            stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if !workers.dispatch(Job { msg, stream: None }).await {
             break;
         }
     }
 }
 
 /// Owns one instance; handles its queue one message at a time.
-async fn worker(
-    template: Arc<ComponentTemplate>,
-    index: usize,
-    mut rx: mpsc::Receiver<BusMessage>,
-    bus: Arc<dyn Bus>,
-) {
+async fn worker(template: Arc<ComponentTemplate>, index: usize, mut rx: mpsc::Receiver<Job>, bus: Arc<dyn Bus>) {
     let mut instance: Option<Instance> = None;
-    while let Some(msg) = rx.recv().await {
-        deliver(&template, index, &mut instance, &msg, &*bus).await;
+    while let Some(job) = rx.recv().await {
+        match job.stream {
+            None => deliver(&template, index, &mut instance, &job.msg, &*bus).await,
+            Some(s) => deliver_stream(&template, index, &mut instance, &job.msg, s, &*bus).await,
+        }
         template.ctx.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
-/// Delivers one message until it is handled or dead-lettered.
-async fn deliver(
+/// Runs `handle` once, on a fresh instance if the slot is empty.
+async fn attempt_once(
+    template: &ComponentTemplate,
+    slot: &mut Option<Instance>,
+    msg: &BusMessage,
+    stream: Option<(&str, u64)>,
+    attempt: u32,
+) -> HandleOutcome {
+    let (name, seq) = stream.map_or((None, None), |(n, s)| (Some(n), Some(s)));
+    let inst = match slot {
+        Some(inst) => inst,
+        None => match template.instantiate().await {
+            Ok(inst) => slot.insert(inst),
+            Err(failure) => return HandleOutcome::Failed(failure),
+        },
+    };
+    inst.handle(template, msg, name, seq, attempt).await
+}
+
+/// Why a delivery did not end in `handled`.
+enum Verdict {
+    /// Worth another delivery, until the limit.
+    Retry(String),
+    /// Never: dead-letter now.
+    Reject(String),
+}
+
+/// Counts and logs an outcome; drops a failed instance (it is poisoned,
+/// the next attempt gets a fresh one).
+fn judge(
     template: &ComponentTemplate,
     index: usize,
     slot: &mut Option<Instance>,
     msg: &BusMessage,
+    attempt: u32,
+    outcome: HandleOutcome,
+) -> Result<(), Verdict> {
+    let stats = &template.ctx.stats;
+    match outcome {
+        HandleOutcome::Handled => {
+            ComponentStats::bump(&stats.handled);
+            Ok(())
+        }
+        HandleOutcome::Reject(reason) => {
+            tracing::warn!(component = template.name(), subject = %msg.subject, "rejected: {reason}");
+            Err(Verdict::Reject(format!("rejected: {reason}")))
+        }
+        HandleOutcome::Retry(reason) => Err(Verdict::Retry(format!("retry requested: {reason}"))),
+        HandleOutcome::Failed(failure) => {
+            *slot = None;
+            ComponentStats::bump(&stats.traps);
+            ComponentStats::bump(&stats.restarts);
+            if failure.kind == FailureKind::Deadline {
+                ComponentStats::bump(&stats.deadline_hits);
+            }
+            tracing::error!(component = template.name(), instance = index, subject = %msg.subject, attempt, "{failure}");
+            Err(Verdict::Retry(failure.to_string()))
+        }
+    }
+}
+
+/// Delivers a JetStream message once: ack, nak with backoff, or dead-letter
+/// and terminate. The ack goes out only after `handle` and its publishes
+/// succeeded; a dead letter is stored before the message is terminated.
+async fn deliver_stream(
+    template: &ComponentTemplate,
+    index: usize,
+    slot: &mut Option<Instance>,
+    msg: &BusMessage,
+    job: StreamJob,
     bus: &dyn Bus,
 ) {
-    let stats = &template.ctx.stats;
+    use async_nats::jetstream::AckKind;
+    let outcome = attempt_once(template, slot, msg, Some((&job.stream, job.sequence)), job.attempt).await;
+    let settle = match judge(template, index, slot, msg, job.attempt, outcome) {
+        Ok(()) => job.acker.ack().await,
+        Err(Verdict::Retry(_)) if job.attempt < template.ctx.limits.max_deliver => {
+            ComponentStats::bump(&template.ctx.stats.retried);
+            job.acker.ack_with(AckKind::Nak(Some(backoff(job.attempt)))).await
+        }
+        Err(Verdict::Retry(reason) | Verdict::Reject(reason)) => {
+            let letter =
+                DeadLetter::new(msg, template.name(), reason, job.attempt, Some(job.stream.clone()), Some(job.sequence));
+            if let Err(e) = publish_dead_letter(template, letter, bus).await {
+                // Stored nowhere: leave the message to the server's redelivery.
+                tracing::error!(component = template.name(), stream = %job.stream, sequence = job.sequence, "dead letter not stored ({e}); the message will be redelivered");
+                return;
+            }
+            job.acker.ack_with(AckKind::Term).await
+        }
+    };
+    if let Err(e) = settle {
+        tracing::warn!(component = template.name(), stream = %job.stream, sequence = job.sequence, "could not settle the message (it will be redelivered): {e}");
+    }
+}
+
+/// Delivers a core message until it is handled or dead-lettered.
+async fn deliver(template: &ComponentTemplate, index: usize, slot: &mut Option<Instance>, msg: &BusMessage, bus: &dyn Bus) {
     let max = template.ctx.limits.max_deliver;
     let mut attempt = 1;
     loop {
-        let outcome = match slot {
-            Some(inst) => inst.handle(template, msg, None, None, attempt).await,
-            None => match template.instantiate().await {
-                Ok(mut inst) => {
-                    let outcome = inst.handle(template, msg, None, None, attempt).await;
-                    *slot = Some(inst);
-                    outcome
-                }
-                Err(failure) => HandleOutcome::Failed(failure),
-            },
-        };
-        let reason = match outcome {
-            HandleOutcome::Handled => {
-                ComponentStats::bump(&stats.handled);
+        let outcome = attempt_once(template, slot, msg, None, attempt).await;
+        let reason = match judge(template, index, slot, msg, attempt, outcome) {
+            Ok(()) => return,
+            Err(Verdict::Reject(reason)) => {
+                dead_letter(template, msg, reason, attempt, bus).await;
                 return;
             }
-            HandleOutcome::Reject(reason) => {
-                tracing::warn!(component = template.name(), subject = %msg.subject, "rejected: {reason}");
-                dead_letter(template, msg, format!("rejected: {reason}"), attempt, bus).await;
-                return;
-            }
-            HandleOutcome::Retry(reason) => format!("retry requested: {reason}"),
-            HandleOutcome::Failed(failure) => {
-                // A failed instance is poisoned: drop it, the next attempt
-                // gets a fresh one.
-                *slot = None;
-                ComponentStats::bump(&stats.traps);
-                ComponentStats::bump(&stats.restarts);
-                if failure.kind == crate::runtime::FailureKind::Deadline {
-                    ComponentStats::bump(&stats.deadline_hits);
-                }
-                tracing::error!(component = template.name(), instance = index, subject = %msg.subject, attempt, "{failure}");
-                failure.to_string()
-            }
+            Err(Verdict::Retry(reason)) => reason,
         };
         if attempt >= max {
             dead_letter(template, msg, reason, attempt, bus).await;
             return;
         }
-        ComponentStats::bump(&stats.retried);
+        ComponentStats::bump(&template.ctx.stats.retried);
         tokio::time::sleep(backoff(attempt)).await;
         attempt += 1;
     }
 }
 
-async fn dead_letter(
-    template: &ComponentTemplate,
-    msg: &BusMessage,
-    error: String,
-    attempts: u32,
-    bus: &dyn Bus,
-) {
+/// Stores a dead letter: in JetStream when a stream captures `dlq.>`
+/// subjects (confirmed), else as a core publish.
+async fn publish_dead_letter(template: &ComponentTemplate, letter: DeadLetter, bus: &dyn Bus) -> Result<(), BusError> {
     ComponentStats::bump(&template.ctx.stats.dead_lettered);
-    let letter = DeadLetter::new(msg, template.name(), error, attempts, None, None);
     let subject = letter.subject();
-    tracing::warn!(component = template.name(), %subject, attempts, error = %letter.error, "dead-lettered");
-    if let Err(e) = bus.publish(letter.to_message()).await {
-        tracing::error!(component = template.name(), %subject, "could not publish the dead letter: {e}");
+    tracing::warn!(component = template.name(), %subject, attempts = letter.attempts, error = %letter.error, "dead-lettered");
+    match bus.stream_for_subject(&subject).await {
+        Ok(Some(_)) => bus.jetstream_publish(letter.to_message(), None).await.map(|_| ()),
+        _ => bus.publish(letter.to_message()).await,
+    }
+}
+
+async fn dead_letter(template: &ComponentTemplate, msg: &BusMessage, error: String, attempts: u32, bus: &dyn Bus) {
+    let letter = DeadLetter::new(msg, template.name(), error, attempts, None, None);
+    if let Err(e) = publish_dead_letter(template, letter, bus).await {
+        tracing::error!(component = template.name(), subject = %msg.subject, "could not publish the dead letter: {e}");
     }
 }
 

@@ -10,13 +10,22 @@ use anyhow::{Context, bail};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::bus::{Bus, EmbeddedBus};
+use crate::bus::{Bus, EmbeddedBus, NatsBus, Subscription};
 use crate::cache::{CacheStore, LayerStats, MemoryStore, MemoryStoreConfig};
 use crate::capability::ComponentContext;
-use crate::dispatch;
+use crate::consumer;
+use crate::dispatch::{self, Workers};
 use crate::manifest::Manifest;
 use crate::runtime::{ComponentTemplate, Runtime, RuntimeConfig};
 use crate::stats::ComponentSnapshot;
+
+/// Where a component's messages come from.
+enum Source {
+    /// A core subscription.
+    Core(Subscription),
+    /// A JetStream durable pull consumer.
+    Stream(async_nats::jetstream::consumer::PullConsumer),
+}
 
 /// How often expired L1 entries are swept.
 const PURGE_INTERVAL: Duration = Duration::from_secs(1);
@@ -29,6 +38,8 @@ pub struct Host {
     bus: Arc<dyn Bus>,
     /// Set when the bus is the embedded one, to see its queues.
     embedded: Option<EmbeddedBus>,
+    /// Set when the bus is NATS: JetStream and connection state.
+    nats: Option<NatsBus>,
     /// The cache, when enabled.
     cache: Option<Arc<dyn CacheStore>>,
     /// Loaded components, in manifest order.
@@ -40,24 +51,29 @@ pub struct Host {
 }
 
 impl Host {
-    /// Starts a host for the manifest: the embedded bus unless NATS is set.
+    /// Starts a host for the manifest: NATS when configured (it must be
+    /// reachable), else the embedded bus.
     pub async fn start(manifest: &Manifest) -> anyhow::Result<Host> {
-        if let Some(nats) = &manifest.nats {
-            bail!(
-                "NATS at {} is configured, but this build of weir only runs on the embedded bus; unset NATS_URL / [nats]",
-                nats.url
-            );
+        let id = manifest.host.id.clone().unwrap_or_else(default_host_id);
+        match &manifest.nats {
+            Some(settings) => {
+                let nats = NatsBus::connect(settings, &manifest.base_dir, &format!("weir {id}")).await?;
+                Self::start_with_bus(manifest, id, Arc::new(nats.clone()), None, Some(nats)).await
+            }
+            None => {
+                let bus = EmbeddedBus::new();
+                Self::start_with_bus(manifest, id, Arc::new(bus.clone()), Some(bus), None).await
+            }
         }
-        let bus = EmbeddedBus::new();
-        Self::start_with_bus(manifest, Arc::new(bus.clone()), Some(bus)).await
     }
 
     async fn start_with_bus(
         manifest: &Manifest,
+        id: String,
         bus: Arc<dyn Bus>,
         embedded: Option<EmbeddedBus>,
+        nats: Option<NatsBus>,
     ) -> anyhow::Result<Host> {
-        let id = manifest.host.id.clone().unwrap_or_else(default_host_id);
         let mut tasks = JoinSet::new();
         let (shutdown, shutdown_rx) = watch::channel(false);
         let cache: Option<Arc<dyn CacheStore>> = manifest.cache.enabled.then(|| {
@@ -86,7 +102,10 @@ impl Host {
         })
         .context("cannot build the WebAssembly engine")?;
 
+        // Load everything and open every subscription before any message
+        // flows, so a missing stream or bad component stops the start.
         let mut components = Vec::new();
+        let mut sources = Vec::new();
         for (name, spec) in specs {
             let ctx = ComponentContext::new(
                 name.clone(),
@@ -99,37 +118,45 @@ impl Host {
             );
             let sha = spec.sha256.as_ref().map(|s| s.get_ref().as_str());
             let template = Arc::new(runtime.load(Arc::new(ctx), &manifest.wasm_path(spec), sha)?);
-            let mut subs = Vec::new();
             for sub in &spec.subscribe {
                 let sub = sub.get_ref();
-                if let Some(stream) = &sub.stream {
-                    bail!(
+                let source = match (&sub.stream, &nats) {
+                    (Some(stream), None) => bail!(
                         "component {name} consumes stream {stream}: JetStream needs a NATS server (set [nats] url or NATS_URL)"
-                    );
-                }
-                let s = bus
-                    .subscribe(&sub.subject, sub.queue_group.as_deref())
-                    .await
-                    .with_context(|| {
-                        format!("component {name}: cannot subscribe to {}", sub.subject)
-                    })?;
-                subs.push(s);
+                    ),
+                    (Some(_), Some(nats)) => {
+                        Source::Stream(consumer::open(nats.jetstream(), name, sub, &spec.limits).await?)
+                    }
+                    (None, _) => Source::Core(
+                        bus.subscribe(&sub.subject, sub.queue_group.as_deref())
+                            .await
+                            .with_context(|| format!("component {name}: cannot subscribe to {}", sub.subject))?,
+                    ),
+                };
+                sources.push((components.len(), source));
             }
-            dispatch::spawn_component(
-                template.clone(),
-                subs,
-                bus.clone(),
-                shutdown_rx.clone(),
-                &mut tasks,
-            );
-            tracing::info!(component = %name, subscriptions = spec.subscribe.len(), instances = spec.limits.instances, "component ready");
             components.push(template);
+        }
+        let workers: Vec<Workers> =
+            components.iter().map(|t| Workers::spawn(t.clone(), bus.clone(), &mut tasks)).collect();
+        for (i, source) in sources {
+            let w = workers[i].clone();
+            match source {
+                Source::Core(sub) => tasks.spawn(dispatch::route(sub, w, shutdown_rx.clone())),
+                Source::Stream(c) => {
+                    tasks.spawn(consumer::route(c, w, components[i].name().to_owned(), shutdown_rx.clone()))
+                }
+            };
+        }
+        for (name, spec) in specs {
+            tracing::info!(component = %name, subscriptions = spec.subscribe.len(), instances = spec.limits.instances, "component ready");
         }
         tracing::info!(host = %id, bus = %bus.describe(), cache = if cache.is_some() { "L1" } else { "off" }, "weir host started");
         Ok(Host {
             id,
             bus,
             embedded,
+            nats,
             cache,
             components,
             tasks,
@@ -158,6 +185,11 @@ impl Host {
     /// Cache figures per layer (empty when the cache is off).
     pub fn cache_stats(&self) -> Vec<LayerStats> {
         self.cache.as_ref().map(|c| c.stats()).unwrap_or_default()
+    }
+
+    /// The NATS connection, when the host runs on NATS.
+    pub fn nats(&self) -> Option<&NatsBus> {
+        self.nats.as_ref()
     }
 
     /// Messages queued or being handled anywhere in this host.
@@ -196,6 +228,11 @@ impl Host {
         if drained.is_err() {
             tracing::warn!("shutdown grace of {grace:?} passed; aborting remaining tasks");
             self.tasks.abort_all();
+        }
+        if let Some(nats) = &self.nats
+            && let Err(e) = nats.client().flush().await
+        {
+            tracing::warn!("could not flush the last acknowledgements to NATS: {e}");
         }
     }
 }

@@ -8,6 +8,7 @@
 pub mod bus;
 pub mod cache;
 pub mod capability;
+pub mod consumer;
 pub mod digest;
 pub mod dispatch;
 pub mod dlq;

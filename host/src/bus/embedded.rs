@@ -211,6 +211,10 @@ impl Bus for EmbeddedBus {
         ))
     }
 
+    async fn stream_for_subject(&self, _subject: &str) -> Result<Option<String>, BusError> {
+        Ok(None)
+    }
+
     fn max_payload(&self) -> usize {
         MAX_PAYLOAD
     }

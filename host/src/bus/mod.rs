@@ -2,6 +2,7 @@
 //! a server-less start, NATS for real deployments.
 
 mod embedded;
+mod nats;
 
 use std::pin::Pin;
 use std::time::Duration;
@@ -12,6 +13,8 @@ use futures::Stream;
 use thiserror::Error;
 
 pub use embedded::EmbeddedBus;
+pub use nats::NatsBus;
+pub(crate) use nats::from_header_map;
 
 /// A message on the bus.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +95,9 @@ pub trait Bus: Send + Sync + 'static {
         msg: BusMessage,
         msg_id: Option<String>,
     ) -> Result<PublishAck, BusError>;
+
+    /// The JetStream stream that stores `subject`, if any.
+    async fn stream_for_subject(&self, subject: &str) -> Result<Option<String>, BusError>;
 
     /// Largest payload the bus accepts, in bytes.
     fn max_payload(&self) -> usize;

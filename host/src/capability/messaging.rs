@@ -70,11 +70,14 @@ impl Capabilities {
             )));
         }
         for (name, _) in &headers {
-            if name.is_empty() || name.contains([':', ' ', '\r', '\n']) {
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_graphic() && c != ':') {
                 return Err(GuestError::Invalid(format!(
                     "header name {name:?} is not a valid token"
                 )));
             }
+        }
+        if let Some((name, _)) = headers.iter().find(|(_, v)| v.contains(['\r', '\n'])) {
+            return Err(GuestError::Invalid(format!("header {name} has a line break in its value")));
         }
         Ok(BusMessage {
             subject: subject_,
@@ -131,6 +134,18 @@ impl Host for Capabilities {
     ) -> Answer<PublishAck> {
         Ok(async {
             let msg = self.outgoing(Verb::Publish, subject, payload, headers)?;
+            match self.ctx.bus.stream_for_subject(&msg.subject).await? {
+                None => {
+                    return Err(GuestError::Unavailable(format!("no JetStream stream stores {}", msg.subject)));
+                }
+                Some(stream) if !self.ctx.grants.streams.contains(&stream) => {
+                    return Err(self.denied(format!(
+                        "component {} may not publish into stream {stream}: not in grants.streams {:?}",
+                        self.ctx.name, self.ctx.grants.streams
+                    )));
+                }
+                Some(_) => {}
+            }
             let ack = self.ctx.bus.jetstream_publish(msg, msg_id).await?;
             ComponentStats::bump(&self.ctx.stats.published);
             Ok(PublishAck {

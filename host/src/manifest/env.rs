@@ -11,8 +11,13 @@ pub struct EnvOverrides {
 }
 
 /// Every variable that overrides the manifest.
-pub const VARIABLES: [&str; 8] = [
+pub const VARIABLES: [&str; 13] = [
     "NATS_URL",
+    "NATS_USER",
+    "NATS_PASSWORD",
+    "NATS_TOKEN",
+    "NATS_MAX_RECONNECT_ATTEMPTS",
+    "NATS_RECONNECT_TIME_WAIT",
     "REDIS_URL",
     "CACHE_TTL",
     "CACHE_MAX_SIZE",
@@ -57,10 +62,16 @@ impl EnvOverrides {
             match var.as_str() {
                 // An empty URL means "not configured": the embedded default.
                 "NATS_URL" => {
-                    m.nats = (!value.is_empty()).then(|| NatsSettings {
-                        url: value.to_owned(),
-                    })
+                    m.nats = match (value.is_empty(), m.nats.take()) {
+                        (true, _) => None,
+                        (false, Some(mut n)) => {
+                            n.url = value.to_owned();
+                            Some(n)
+                        }
+                        (false, None) => Some(NatsSettings::with_url(value)),
+                    }
                 }
+                "NATS_USER" | "NATS_PASSWORD" | "NATS_TOKEN" | "NATS_MAX_RECONNECT_ATTEMPTS" | "NATS_RECONNECT_TIME_WAIT" => {}
                 "REDIS_URL" => {
                     m.redis = (!value.is_empty()).then(|| RedisSettings {
                         url: value.to_owned(),
@@ -78,6 +89,28 @@ impl EnvOverrides {
                 "CACHE_DISTRIBUTED_ENABLED" => m.cache.distributed = flag()?,
                 "CACHE_MONITORING_ENABLED" => m.cache.monitoring = flag()?,
                 _ => {}
+            }
+        }
+        // NATS credentials and reconnect settings apply once a URL is known.
+        if let Some(n) = m.nats.as_mut() {
+            let get = |k: &str| self.vars.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+            let bad = |k: &str, what: &str| (k.to_owned(), format!("{:?} is not {what}", self.vars[k]));
+            if let Some(v) = get("NATS_USER") {
+                n.user = Some(v.to_owned());
+            }
+            if let Some(v) = get("NATS_PASSWORD") {
+                n.password = Some(v.to_owned());
+            }
+            if let Some(v) = get("NATS_TOKEN") {
+                n.token = Some(v.to_owned());
+            }
+            if let Some(v) = get("NATS_MAX_RECONNECT_ATTEMPTS") {
+                let k = "NATS_MAX_RECONNECT_ATTEMPTS";
+                n.max_reconnects = Some(v.parse().map_err(|_| bad(k, "a whole number"))?);
+            }
+            if let Some(v) = get("NATS_RECONNECT_TIME_WAIT") {
+                let secs: f64 = v.parse().map_err(|_| bad("NATS_RECONNECT_TIME_WAIT", "a number of seconds"))?;
+                n.reconnect_wait_ms = (secs * 1000.0) as u64;
             }
         }
         Ok(())

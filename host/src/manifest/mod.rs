@@ -87,12 +87,98 @@ pub enum LogFormat {
     Json,
 }
 
-/// NATS settings.
+/// NATS settings (the options of the seed's `NATS_CONFIG`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct NatsSettings {
-    /// Server URL, e.g. `nats://127.0.0.1:4222`.
+    /// Server URL, or several separated by commas, e.g. `nats://127.0.0.1:4222`.
     pub url: String,
+    /// User name, with `password`.
+    #[serde(default)]
+    pub user: Option<String>,
+    /// Password, with `user`.
+    #[serde(default)]
+    pub password: Option<String>,
+    /// Authentication token.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// NKey seed.
+    #[serde(default)]
+    pub nkey: Option<String>,
+    /// Credentials file (JWT + NKey), relative to the manifest.
+    #[serde(default)]
+    pub creds_file: Option<PathBuf>,
+    /// TLS settings.
+    #[serde(default)]
+    pub tls: Option<TlsSettings>,
+    /// Give up connecting at start after this long, milliseconds.
+    #[serde(default = "defaults::connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Wait between reconnect attempts, milliseconds.
+    #[serde(default = "defaults::reconnect_wait_ms")]
+    pub reconnect_wait_ms: u64,
+    /// Reconnect attempts before giving up; absent means forever.
+    #[serde(default)]
+    pub max_reconnects: Option<usize>,
+    /// Ping interval, seconds: how fast a dead link is noticed.
+    #[serde(default = "defaults::ping_interval_secs")]
+    pub ping_interval_secs: u64,
+    /// JetStream publish acknowledgements in flight at once.
+    #[serde(default = "defaults::ack_window")]
+    pub ack_window: usize,
+}
+
+/// TLS towards NATS.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsSettings {
+    /// Refuse plain connections.
+    #[serde(default)]
+    pub required: bool,
+    /// CA certificate file (PEM) to trust, relative to the manifest.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM), with `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// Client key (PEM), with `cert_file`.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+}
+
+impl NatsSettings {
+    /// Settings with this URL and every other option at its default.
+    pub fn with_url(url: impl Into<String>) -> Self {
+        NatsSettings {
+            url: url.into(),
+            user: None,
+            password: None,
+            token: None,
+            nkey: None,
+            creds_file: None,
+            tls: None,
+            connect_timeout_ms: defaults::connect_timeout_ms(),
+            reconnect_wait_ms: defaults::reconnect_wait_ms(),
+            max_reconnects: None,
+            ping_interval_secs: defaults::ping_interval_secs(),
+            ack_window: defaults::ack_window(),
+        }
+    }
+}
+
+mod defaults {
+    pub fn connect_timeout_ms() -> u64 {
+        5000
+    }
+    pub fn reconnect_wait_ms() -> u64 {
+        2000
+    }
+    pub fn ping_interval_secs() -> u64 {
+        20
+    }
+    pub fn ack_window() -> usize {
+        1024
+    }
 }
 
 /// Redis settings.
@@ -182,6 +268,13 @@ pub struct Subscription {
     /// Durable consumer name on that stream.
     #[serde(default)]
     pub consumer: Option<String>,
+    /// Ack wait for a consumer weir creates, ms (default: twice the
+    /// deadline, at least 30 s): how soon an unacknowledged message returns.
+    #[serde(default)]
+    pub ack_wait_ms: Option<u64>,
+    /// Unacknowledged messages in flight for a consumer weir creates (default 1000).
+    #[serde(default)]
+    pub max_ack_pending: Option<i64>,
 }
 
 /// What a component may reach. Nothing granted means nothing allowed.

@@ -1,0 +1,113 @@
+//! JetStream durable pull consumers for stream subscriptions.
+
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::{self, ErrorCode, context::GetStreamErrorKind};
+use futures::StreamExt;
+use tokio::sync::watch;
+
+use crate::bus::BusMessage;
+use crate::dispatch::{Job, StreamJob, Workers};
+use crate::manifest::{Limits, Subscription};
+
+/// Opens (or creates) the durable consumer a subscription names. The
+/// stream must exist: weir never creates streams at run time.
+pub async fn open(js: &jetstream::Context, component: &str, sub: &Subscription, limits: &Limits) -> anyhow::Result<PullConsumer> {
+    let (Some(stream_name), Some(durable)) = (&sub.stream, &sub.consumer) else {
+        bail!("component {component}: subscription to {} names no stream and consumer", sub.subject);
+    };
+    let stream = match js.get_stream(stream_name).await {
+        Ok(s) => s,
+        Err(e) => match e.kind() {
+            GetStreamErrorKind::JetStream(err) if err.error_code() == ErrorCode::STREAM_NOT_FOUND => bail!(
+                "stream {stream_name} (needed by component {component}) does not exist; create it with `weir streams apply DIR`"
+            ),
+            _ => return Err(anyhow::Error::new(e).context(format!("cannot look up stream {stream_name}"))),
+        },
+    };
+    if let Ok(existing) = stream.get_consumer::<pull::Config>(durable).await {
+        tracing::info!(component, stream = %stream_name, consumer = %durable, "using existing durable consumer");
+        return Ok(existing);
+    }
+    let deadline = Duration::from_millis(limits.time_per_event_ms);
+    let config = pull::Config {
+        durable_name: Some(durable.clone()),
+        filter_subject: sub.subject.clone(),
+        ack_policy: AckPolicy::Explicit,
+        deliver_policy: DeliverPolicy::All,
+        ack_wait: sub.ack_wait_ms.map(Duration::from_millis).unwrap_or_else(|| (deadline * 2).max(Duration::from_secs(30))),
+        // weir counts attempts and dead-letters at limits.max_deliver; the
+        // server's own limit is a backstop for hosts that die mid-message.
+        max_deliver: i64::from(limits.max_deliver) + 2,
+        max_ack_pending: sub.max_ack_pending.unwrap_or(1000),
+        ..Default::default()
+    };
+    let consumer = stream
+        .create_consumer(config)
+        .await
+        .with_context(|| format!("cannot create durable consumer {durable} on stream {stream_name}"))?;
+    tracing::info!(component, stream = %stream_name, consumer = %durable, filter = %sub.subject, "created durable consumer");
+    Ok(consumer)
+}
+
+/// Pulls messages from a consumer into the workers until shutdown.
+/// Messages pulled but not yet handled at shutdown are redelivered by the
+/// server after their ack wait: nothing is lost.
+pub async fn route(consumer: PullConsumer, workers: Workers, component: String, mut shutdown: watch::Receiver<bool>) {
+    let mut messages = loop {
+        match consumer.messages().await {
+            Ok(m) => break m,
+            Err(e) => {
+                tracing::warn!(%component, "cannot start pulling ({e}); retrying");
+                tokio::select! {
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
+    let mut errors = 0u64;
+    loop {
+        let next = tokio::select! {
+            biased;
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            next = messages.next() => next,
+        };
+        let msg = match next {
+            None => {
+                tracing::error!(%component, "consumer stream ended (consumer deleted?)");
+                return;
+            }
+            Some(Err(e)) => {
+                // Heartbeats missed while NATS is away and the like; the
+                // stream resumes by itself after a reconnect.
+                errors += 1;
+                if errors.is_power_of_two() {
+                    tracing::warn!(%component, errors, "pull consumer: {e}");
+                }
+                continue;
+            }
+            Some(Ok(m)) => m,
+        };
+        let (stream, sequence, attempt) = match msg.info() {
+            Ok(i) => (i.stream.to_owned(), i.stream_sequence, u32::try_from(i.delivered).unwrap_or(u32::MAX).max(1)),
+            Err(e) => {
+                tracing::warn!(%component, "message without JetStream metadata skipped: {e}");
+                continue;
+            }
+        };
+        let (m, acker) = msg.split();
+        let bus_msg = BusMessage {
+            subject: m.subject.to_string(),
+            reply_to: None,
+            headers: crate::bus::from_header_map(m.headers.as_ref()),
+            payload: m.payload,
+        };
+        let job = Job { msg: bus_msg, stream: Some(StreamJob { stream, sequence, attempt, acker }) };
+        if !workers.dispatch(job).await {
+            return;
+        }
+    }
+}
