@@ -37,3 +37,8 @@ lint:
 # Regenerate the sample market data (fixed seed).
 gen-data:
     cargo run -q -p gen-trades -- examples/data/trades.ndjson
+
+# Run the demo against a real NATS (NATS_URL, default nats://127.0.0.1:4222): apply streams, then replay.
+run-nats *ARGS: build
+    cargo run -q -p weir -- streams apply examples/streams
+    cargo run -q -p weir -- run examples/nats.toml --feed examples/data/trades.ndjson --tap 'signals.>' --tap 'alerts.triggered' {{ARGS}}

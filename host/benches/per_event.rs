@@ -33,11 +33,22 @@ fn trades() -> Vec<BusMessage> {
 }
 
 /// The strategy step in plain Rust, on the same cache and bus.
-fn native_step(l1: &MemoryStore, bus: &EmbeddedBus, msg: &BusMessage, rt: &tokio::runtime::Runtime) {
+fn native_step(
+    l1: &MemoryStore,
+    bus: &EmbeddedBus,
+    msg: &BusMessage,
+    rt: &tokio::runtime::Runtime,
+) {
     let t = Trade::parse(&msg.payload).unwrap();
     let key = format!("sma:sma:{}", t.symbol);
     let (mut side, mut prices) = match l1.get_now(&key) {
-        Some(b) => (b[0], b[1..].chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().unwrap())).collect()),
+        Some(b) => (
+            b[0],
+            b[1..]
+                .chunks_exact(8)
+                .map(|c| f64::from_le_bytes(c.try_into().unwrap()))
+                .collect(),
+        ),
         None => (0u8, Vec::new()),
     };
     prices.push(t.price);
@@ -45,14 +56,29 @@ fn native_step(l1: &MemoryStore, bus: &EmbeddedBus, msg: &BusMessage, rt: &tokio
         prices.drain(..prices.len() - 20);
     }
     if let Some((fast, slow)) = sma_pair(&prices, 5, 20) {
-        let new = if fast > slow { 1 } else if fast < slow { 2 } else { side };
+        let new = if fast > slow {
+            1
+        } else if fast < slow {
+            2
+        } else {
+            side
+        };
         if side != 0 && new != side {
             let signal = if new == 1 { "buy" } else { "sell" };
             let ts = iso8601_ms(t.ts);
             let cached = serde_json::json!({"signal": signal, "confidence": 0.5, "timestamp": ts});
-            l1.set_now(&format!("sma:trading_signal_{}", t.symbol), Bytes::from(cached.to_string()), Duration::from_secs(3600)).unwrap();
+            l1.set_now(
+                &format!("sma:trading_signal_{}", t.symbol),
+                Bytes::from(cached.to_string()),
+                Duration::from_secs(3600),
+            )
+            .unwrap();
             let out = serde_json::json!({"symbol": t.symbol, "signal": signal, "price": t.price, "fast_sma": fast, "slow_sma": slow, "trade_id": t.trade_id, "timestamp": ts});
-            rt.block_on(bus.publish(BusMessage::new(format!("signals.{}", t.symbol), out.to_string()))).unwrap();
+            rt.block_on(bus.publish(BusMessage::new(
+                format!("signals.{}", t.symbol),
+                out.to_string(),
+            )))
+            .unwrap();
         }
         side = new;
     }
@@ -60,7 +86,8 @@ fn native_step(l1: &MemoryStore, bus: &EmbeddedBus, msg: &BusMessage, rt: &tokio
     for p in &prices {
         state.extend_from_slice(&p.to_le_bytes());
     }
-    l1.set_now(&key, Bytes::from(state), Duration::from_secs(300)).unwrap();
+    l1.set_now(&key, Bytes::from(state), Duration::from_secs(300))
+        .unwrap();
 }
 
 struct Setup {
@@ -73,7 +100,10 @@ struct Setup {
 }
 
 fn setup() -> Setup {
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let l1 = MemoryStore::new(MemoryStoreConfig::default());
     let bus = EmbeddedBus::new();
     let runtime = Runtime::new(&RuntimeConfig {
@@ -83,8 +113,14 @@ fn setup() -> Setup {
         fuel: false,
     })
     .unwrap();
-    let grants = Grants { publish: vec!["signals.*".into()], cache: Some("sma".into()), ..Grants::default() };
-    let config = [("fast_window", "5"), ("slow_window", "20")].map(|(k, v)| (k.to_owned(), v.to_owned())).into();
+    let grants = Grants {
+        publish: vec!["signals.*".into()],
+        cache: Some("sma".into()),
+        ..Grants::default()
+    };
+    let config = [("fast_window", "5"), ("slow_window", "20")]
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .into();
     let ctx = ComponentContext::new(
         "sma-crossover".into(),
         grants,
@@ -95,14 +131,29 @@ fn setup() -> Setup {
         Arc::new(bus.clone()),
     );
     let wasm = root().join("target/wasm32-wasip2/release/sma_crossover.wasm");
-    let template = runtime.load(Arc::new(ctx), &wasm, None).expect("run `just build-components` first");
+    let template = runtime
+        .load(Arc::new(ctx), &wasm, None)
+        .expect("run `just build-components` first");
     let instance = rt.block_on(template.instantiate()).unwrap();
-    Setup { rt, template, instance, l1, bus, msgs: trades() }
+    Setup {
+        rt,
+        template,
+        instance,
+        l1,
+        bus,
+        msgs: trades(),
+    }
 }
 
 impl Setup {
     fn component_events(&mut self, n: usize, offset: usize) -> Duration {
-        let Setup { rt, template, instance, msgs, .. } = self;
+        let Setup {
+            rt,
+            template,
+            instance,
+            msgs,
+            ..
+        } = self;
         rt.block_on(async {
             let start = Instant::now();
             for i in 0..n {
@@ -156,7 +207,10 @@ fn ratio() {
     comp.sort_by(f64::total_cmp);
     let (nm, cm) = (native[3], comp[3]);
     println!("\nsma-crossover per event, median of 7 rounds of {n} trades:");
-    println!("  native Rust {nm:>8.0} ns   component {cm:>8.0} ns   ratio {:.2}x", cm / nm);
+    println!(
+        "  native Rust {nm:>8.0} ns   component {cm:>8.0} ns   ratio {:.2}x",
+        cm / nm
+    );
 }
 
 criterion_group! {

@@ -14,17 +14,33 @@ use crate::manifest::{Limits, Subscription};
 
 /// Opens (or creates) the durable consumer a subscription names. The
 /// stream must exist: weir never creates streams at run time.
-pub async fn open(js: &jetstream::Context, component: &str, sub: &Subscription, limits: &Limits) -> anyhow::Result<PullConsumer> {
+pub async fn open(
+    js: &jetstream::Context,
+    component: &str,
+    sub: &Subscription,
+    limits: &Limits,
+) -> anyhow::Result<PullConsumer> {
     let (Some(stream_name), Some(durable)) = (&sub.stream, &sub.consumer) else {
-        bail!("component {component}: subscription to {} names no stream and consumer", sub.subject);
+        bail!(
+            "component {component}: subscription to {} names no stream and consumer",
+            sub.subject
+        );
     };
     let stream = match js.get_stream(stream_name).await {
         Ok(s) => s,
         Err(e) => match e.kind() {
-            GetStreamErrorKind::JetStream(err) if err.error_code() == ErrorCode::STREAM_NOT_FOUND => bail!(
-                "stream {stream_name} (needed by component {component}) does not exist; create it with `weir streams apply DIR`"
-            ),
-            _ => return Err(anyhow::Error::new(e).context(format!("cannot look up stream {stream_name}"))),
+            GetStreamErrorKind::JetStream(err)
+                if err.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+            {
+                bail!(
+                    "stream {stream_name} (needed by component {component}) does not exist; create it with `weir streams apply DIR`"
+                )
+            }
+            _ => {
+                return Err(
+                    anyhow::Error::new(e).context(format!("cannot look up stream {stream_name}"))
+                );
+            }
         },
     };
     if let Ok(existing) = stream.get_consumer::<pull::Config>(durable).await {
@@ -37,17 +53,19 @@ pub async fn open(js: &jetstream::Context, component: &str, sub: &Subscription, 
         filter_subject: sub.subject.clone(),
         ack_policy: AckPolicy::Explicit,
         deliver_policy: DeliverPolicy::All,
-        ack_wait: sub.ack_wait_ms.map(Duration::from_millis).unwrap_or_else(|| (deadline * 2).max(Duration::from_secs(30))),
+        ack_wait: sub
+            .ack_wait_ms
+            .map(Duration::from_millis)
+            .unwrap_or_else(|| (deadline * 2).max(Duration::from_secs(30))),
         // weir counts attempts and dead-letters at limits.max_deliver; the
         // server's own limit is a backstop for hosts that die mid-message.
         max_deliver: i64::from(limits.max_deliver) + 2,
         max_ack_pending: sub.max_ack_pending.unwrap_or(1000),
         ..Default::default()
     };
-    let consumer = stream
-        .create_consumer(config)
-        .await
-        .with_context(|| format!("cannot create durable consumer {durable} on stream {stream_name}"))?;
+    let consumer = stream.create_consumer(config).await.with_context(|| {
+        format!("cannot create durable consumer {durable} on stream {stream_name}")
+    })?;
     tracing::info!(component, stream = %stream_name, consumer = %durable, filter = %sub.subject, "created durable consumer");
     Ok(consumer)
 }
@@ -55,7 +73,12 @@ pub async fn open(js: &jetstream::Context, component: &str, sub: &Subscription, 
 /// Pulls messages from a consumer into the workers until shutdown.
 /// Messages pulled but not yet handled at shutdown are redelivered by the
 /// server after their ack wait: nothing is lost.
-pub async fn route(consumer: PullConsumer, workers: Workers, component: String, mut shutdown: watch::Receiver<bool>) {
+pub async fn route(
+    consumer: PullConsumer,
+    workers: Workers,
+    component: String,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let mut messages = loop {
         match consumer.messages().await {
             Ok(m) => break m,
@@ -92,7 +115,11 @@ pub async fn route(consumer: PullConsumer, workers: Workers, component: String, 
             Some(Ok(m)) => m,
         };
         let (stream, sequence, attempt) = match msg.info() {
-            Ok(i) => (i.stream.to_owned(), i.stream_sequence, u32::try_from(i.delivered).unwrap_or(u32::MAX).max(1)),
+            Ok(i) => (
+                i.stream.to_owned(),
+                i.stream_sequence,
+                u32::try_from(i.delivered).unwrap_or(u32::MAX).max(1),
+            ),
             Err(e) => {
                 tracing::warn!(%component, "message without JetStream metadata skipped: {e}");
                 continue;
@@ -105,7 +132,15 @@ pub async fn route(consumer: PullConsumer, workers: Workers, component: String, 
             headers: crate::bus::from_header_map(m.headers.as_ref()),
             payload: m.payload,
         };
-        let job = Job { msg: bus_msg, stream: Some(StreamJob { stream, sequence, attempt, acker }) };
+        let job = Job {
+            msg: bus_msg,
+            stream: Some(StreamJob {
+                stream,
+                sequence,
+                attempt,
+                acker,
+            }),
+        };
         if !workers.dispatch(job).await {
             return;
         }

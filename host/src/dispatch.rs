@@ -63,7 +63,11 @@ pub struct Workers {
 
 impl Workers {
     /// Starts the component's instance workers.
-    pub fn spawn(template: Arc<ComponentTemplate>, bus: Arc<dyn Bus>, tasks: &mut JoinSet<()>) -> Workers {
+    pub fn spawn(
+        template: Arc<ComponentTemplate>,
+        bus: Arc<dyn Bus>,
+        tasks: &mut JoinSet<()>,
+    ) -> Workers {
         let instances = template.ctx.limits.instances;
         let mut senders = Vec::with_capacity(instances);
         for index in 0..instances {
@@ -71,14 +75,19 @@ impl Workers {
             senders.push(tx);
             tasks.spawn(worker(template.clone(), index, rx, bus.clone()));
         }
-        Workers { senders: Arc::new(senders), hasher: Default::default(), stats: template.ctx.stats.clone() }
+        Workers {
+            senders: Arc::new(senders),
+            hasher: Default::default(),
+            stats: template.ctx.stats.clone(),
+        }
     }
 
     /// Hands a job to the worker that owns its subject; false once workers are gone.
     pub async fn dispatch(&self, job: Job) -> bool {
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         ComponentStats::bump(&self.stats.received);
-        let worker = &self.senders[(self.hasher.hash_one(&job.msg.subject) as usize) % self.senders.len()];
+        let worker =
+            &self.senders[(self.hasher.hash_one(&job.msg.subject) as usize) % self.senders.len()];
         if worker.send(job).await.is_err() {
             self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
             return false;
@@ -102,7 +111,12 @@ pub async fn route(mut sub: Subscription, workers: Workers, mut shutdown: watch:
 }
 
 /// Owns one instance; handles its queue one message at a time.
-async fn worker(template: Arc<ComponentTemplate>, index: usize, mut rx: mpsc::Receiver<Job>, bus: Arc<dyn Bus>) {
+async fn worker(
+    template: Arc<ComponentTemplate>,
+    index: usize,
+    mut rx: mpsc::Receiver<Job>,
+    bus: Arc<dyn Bus>,
+) {
     let mut instance: Option<Instance> = None;
     while let Some(job) = rx.recv().await {
         match job.stream {
@@ -186,16 +200,31 @@ async fn deliver_stream(
     bus: &dyn Bus,
 ) {
     use async_nats::jetstream::AckKind;
-    let outcome = attempt_once(template, slot, msg, Some((&job.stream, job.sequence)), job.attempt).await;
+    let outcome = attempt_once(
+        template,
+        slot,
+        msg,
+        Some((&job.stream, job.sequence)),
+        job.attempt,
+    )
+    .await;
     let settle = match judge(template, index, slot, msg, job.attempt, outcome) {
         Ok(()) => job.acker.ack().await,
         Err(Verdict::Retry(_)) if job.attempt < template.ctx.limits.max_deliver => {
             ComponentStats::bump(&template.ctx.stats.retried);
-            job.acker.ack_with(AckKind::Nak(Some(backoff(job.attempt)))).await
+            job.acker
+                .ack_with(AckKind::Nak(Some(backoff(job.attempt))))
+                .await
         }
         Err(Verdict::Retry(reason) | Verdict::Reject(reason)) => {
-            let letter =
-                DeadLetter::new(msg, template.name(), reason, job.attempt, Some(job.stream.clone()), Some(job.sequence));
+            let letter = DeadLetter::new(
+                msg,
+                template.name(),
+                reason,
+                job.attempt,
+                Some(job.stream.clone()),
+                Some(job.sequence),
+            );
             if let Err(e) = publish_dead_letter(template, letter, bus).await {
                 // Stored nowhere: leave the message to the server's redelivery.
                 tracing::error!(component = template.name(), stream = %job.stream, sequence = job.sequence, "dead letter not stored ({e}); the message will be redelivered");
@@ -210,7 +239,13 @@ async fn deliver_stream(
 }
 
 /// Delivers a core message until it is handled or dead-lettered.
-async fn deliver(template: &ComponentTemplate, index: usize, slot: &mut Option<Instance>, msg: &BusMessage, bus: &dyn Bus) {
+async fn deliver(
+    template: &ComponentTemplate,
+    index: usize,
+    slot: &mut Option<Instance>,
+    msg: &BusMessage,
+    bus: &dyn Bus,
+) {
     let max = template.ctx.limits.max_deliver;
     let mut attempt = 1;
     loop {
@@ -235,17 +270,30 @@ async fn deliver(template: &ComponentTemplate, index: usize, slot: &mut Option<I
 
 /// Stores a dead letter: in JetStream when a stream captures `dlq.>`
 /// subjects (confirmed), else as a core publish.
-async fn publish_dead_letter(template: &ComponentTemplate, letter: DeadLetter, bus: &dyn Bus) -> Result<(), BusError> {
+async fn publish_dead_letter(
+    template: &ComponentTemplate,
+    letter: DeadLetter,
+    bus: &dyn Bus,
+) -> Result<(), BusError> {
     ComponentStats::bump(&template.ctx.stats.dead_lettered);
     let subject = letter.subject();
     tracing::warn!(component = template.name(), %subject, attempts = letter.attempts, error = %letter.error, "dead-lettered");
     match bus.stream_for_subject(&subject).await {
-        Ok(Some(_)) => bus.jetstream_publish(letter.to_message(), None).await.map(|_| ()),
+        Ok(Some(_)) => bus
+            .jetstream_publish(letter.to_message(), None)
+            .await
+            .map(|_| ()),
         _ => bus.publish(letter.to_message()).await,
     }
 }
 
-async fn dead_letter(template: &ComponentTemplate, msg: &BusMessage, error: String, attempts: u32, bus: &dyn Bus) {
+async fn dead_letter(
+    template: &ComponentTemplate,
+    msg: &BusMessage,
+    error: String,
+    attempts: u32,
+    bus: &dyn Bus,
+) {
     let letter = DeadLetter::new(msg, template.name(), error, attempts, None, None);
     if let Err(e) = publish_dead_letter(template, letter, bus).await {
         tracing::error!(component = template.name(), subject = %msg.subject, "could not publish the dead letter: {e}");

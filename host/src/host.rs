@@ -57,7 +57,8 @@ impl Host {
         let id = manifest.host.id.clone().unwrap_or_else(default_host_id);
         match &manifest.nats {
             Some(settings) => {
-                let nats = NatsBus::connect(settings, &manifest.base_dir, &format!("weir {id}")).await?;
+                let nats =
+                    NatsBus::connect(settings, &manifest.base_dir, &format!("weir {id}")).await?;
                 Self::start_with_bus(manifest, id, Arc::new(nats.clone()), None, Some(nats)).await
             }
             None => {
@@ -124,28 +125,35 @@ impl Host {
                     (Some(stream), None) => bail!(
                         "component {name} consumes stream {stream}: JetStream needs a NATS server (set [nats] url or NATS_URL)"
                     ),
-                    (Some(_), Some(nats)) => {
-                        Source::Stream(consumer::open(nats.jetstream(), name, sub, &spec.limits).await?)
-                    }
+                    (Some(_), Some(nats)) => Source::Stream(
+                        consumer::open(nats.jetstream(), name, sub, &spec.limits).await?,
+                    ),
                     (None, _) => Source::Core(
                         bus.subscribe(&sub.subject, sub.queue_group.as_deref())
                             .await
-                            .with_context(|| format!("component {name}: cannot subscribe to {}", sub.subject))?,
+                            .with_context(|| {
+                                format!("component {name}: cannot subscribe to {}", sub.subject)
+                            })?,
                     ),
                 };
                 sources.push((components.len(), source));
             }
             components.push(template);
         }
-        let workers: Vec<Workers> =
-            components.iter().map(|t| Workers::spawn(t.clone(), bus.clone(), &mut tasks)).collect();
+        let workers: Vec<Workers> = components
+            .iter()
+            .map(|t| Workers::spawn(t.clone(), bus.clone(), &mut tasks))
+            .collect();
         for (i, source) in sources {
             let w = workers[i].clone();
             match source {
                 Source::Core(sub) => tasks.spawn(dispatch::route(sub, w, shutdown_rx.clone())),
-                Source::Stream(c) => {
-                    tasks.spawn(consumer::route(c, w, components[i].name().to_owned(), shutdown_rx.clone()))
-                }
+                Source::Stream(c) => tasks.spawn(consumer::route(
+                    c,
+                    w,
+                    components[i].name().to_owned(),
+                    shutdown_rx.clone(),
+                )),
             };
         }
         for (name, spec) in specs {

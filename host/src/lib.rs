@@ -17,6 +17,7 @@ pub mod host;
 pub mod manifest;
 pub mod runtime;
 pub mod stats;
+pub mod streams;
 pub mod subject;
 
 pub use host::Host;

@@ -1,6 +1,6 @@
 //! The `weir` command line.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -8,8 +8,9 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
+use weir::bus::NatsBus;
 use weir::feed::{self, FeedPace};
-use weir::manifest::LogFormat;
+use weir::manifest::{LogFormat, NatsSettings};
 use weir::{EnvOverrides, Host, Manifest};
 
 #[derive(Parser)]
@@ -47,40 +48,125 @@ enum Command {
         /// The manifest (TOML).
         manifest: PathBuf,
     },
+    /// Manages JetStream streams and consumers defined as JSON files.
+    Streams {
+        /// NATS server URL.
+        #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+        server: String,
+        #[command(subcommand)]
+        action: StreamsAction,
+    },
+    /// Replays an NDJSON file of market events onto a NATS server.
+    Feed {
+        /// The NDJSON file (trades, or {subject, data} envelopes).
+        file: PathBuf,
+        /// NATS server URL.
+        #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+        server: String,
+        /// Messages per second (default: as fast as possible).
+        #[arg(long)]
+        rate: Option<f64>,
+    },
+}
+
+#[derive(Subcommand)]
+enum StreamsAction {
+    /// Creates or updates every stream and consumer defined in DIR (*.json).
+    Apply {
+        /// Directory of definitions in the nats CLI's JSON format.
+        dir: PathBuf,
+    },
+    /// Lists streams with their subjects and sizes.
+    Ls,
+    /// Shows one stream's config and state.
+    Info {
+        /// Stream name.
+        name: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    let manifest_path = match &cli.command {
-        Command::Run { manifest, .. } | Command::Check { manifest } => manifest.clone(),
-    };
-    let manifest = Manifest::load(&manifest_path, &EnvOverrides::from_process())?;
-    init_logging(manifest.host.log_format);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
         match cli.command {
-            Command::Check { .. } => {
-                let host = Host::start(&manifest).await?;
+            Command::Check { manifest } => {
+                let m = load(&manifest)?;
+                let host = Host::start(&m).await?;
                 println!(
                     "{}: {} component(s) compiled and ready",
-                    manifest_path.display(),
+                    manifest.display(),
                     host.component_stats().len()
                 );
                 host.shutdown(Duration::from_secs(1)).await;
                 Ok(())
             }
             Command::Run {
+                manifest,
                 feed,
                 rate,
                 taps,
                 stay,
-                ..
-            } => run(manifest, feed, rate, taps, stay).await,
+            } => run(load(&manifest)?, feed, rate, taps, stay).await,
+            Command::Streams { server, action } => {
+                init_logging_at(LogFormat::Human, "warn");
+                let nats = NatsBus::connect(
+                    &NatsSettings::with_url(&server),
+                    Path::new("."),
+                    "weir streams",
+                )
+                .await?;
+                let js = nats.jetstream();
+                let lines = match action {
+                    StreamsAction::Apply { dir } => {
+                        weir::streams::apply(js, &weir::streams::load_dir(&dir)?).await?
+                    }
+                    StreamsAction::Ls => weir::streams::list(js).await?,
+                    StreamsAction::Info { name } => vec![weir::streams::info(js, &name).await?],
+                };
+                for l in lines {
+                    println!("{l}");
+                }
+                Ok(())
+            }
+            Command::Feed { file, server, rate } => {
+                init_logging_at(LogFormat::Human, "warn");
+                let nats = NatsBus::connect(
+                    &NatsSettings::with_url(&server),
+                    Path::new("."),
+                    "weir feed",
+                )
+                .await?;
+                let pace = FeedPace {
+                    rate,
+                    ..FeedPace::default()
+                };
+                let report = feed::replay(&nats, &file, pace, || 0).await?;
+                nats.client()
+                    .flush()
+                    .await
+                    .context("cannot flush to NATS")?;
+                for line in &report.skipped {
+                    eprintln!("skipped {line}");
+                }
+                println!(
+                    "published {} messages to {server} ({} lines skipped)",
+                    report.published, report.skipped_total
+                );
+                Ok(())
+            }
         }
     })
+}
+
+/// Loads a manifest (with the environment's overrides) and starts logging.
+fn load(path: &Path) -> anyhow::Result<Manifest> {
+    let m = Manifest::load(path, &EnvOverrides::from_process())?;
+    init_logging(m.host.log_format);
+    Ok(m)
 }
 
 async fn run(
@@ -186,9 +272,12 @@ fn print_summary(
 }
 
 fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new("info,cranelift=warn,wasmtime=warn")
-    });
+    init_logging_at(format, "info,cranelift=warn,wasmtime=warn,async_nats=warn");
+}
+
+fn init_logging_at(format: LogFormat, default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

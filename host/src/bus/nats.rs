@@ -31,7 +31,11 @@ pub struct NatsBus {
 
 impl NatsBus {
     /// Connects with the manifest's settings; fails fast when no server answers.
-    pub async fn connect(settings: &NatsSettings, base_dir: &Path, name: &str) -> anyhow::Result<NatsBus> {
+    pub async fn connect(
+        settings: &NatsSettings,
+        base_dir: &Path,
+        name: &str,
+    ) -> anyhow::Result<NatsBus> {
         let mut opts = ConnectOptions::new()
             .name(name)
             .connection_timeout(Duration::from_millis(settings.connect_timeout_ms))
@@ -41,12 +45,17 @@ impl NatsBus {
                 match event {
                     Event::Connected => tracing::info!("NATS connected"),
                     Event::Disconnected => tracing::warn!("NATS disconnected; reconnecting"),
-                    Event::SlowConsumer(sid) => tracing::warn!(sid, "NATS slow consumer: messages dropped"),
+                    Event::Closed => tracing::debug!("NATS connection closed"),
+                    Event::SlowConsumer(sid) => {
+                        tracing::warn!(sid, "NATS slow consumer: messages dropped")
+                    }
                     other => tracing::warn!("NATS: {other}"),
                 }
             });
         let wait = Duration::from_millis(settings.reconnect_wait_ms);
-        opts = opts.reconnect_delay_callback(move |attempt| if attempt <= 1 { Duration::ZERO } else { wait });
+        opts = opts.reconnect_delay_callback(
+            move |attempt| if attempt <= 1 { Duration::ZERO } else { wait },
+        );
         if let (Some(user), Some(password)) = (&settings.user, &settings.password) {
             opts = opts.user_and_password(user.clone(), password.clone());
         }
@@ -72,7 +81,12 @@ impl NatsBus {
                 opts = opts.add_client_certificate(base_dir.join(cert), base_dir.join(key));
             }
         }
-        let servers: Vec<String> = settings.url.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect();
+        let servers: Vec<String> = settings
+            .url
+            .split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect();
         let client = opts
             .connect(servers)
             .await
@@ -82,7 +96,12 @@ impl NatsBus {
             .max_ack_inflight(settings.ack_window.max(1))
             .backpressure_on_inflight(true)
             .build(client.clone());
-        Ok(NatsBus { client, js, url: settings.url.clone(), streams: Arc::default() })
+        Ok(NatsBus {
+            client,
+            js,
+            url: settings.url.clone(),
+            streams: Arc::default(),
+        })
     }
 
     /// The underlying client.
@@ -108,8 +127,10 @@ pub(crate) fn to_header_map(headers: &[(String, String)]) -> Result<Option<Heade
     }
     let mut map = HeaderMap::new();
     for (k, v) in headers {
-        let name = HeaderName::from_str(k).map_err(|_| BusError::Invalid(format!("invalid header name {k:?}")))?;
-        let value = HeaderValue::from_str(v).map_err(|_| BusError::Invalid(format!("invalid value for header {k}")))?;
+        let name = HeaderName::from_str(k)
+            .map_err(|_| BusError::Invalid(format!("invalid header name {k:?}")))?;
+        let value = HeaderValue::from_str(v)
+            .map_err(|_| BusError::Invalid(format!("invalid value for header {k}")))?;
         map.append(name, value);
     }
     Ok(Some(map))
@@ -146,48 +167,82 @@ impl Bus for NatsBus {
         let headers = to_header_map(&msg.headers)?;
         let r = match (msg.reply_to, headers) {
             (None, None) => self.client.publish(msg.subject, msg.payload).await,
-            (None, Some(h)) => self.client.publish_with_headers(msg.subject, h, msg.payload).await,
-            (Some(r), None) => self.client.publish_with_reply(msg.subject, r, msg.payload).await,
-            (Some(r), Some(h)) => self.client.publish_with_reply_and_headers(msg.subject, r, h, msg.payload).await,
+            (None, Some(h)) => {
+                self.client
+                    .publish_with_headers(msg.subject, h, msg.payload)
+                    .await
+            }
+            (Some(r), None) => {
+                self.client
+                    .publish_with_reply(msg.subject, r, msg.payload)
+                    .await
+            }
+            (Some(r), Some(h)) => {
+                self.client
+                    .publish_with_reply_and_headers(msg.subject, r, h, msg.payload)
+                    .await
+            }
         };
         r.map_err(|e| match e.kind() {
-            async_nats::client::PublishErrorKind::MaxPayloadExceeded | async_nats::client::PublishErrorKind::InvalidSubject => {
+            async_nats::client::PublishErrorKind::MaxPayloadExceeded
+            | async_nats::client::PublishErrorKind::InvalidSubject => {
                 BusError::Invalid(format!("NATS refused the message: {e}"))
             }
             _ => unavailable(e),
         })
     }
 
-    async fn subscribe(&self, filter: &str, queue_group: Option<&str>) -> Result<Subscription, BusError> {
+    async fn subscribe(
+        &self,
+        filter: &str,
+        queue_group: Option<&str>,
+    ) -> Result<Subscription, BusError> {
         let sub = match queue_group {
             None => self.client.subscribe(filter.to_owned()).await,
-            Some(g) => self.client.queue_subscribe(filter.to_owned(), g.to_owned()).await,
+            Some(g) => {
+                self.client
+                    .queue_subscribe(filter.to_owned(), g.to_owned())
+                    .await
+            }
         }
         .map_err(unavailable)?;
         Ok(Box::pin(sub.map(from_nats)))
     }
 
     async fn request(&self, msg: BusMessage, timeout: Duration) -> Result<BusMessage, BusError> {
-        let mut req = async_nats::Request::new().payload(msg.payload).timeout(Some(timeout));
+        let mut req = async_nats::Request::new()
+            .payload(msg.payload)
+            .timeout(Some(timeout));
         if let Some(h) = to_header_map(&msg.headers)? {
             req = req.headers(h);
         }
         let subject = msg.subject.clone();
         // The client's own timeout covers only the reply; this covers a
         // request stuck while disconnected too.
-        match tokio::time::timeout(timeout + Duration::from_millis(100), self.client.send_request(msg.subject, req)).await {
+        match tokio::time::timeout(
+            timeout + Duration::from_millis(100),
+            self.client.send_request(msg.subject, req),
+        )
+        .await
+        {
             Err(_) => Err(BusError::Timeout(timeout)),
             Ok(Ok(reply)) => Ok(from_nats(reply)),
             Ok(Err(e)) => Err(match e.kind() {
                 RequestErrorKind::NoResponders => BusError::NoResponders(subject),
                 RequestErrorKind::TimedOut => BusError::Timeout(timeout),
-                RequestErrorKind::InvalidSubject | RequestErrorKind::MaxPayloadExceeded => BusError::Invalid(e.to_string()),
+                RequestErrorKind::InvalidSubject | RequestErrorKind::MaxPayloadExceeded => {
+                    BusError::Invalid(e.to_string())
+                }
                 _ => unavailable(e),
             }),
         }
     }
 
-    async fn jetstream_publish(&self, msg: BusMessage, msg_id: Option<String>) -> Result<PublishAck, BusError> {
+    async fn jetstream_publish(
+        &self,
+        msg: BusMessage,
+        msg_id: Option<String>,
+    ) -> Result<PublishAck, BusError> {
         let mut pm = PublishMessage::build().payload(msg.payload);
         if let Some(h) = to_header_map(&msg.headers)? {
             for (name, values) in h.iter() {
@@ -197,25 +252,44 @@ impl Bus for NatsBus {
             }
         }
         if let Some(id) = msg_id {
-            HeaderValue::from_str(&id).map_err(|_| BusError::Invalid("msg-id contains a line break".into()))?;
+            HeaderValue::from_str(&id)
+                .map_err(|_| BusError::Invalid("msg-id contains a line break".into()))?;
             pm = pm.message_id(id);
         }
         let subject = msg.subject;
-        let sent = self.js.send_publish(subject.clone(), pm).await.map_err(|e| js_error(&subject, e))?;
+        let sent = self
+            .js
+            .send_publish(subject.clone(), pm)
+            .await
+            .map_err(|e| js_error(&subject, e))?;
         let ack = sent.await.map_err(|e| js_error(&subject, e))?;
-        Ok(PublishAck { stream: ack.stream, sequence: ack.sequence, duplicate: ack.duplicate })
+        Ok(PublishAck {
+            stream: ack.stream,
+            sequence: ack.sequence,
+            duplicate: ack.duplicate,
+        })
     }
 
     async fn stream_for_subject(&self, subject: &str) -> Result<Option<String>, BusError> {
-        if let Some(s) = self.streams.read().unwrap_or_else(|e| e.into_inner()).get(subject) {
+        if let Some(s) = self
+            .streams
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(subject)
+        {
             return Ok(Some(s.clone()));
         }
         match self.js.stream_by_subject(subject).await {
             Ok(name) => {
-                self.streams.write().unwrap_or_else(|e| e.into_inner()).insert(subject.to_owned(), name.clone());
+                self.streams
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(subject.to_owned(), name.clone());
                 Ok(Some(name))
             }
-            Err(e) if e.kind() == jetstream::context::GetStreamByNameErrorKind::NotFound => Ok(None),
+            Err(e) if e.kind() == jetstream::context::GetStreamByNameErrorKind::NotFound => {
+                Ok(None)
+            }
             Err(e) => Err(unavailable(e)),
         }
     }
@@ -232,7 +306,9 @@ impl Bus for NatsBus {
 fn js_error(subject: &str, e: jetstream::context::PublishError) -> BusError {
     use jetstream::context::PublishErrorKind as K;
     match e.kind() {
-        K::StreamNotFound => BusError::Unavailable(format!("no JetStream stream captures {subject}")),
+        K::StreamNotFound => {
+            BusError::Unavailable(format!("no JetStream stream captures {subject}"))
+        }
         K::TimedOut => BusError::Timeout(Duration::from_secs(5)),
         K::MaxPayloadExceeded => BusError::Invalid(e.to_string()),
         _ => unavailable(e),

@@ -77,7 +77,9 @@ impl Capabilities {
             }
         }
         if let Some((name, _)) = headers.iter().find(|(_, v)| v.contains(['\r', '\n'])) {
-            return Err(GuestError::Invalid(format!("header {name} has a line break in its value")));
+            return Err(GuestError::Invalid(format!(
+                "header {name} has a line break in its value"
+            )));
         }
         Ok(BusMessage {
             subject: subject_,

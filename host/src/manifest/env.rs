@@ -71,7 +71,11 @@ impl EnvOverrides {
                         (false, None) => Some(NatsSettings::with_url(value)),
                     }
                 }
-                "NATS_USER" | "NATS_PASSWORD" | "NATS_TOKEN" | "NATS_MAX_RECONNECT_ATTEMPTS" | "NATS_RECONNECT_TIME_WAIT" => {}
+                "NATS_USER"
+                | "NATS_PASSWORD"
+                | "NATS_TOKEN"
+                | "NATS_MAX_RECONNECT_ATTEMPTS"
+                | "NATS_RECONNECT_TIME_WAIT" => {}
                 "REDIS_URL" => {
                     m.redis = (!value.is_empty()).then(|| RedisSettings {
                         url: value.to_owned(),
@@ -94,7 +98,8 @@ impl EnvOverrides {
         // NATS credentials and reconnect settings apply once a URL is known.
         if let Some(n) = m.nats.as_mut() {
             let get = |k: &str| self.vars.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
-            let bad = |k: &str, what: &str| (k.to_owned(), format!("{:?} is not {what}", self.vars[k]));
+            let bad =
+                |k: &str, what: &str| (k.to_owned(), format!("{:?} is not {what}", self.vars[k]));
             if let Some(v) = get("NATS_USER") {
                 n.user = Some(v.to_owned());
             }
@@ -109,7 +114,9 @@ impl EnvOverrides {
                 n.max_reconnects = Some(v.parse().map_err(|_| bad(k, "a whole number"))?);
             }
             if let Some(v) = get("NATS_RECONNECT_TIME_WAIT") {
-                let secs: f64 = v.parse().map_err(|_| bad("NATS_RECONNECT_TIME_WAIT", "a number of seconds"))?;
+                let secs: f64 = v
+                    .parse()
+                    .map_err(|_| bad("NATS_RECONNECT_TIME_WAIT", "a number of seconds"))?;
                 n.reconnect_wait_ms = (secs * 1000.0) as u64;
             }
         }
