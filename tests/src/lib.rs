@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test support code
 
 pub mod reference;
+pub mod servers;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};

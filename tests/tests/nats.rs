@@ -1,0 +1,463 @@
+//! weir on a real nats-server (spawned per test on a free port): JetStream
+//! pipeline, server restart mid-stream, dead letters, de-duplication,
+//! queue groups, missing streams, stream grants, streams as files.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may fail loudly
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use weir::Host;
+use weir::bus::{Bus, BusMessage, NatsBus};
+use weir::manifest::NatsSettings;
+use weir::streams::{self, Definition};
+use weir_tests::reference::{self, Signal};
+use weir_tests::servers::NatsServer;
+use weir_tests::{Collector, manifest, root, sample_messages};
+
+/// File-backed streams for the tests (so they survive a server restart).
+async fn make_streams(server: &NatsServer, names: &[(&str, &str)]) -> jetstream::Context {
+    let js = jetstream::new(server.client().await);
+    let defs: Vec<(PathBuf, Definition)> = names
+        .iter()
+        .map(|(name, subject)| {
+            let config = stream::Config {
+                name: (*name).into(),
+                subjects: vec![(*subject).into()],
+                storage: stream::StorageType::File,
+                num_replicas: 1,
+                ..Default::default()
+            };
+            (PathBuf::from(name), Definition::Stream(config))
+        })
+        .collect();
+    streams::apply(&js, &defs).await.unwrap();
+    js
+}
+
+/// Publishes each message to JetStream with a msg id, retrying until stored.
+async fn publish_durably(js: &jetstream::Context, msg: &BusMessage, id: &str) {
+    loop {
+        let pm = jetstream::message::PublishMessage::build()
+            .payload(msg.payload.clone())
+            .message_id(id);
+        match js.send_publish(msg.subject.clone(), pm).await {
+            Ok(ack) => match ack.await {
+                Ok(_) => return,
+                Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+            },
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// Every message stored in a stream, in sequence order.
+async fn stream_contents(js: &jetstream::Context, name: &str) -> Vec<BusMessage> {
+    let mut s = js.get_stream(name).await.unwrap();
+    let last = s.info().await.unwrap().state.last_sequence;
+    let mut out = Vec::new();
+    for seq in 1..=last {
+        if let Ok(m) = s.get_raw_message(seq).await {
+            out.push(BusMessage::new(m.subject.to_string(), m.payload));
+        }
+    }
+    out
+}
+
+async fn wait_for_stream(js: &jetstream::Context, name: &str, n: u64, timeout: Duration) {
+    let until = tokio::time::Instant::now() + timeout;
+    loop {
+        let have = js
+            .get_stream(name)
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .messages;
+        if have >= n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "stream {name}: {have} of {n} messages after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn strategy_manifest(url: &str, streams_granted: &str) -> String {
+    format!(
+        r#"
+[nats]
+url = "{url}"
+reconnect_wait_ms = 100
+
+[components.sma-crossover]
+wasm = "{{sma}}"
+subscribe = [{{ subject = "TRADE.trade.>", stream = "TRADE", consumer = "sma", ack_wait_ms = 2000 }}]
+grants = {{ subscribe = ["TRADE.trade.>"], publish = ["signals.*"], streams = [{streams_granted}], cache = "sma" }}
+limits = {{ instances = 2, max_deliver = 10 }}
+config = {{ fast_window = 5, slow_window = 20, publish = "jetstream" }}
+"#
+    )
+}
+
+fn as_signals(msgs: &[BusMessage]) -> BTreeMap<String, Vec<Signal>> {
+    reference::published_signals(msgs)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_pipeline_survives_a_server_restart_with_exact_signals() {
+    let mut server = NatsServer::start();
+    let js = make_streams(
+        &server,
+        &[
+            ("TRADE", "TRADE.trade.>"),
+            ("SIGNALS", "signals.>"),
+            ("DLQ", "dlq.>"),
+        ],
+    )
+    .await;
+    let m = manifest(&strategy_manifest(&server.url(), r#""TRADE", "SIGNALS""#));
+    let host = Host::start(&m).await.unwrap();
+
+    let trades: Vec<BusMessage> = sample_messages(3000)
+        .into_iter()
+        .filter(|m| m.subject.starts_with("TRADE."))
+        .collect();
+    let expected = reference::sma_signals(&trades, 5, 20);
+    let expected_count: usize = expected.values().map(Vec::len).sum();
+    let publisher = server.client().await;
+    let pjs = jetstream::new(publisher);
+    for (i, t) in trades.iter().enumerate() {
+        if i == trades.len() / 3 {
+            // Kill the server mid-stream, keep it down a moment, bring it back.
+            server.kill();
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            server.restart();
+        }
+        publish_durably(&pjs, t, &format!("trade-{i}")).await;
+    }
+    wait_for_stream(
+        &js,
+        "SIGNALS",
+        expected_count as u64,
+        Duration::from_secs(90),
+    )
+    .await;
+    // Give redeliveries a moment to (not) add anything.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Every trade was stored once and every signal is there exactly once:
+    // redelivered trades are skipped by trade id, and a re-published
+    // signal is dropped by its Nats-Msg-Id.
+    assert_eq!(
+        js.get_stream("TRADE")
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .messages,
+        trades.len() as u64
+    );
+    let stored = stream_contents(&js, "SIGNALS").await;
+    assert_eq!(stored.len(), expected_count, "duplicate or missing signals");
+    assert_eq!(as_signals(&stored), expected);
+    let sma = host.component_stats()[0].1;
+    assert_eq!(sma.dead_lettered, 0);
+    assert!(sma.handled >= trades.len() as u64, "{sma:?}");
+    host.shutdown(Duration::from_secs(5)).await;
+
+    // All acknowledged: nothing left pending on the durable consumer.
+    let mut c = js
+        .get_stream("TRADE")
+        .await
+        .unwrap()
+        .get_consumer::<jetstream::consumer::pull::Config>("sma")
+        .await
+        .unwrap();
+    let info = c.info().await.unwrap();
+    assert_eq!((info.num_pending, info.num_ack_pending), (0, 0), "{info:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poison_messages_are_dead_lettered_with_reason_and_attempts() {
+    let server = NatsServer::start();
+    let js = make_streams(
+        &server,
+        &[
+            ("TRADE", "TRADE.trade.>"),
+            ("POKES", "poke.>"),
+            ("DLQ", "dlq.>"),
+        ],
+    )
+    .await;
+    let m = manifest(&format!(
+        r#"
+[nats]
+url = "{}"
+
+[components.sma-crossover]
+wasm = "{{sma}}"
+subscribe = [{{ subject = "TRADE.trade.>", stream = "TRADE", consumer = "sma" }}]
+grants = {{ subscribe = ["TRADE.trade.>"], publish = ["signals.*"], streams = ["TRADE"], cache = "sma" }}
+
+[components.hostile]
+wasm = "{{hostile}}"
+subscribe = [{{ subject = "poke.>", stream = "POKES", consumer = "hostile" }}]
+grants = {{ subscribe = ["poke.>"], streams = ["POKES"], cache = "hostile" }}
+limits = {{ max_deliver = 3 }}
+config = {{ behaviour = "trap" }}
+"#,
+        server.url()
+    ));
+    let host = Host::start(&m).await.unwrap();
+    let client = server.client().await;
+    let pjs = jetstream::new(client);
+    publish_durably(
+        &pjs,
+        &BusMessage::new("TRADE.trade.BTCUSDT", "{oops"),
+        "bad-1",
+    )
+    .await;
+    publish_durably(&pjs, &BusMessage::new("poke.1", "{}"), "poke-1").await;
+    wait_for_stream(&js, "DLQ", 2, Duration::from_secs(30)).await;
+
+    let letters: Vec<weir::dlq::DeadLetter> = stream_contents(&js, "DLQ")
+        .await
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .collect();
+    let bad = letters
+        .iter()
+        .find(|l| l.component == "sma-crossover")
+        .unwrap();
+    assert_eq!(
+        (bad.attempts, bad.stream.as_deref(), bad.sequence),
+        (1, Some("TRADE"), Some(1))
+    );
+    assert!(bad.error.contains("malformed trade JSON"), "{}", bad.error);
+    assert_eq!(bad.original_payload(), b"{oops");
+    let poison = letters.iter().find(|l| l.component == "hostile").unwrap();
+    assert_eq!(
+        (
+            poison.attempts,
+            poison.stream.as_deref(),
+            poison.original_subject.as_str()
+        ),
+        (3, Some("POKES"), "poke.1")
+    );
+    assert!(
+        poison.error.contains("component hostile trapped"),
+        "{}",
+        poison.error
+    );
+    let hostile = host
+        .component_stats()
+        .into_iter()
+        .find(|(n, _)| n == "hostile")
+        .unwrap()
+        .1;
+    assert_eq!(
+        (hostile.traps, hostile.retried, hostile.dead_lettered),
+        (3, 2, 1)
+    );
+    host.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn msg_id_deduplicates_and_stream_grants_are_enforced() {
+    let server = NatsServer::start();
+    let js = make_streams(
+        &server,
+        &[
+            ("TRADE", "TRADE.trade.>"),
+            ("SIGNALS", "signals.>"),
+            ("DLQ", "dlq.>"),
+        ],
+    )
+    .await;
+    let bus = NatsBus::connect(&NatsSettings::with_url(server.url()), &root(), "test")
+        .await
+        .unwrap();
+    let first = bus
+        .jetstream_publish(BusMessage::new("signals.X", "1"), Some("id-1".into()))
+        .await
+        .unwrap();
+    let again = bus
+        .jetstream_publish(BusMessage::new("signals.X", "1"), Some("id-1".into()))
+        .await
+        .unwrap();
+    assert_eq!(
+        (first.stream.as_str(), first.duplicate, again.duplicate),
+        ("SIGNALS", false, true)
+    );
+    assert_eq!(first.sequence, again.sequence);
+
+    // sma-crossover may publish signals.* but is not granted the SIGNALS stream.
+    let m = manifest(&strategy_manifest(&server.url(), r#""TRADE""#));
+    let host = Host::start(&m).await.unwrap();
+    let pjs = jetstream::new(server.client().await);
+    for (i, t) in sample_messages(400)
+        .iter()
+        .filter(|m| m.subject.starts_with("TRADE."))
+        .enumerate()
+    {
+        publish_durably(&pjs, t, &format!("t-{i}")).await;
+    }
+    wait_for_stream(&js, "DLQ", 1, Duration::from_secs(30)).await;
+    let letter: weir::dlq::DeadLetter =
+        serde_json::from_slice(&stream_contents(&js, "DLQ").await[0].payload).unwrap();
+    assert!(
+        letter.error.contains("may not publish into stream SIGNALS"),
+        "{}",
+        letter.error
+    );
+    assert_eq!(
+        js.get_stream("SIGNALS")
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .messages,
+        1,
+        "only the test's own message"
+    );
+    host.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queue_group_shares_the_load_between_hosts() {
+    let server = NatsServer::start();
+    let text = format!(
+        r#"
+[nats]
+url = "{}"
+
+[components.hostile]
+wasm = "{{hostile}}"
+subscribe = [{{ subject = "work.*", queue_group = "workers" }}]
+grants = {{ subscribe = ["work.*"], cache = "hostile" }}
+config = {{ behaviour = "ok" }}
+"#,
+        server.url()
+    );
+    let a = Host::start(&manifest(&text)).await.unwrap();
+    let b = Host::start(&manifest(&text)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let client = server.client().await;
+    for i in 0..200 {
+        client
+            .publish(format!("work.{}", i % 10), "{}".into())
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    let (ha, hb) = loop {
+        let (ha, hb) = (
+            a.component_stats()[0].1.handled,
+            b.component_stats()[0].1.handled,
+        );
+        if ha + hb >= 200 || tokio::time::Instant::now() > until {
+            break (ha, hb);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert_eq!(
+        ha + hb,
+        200,
+        "each message handled exactly once across the group"
+    );
+    assert!(ha > 0 && hb > 0, "both hosts took a share: {ha} / {hb}");
+    a.shutdown(Duration::from_secs(2)).await;
+    b.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_stream_and_unreachable_server_are_clear_errors() {
+    let server = NatsServer::start();
+    let m = manifest(&strategy_manifest(&server.url(), r#""TRADE""#));
+    let e = format!("{:#}", Host::start(&m).await.err().unwrap());
+    assert!(
+        e.contains("stream TRADE (needed by component sma-crossover) does not exist"),
+        "{e}"
+    );
+
+    let closed = weir_tests::servers::free_port();
+    let m = manifest(&strategy_manifest(
+        &format!("nats://127.0.0.1:{closed}"),
+        r#""TRADE""#,
+    ));
+    let e = format!("{:#}", Host::start(&m).await.err().unwrap());
+    assert!(
+        e.contains(&format!(
+            "cannot connect to NATS at nats://127.0.0.1:{closed}"
+        )),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn example_stream_files_apply_idempotently_and_record_sources_trade() {
+    let server = NatsServer::start();
+    let js = jetstream::new(server.client().await);
+    let defs = streams::load_dir(&root().join("examples/streams")).unwrap();
+    let first = streams::apply(&js, &defs).await.unwrap();
+    assert!(first.iter().all(|l| l.ends_with(": created")), "{first:?}");
+    let again = streams::apply(&js, &defs).await.unwrap();
+    assert!(
+        again.iter().all(|l| l.ends_with(": unchanged")),
+        "{again:?}"
+    );
+
+    // RECORD keeps what TRADE receives, under record.trade.<SYMBOL>.
+    let client = server.client().await;
+    client
+        .publish("TRADE.trade.BTCUSDT", "{}".into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    wait_for_stream(&js, "RECORD", 1, Duration::from_secs(10)).await;
+    assert_eq!(
+        stream_contents(&js, "RECORD").await[0].subject,
+        "record.trade.BTCUSDT"
+    );
+
+    // A changed file updates the stream and says what changed.
+    let mut changed = defs.clone();
+    for (_, d) in &mut changed {
+        if let Definition::Stream(c) = d
+            && c.name == "ALERTS"
+        {
+            c.max_messages = 5000;
+        }
+    }
+    let report = streams::apply(&js, &changed).await.unwrap();
+    assert!(
+        report.contains(&"stream ALERTS: updated max_msgs".to_owned()),
+        "{report:?}"
+    );
+
+    // Core messaging through the bus: request/reply and no responders.
+    let bus = NatsBus::connect(&NatsSettings::with_url(server.url()), &root(), "test")
+        .await
+        .unwrap();
+    let e = bus
+        .request(
+            BusMessage::new("nobody.home", "?"),
+            Duration::from_millis(500),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e, weir::bus::BusError::NoResponders("nobody.home".into()));
+    let _c = Collector::start(&bus, "svc.echo").await;
+}
