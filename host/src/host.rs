@@ -24,7 +24,7 @@ enum Source {
     /// A core subscription.
     Core(Subscription),
     /// A JetStream durable pull consumer.
-    Stream(async_nats::jetstream::consumer::PullConsumer),
+    Stream(Box<async_nats::jetstream::consumer::PullConsumer>),
 }
 
 /// How often expired L1 entries are swept.
@@ -125,9 +125,9 @@ impl Host {
                     (Some(stream), None) => bail!(
                         "component {name} consumes stream {stream}: JetStream needs a NATS server (set [nats] url or NATS_URL)"
                     ),
-                    (Some(_), Some(nats)) => Source::Stream(
+                    (Some(_), Some(nats)) => Source::Stream(Box::new(
                         consumer::open(nats.jetstream(), name, sub, &spec.limits).await?,
-                    ),
+                    )),
                     (None, _) => Source::Core(
                         bus.subscribe(&sub.subject, sub.queue_group.as_deref())
                             .await
@@ -149,7 +149,7 @@ impl Host {
             match source {
                 Source::Core(sub) => tasks.spawn(dispatch::route(sub, w, shutdown_rx.clone())),
                 Source::Stream(c) => tasks.spawn(consumer::route(
-                    c,
+                    *c,
                     w,
                     components[i].name().to_owned(),
                     shutdown_rx.clone(),

@@ -208,7 +208,11 @@ async fn run(
         let bus = host.bus();
         let report = tokio::select! {
             r = feed::replay(&*bus, path, pace, || host.backlog()) => r?,
-            _ = tokio::signal::ctrl_c() => anyhow::bail!("interrupted while feeding"),
+            _ = shutdown_signal() => {
+                tracing::warn!("interrupted while feeding; shutting down");
+                weir::host::run(host, async {}).await;
+                return Ok(());
+            }
         };
         for line in &report.skipped {
             eprintln!("skipped {line}");
@@ -218,7 +222,7 @@ async fn run(
     }
     if feed.is_none() || stay {
         tracing::info!("running; Ctrl-C to stop");
-        let _ = tokio::signal::ctrl_c().await;
+        shutdown_signal().await;
     }
     // Let taps print what is still in flight.
     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -268,6 +272,22 @@ fn print_summary(
             l.bytes,
             l.evictions
         );
+    }
+}
+
+/// Resolves on Ctrl-C (SIGINT) or SIGTERM.
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
     }
 }
 

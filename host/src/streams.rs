@@ -18,13 +18,13 @@ use serde_json::Value;
 #[derive(Debug, Clone)]
 pub enum Definition {
     /// A stream.
-    Stream(stream::Config),
+    Stream(Box<stream::Config>),
     /// A durable consumer on a stream.
     Consumer {
         /// The stream it reads.
         stream: String,
         /// Its config.
-        config: pull::Config,
+        config: Box<pull::Config>,
     },
 }
 
@@ -49,7 +49,7 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<Definition> {
         }
         return Ok(Definition::Consumer {
             stream: f.stream_name,
-            config: f.config,
+            config: Box::new(f.config),
         });
     }
     let config: stream::Config = serde_json::from_value(value)
@@ -57,7 +57,7 @@ pub fn parse(path: &Path, text: &str) -> anyhow::Result<Definition> {
     if config.name.is_empty() {
         bail!("{}: the stream has no name", path.display());
     }
-    Ok(Definition::Stream(config))
+    Ok(Definition::Stream(Box::new(config)))
 }
 
 /// Reads every `*.json` file of a directory, streams before consumers and

@@ -30,7 +30,7 @@ async fn make_streams(server: &NatsServer, names: &[(&str, &str)]) -> jetstream:
                 num_replicas: 1,
                 ..Default::default()
             };
-            (PathBuf::from(name), Definition::Stream(config))
+            (PathBuf::from(name), Definition::Stream(Box::new(config)))
         })
         .collect();
     streams::apply(&js, &defs).await.unwrap();
