@@ -27,6 +27,7 @@ test: build-components
 # Benchmarks (criterion); ratios against native baselines are printed.
 bench: build-components
     cargo bench -p weir
+    cargo bench -p weir-tests --bench nats_pipeline
 
 # Format check and clippy with warnings as errors (host and guests).
 lint:

@@ -1,0 +1,310 @@
+//! End-to-end load run on a real nats-server (spawned here), each figure
+//! against a raw async-nats baseline measured in the same run:
+//!
+//! 1. events/s through sma-crossover on core NATS vs raw pub→sub;
+//! 2. events/s through a JetStream durable consumer with acks vs raw pull+ack;
+//! 3. p50/p99 from publishing a trade to receiving its signal at a fixed
+//!    10k events/s vs a native relay (sub → publish) over the same two hops.
+//!
+//! Run with `just bench` (or `cargo bench -p weir-tests --bench nats_pipeline`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // benchmark code
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer::pull, stream};
+use bytes::Bytes;
+use futures::StreamExt;
+use weir::Host;
+use weir_tests::manifest;
+use weir_tests::servers::NatsServer;
+
+const THROUGHPUT_EVENTS: u64 = 100_000;
+const LATENCY_RATE: u64 = 10_000;
+const LATENCY_SECS: u64 = 5;
+/// Published but not yet consumed, before the publisher waits.
+const WINDOW: u64 = 20_000;
+
+/// Synthetic trades: four symbols, random walks, increasing trade ids.
+fn trades(n: u64) -> Vec<(String, Bytes)> {
+    let mut prices = [64_000.0f64, 3_400.0, 150.0, 580.0];
+    let names = ["BTCUSDT", "ETHUSDT", "SOLUSDT", "BNBUSDT"];
+    let mut x: u64 = 0x2545F4914F6CDD1D;
+    (0..n)
+        .map(|i| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let k = (i % 4) as usize;
+            prices[k] *= 1.0 + ((x % 2001) as f64 - 1000.0) * 1e-6;
+            let body = format!(
+                r#"{{"symbol":"{}","price":{:.2},"qty":0.1,"ts":{},"trade_id":{}}}"#,
+                names[k],
+                prices[k],
+                1_753_862_400_000u64 + i,
+                i + 1
+            );
+            (format!("TRADE.trade.{}", names[k]), Bytes::from(body))
+        })
+        .collect()
+}
+
+fn sma_manifest(url: &str, subscription: &str) -> weir::Manifest {
+    manifest(&format!(
+        r#"
+[nats]
+url = "{url}"
+
+[components.sma-crossover]
+wasm = "{{sma}}"
+subscribe = [{subscription}]
+grants = {{ subscribe = ["TRADE.trade.>"], publish = ["signals.*"], streams = ["TRADE"], cache = "sma" }}
+limits = {{ instances = 2 }}
+config = {{ fast_window = 5, slow_window = 20 }}
+"#
+    ))
+}
+
+/// Publishes `msgs`, keeping at most WINDOW ahead of `consumed`; returns
+/// the time until `consumed` reached the count.
+async fn pump(
+    client: &async_nats::Client,
+    msgs: &[(String, Bytes)],
+    consumed: impl Fn() -> u64,
+) -> Duration {
+    let start = Instant::now();
+    for (i, (s, b)) in msgs.iter().enumerate() {
+        while i as u64 > consumed() + WINDOW {
+            tokio::time::sleep(Duration::from_micros(200)).await;
+        }
+        client.publish(s.clone(), b.clone()).await.unwrap();
+    }
+    client.flush().await.unwrap();
+    while consumed() < msgs.len() as u64 {
+        tokio::time::sleep(Duration::from_micros(200)).await;
+    }
+    start.elapsed()
+}
+
+fn rate(n: u64, d: Duration) -> f64 {
+    n as f64 / d.as_secs_f64()
+}
+
+async fn core_throughput(server: &NatsServer, msgs: &[(String, Bytes)]) -> (f64, f64) {
+    // Raw: a subscriber on its own connection counts.
+    let sub_client = server.client().await;
+    let mut sub = sub_client.subscribe("TRADE.trade.>").await.unwrap();
+    let got = Arc::new(AtomicU64::new(0));
+    let g = got.clone();
+    let counter = tokio::spawn(async move {
+        while sub.next().await.is_some() {
+            g.fetch_add(1, Ordering::Relaxed);
+        }
+    });
+    sub_client.flush().await.unwrap();
+    let publisher = server.client().await;
+    let raw = pump(&publisher, msgs, || got.load(Ordering::Relaxed)).await;
+    counter.abort();
+
+    let host = Host::start(&sma_manifest(
+        &server.url(),
+        r#"{ subject = "TRADE.trade.*" }"#,
+    ))
+    .await
+    .unwrap();
+    host.nats().unwrap().client().flush().await.unwrap();
+    let weir = pump(&publisher, msgs, || host.component_stats()[0].1.handled).await;
+    host.shutdown(Duration::from_secs(5)).await;
+    (rate(msgs.len() as u64, raw), rate(msgs.len() as u64, weir))
+}
+
+async fn load_stream(js: &jetstream::Context, msgs: &[(String, Bytes)]) {
+    let _ = js.delete_stream("TRADE").await;
+    js.create_stream(stream::Config {
+        name: "TRADE".into(),
+        subjects: vec!["TRADE.trade.>".into()],
+        storage: stream::StorageType::Memory,
+        num_replicas: 1,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let mut acks = Vec::with_capacity(1000);
+    for (s, b) in msgs {
+        acks.push(js.publish(s.clone(), b.clone()).await.unwrap());
+        if acks.len() == 1000 {
+            for a in acks.drain(..) {
+                a.await.unwrap();
+            }
+        }
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+}
+
+async fn jetstream_throughput(server: &NatsServer, msgs: &[(String, Bytes)]) -> (f64, f64) {
+    let js = jetstream::new(server.client().await);
+    let n = msgs.len() as u64;
+
+    load_stream(&js, msgs).await;
+    let consumer = js
+        .get_stream("TRADE")
+        .await
+        .unwrap()
+        .create_consumer(pull::Config {
+            durable_name: Some("raw".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let start = Instant::now();
+    let mut stream = consumer.messages().await.unwrap();
+    let mut seen = 0;
+    while seen < n {
+        let m = stream.next().await.unwrap().unwrap();
+        m.ack().await.unwrap();
+        seen += 1;
+    }
+    let raw = start.elapsed();
+    drop(stream);
+
+    load_stream(&js, msgs).await;
+    let start = Instant::now();
+    let sub = r#"{ subject = "TRADE.trade.>", stream = "TRADE", consumer = "sma" }"#;
+    let host = Host::start(&sma_manifest(&server.url(), sub))
+        .await
+        .unwrap();
+    while host.component_stats()[0].1.handled < n {
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    let weir = start.elapsed();
+    host.shutdown(Duration::from_secs(5)).await;
+    (rate(n, raw), rate(n, weir))
+}
+
+/// Publishes at LATENCY_RATE; returns sorted latencies (µs) of the trades
+/// whose signal (or relayed copy) arrived on `signals.>`.
+async fn latencies(
+    server: &NatsServer,
+    msgs: &[(String, Bytes)],
+    signalled: &std::collections::HashSet<u64>,
+) -> Vec<f64> {
+    let rx_client = server.client().await;
+    let mut sub = rx_client.subscribe("signals.>").await.unwrap();
+    rx_client.flush().await.unwrap();
+    let sent: Arc<std::sync::Mutex<HashMap<u64, Instant>>> = Arc::default();
+    let s2 = sent.clone();
+    let expect = signalled.len();
+    let receiver = tokio::spawn(async move {
+        let mut out = Vec::with_capacity(expect);
+        while out.len() < expect {
+            let Ok(Some(m)) = tokio::time::timeout(Duration::from_secs(5), sub.next()).await else {
+                break;
+            };
+            let now = Instant::now();
+            let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            let id = v["trade_id"].as_u64().unwrap();
+            if let Some(t) = s2.lock().unwrap().get(&id) {
+                out.push(now.duration_since(*t).as_secs_f64() * 1e6);
+            }
+        }
+        out
+    });
+    let publisher = server.client().await;
+    let start = Instant::now();
+    for (i, (s, b)) in msgs.iter().enumerate() {
+        let due = start + Duration::from_secs_f64(i as f64 / LATENCY_RATE as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let id = i as u64 + 1;
+        if signalled.contains(&id) {
+            sent.lock().unwrap().insert(id, Instant::now());
+        }
+        publisher.publish(s.clone(), b.clone()).await.unwrap();
+    }
+    publisher.flush().await.unwrap();
+    let mut out = receiver.await.unwrap();
+    out.sort_by(f64::total_cmp);
+    out
+}
+
+fn pct(v: &[f64], p: f64) -> f64 {
+    v[((v.len() as f64 - 1.0) * p).round() as usize]
+}
+
+async fn latency(server: &NatsServer, msgs: &[(String, Bytes)]) -> ((f64, f64), (f64, f64)) {
+    // Which trades produce a signal: run the reference over them.
+    let bus_msgs: Vec<weir::bus::BusMessage> = msgs
+        .iter()
+        .map(|(s, b)| weir::bus::BusMessage::new(s.clone(), b.clone()))
+        .collect();
+    let signalled: std::collections::HashSet<u64> =
+        weir_tests::reference::sma_signals(&bus_msgs, 5, 20)
+            .values()
+            .flatten()
+            .map(|s| s.trade_id)
+            .collect();
+
+    // Raw: a native relay republishes the signalling trades as signals.
+    let relay_client = server.client().await;
+    let mut relay_sub = relay_client.subscribe("TRADE.trade.>").await.unwrap();
+    let relay_ids = signalled.clone();
+    let relay = tokio::spawn(async move {
+        while let Some(m) = relay_sub.next().await {
+            let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+            if relay_ids.contains(&v["trade_id"].as_u64().unwrap()) {
+                relay_client
+                    .publish("signals.RAW", m.payload)
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    let raw = latencies(server, msgs, &signalled).await;
+    relay.abort();
+
+    let host = Host::start(&sma_manifest(
+        &server.url(),
+        r#"{ subject = "TRADE.trade.*" }"#,
+    ))
+    .await
+    .unwrap();
+    host.nats().unwrap().client().flush().await.unwrap();
+    let weir = latencies(server, msgs, &signalled).await;
+    host.shutdown(Duration::from_secs(5)).await;
+    assert!(
+        weir.len() * 10 >= signalled.len() * 9,
+        "lost signals: {} of {}",
+        weir.len(),
+        signalled.len()
+    );
+    (
+        (pct(&raw, 0.5), pct(&raw, 0.99)),
+        (pct(&weir, 0.5), pct(&weir, 0.99)),
+    )
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let server = NatsServer::start();
+        let msgs = trades(THROUGHPUT_EVENTS);
+        let (raw, weir) = core_throughput(&server, &msgs).await;
+        println!("core NATS        raw pub→sub {raw:>10.0} ev/s   weir sma-crossover {weir:>10.0} ev/s   ratio {:.2}x (target ≥ 0.5)", weir / raw);
+        let (raw, weir) = jetstream_throughput(&server, &msgs).await;
+        println!("JetStream        raw pull+ack {raw:>9.0} ev/s   weir durable consumer {weir:>7.0} ev/s   ratio {:.2}x (target ≥ 0.7)", weir / raw);
+        let lat_msgs = trades(LATENCY_RATE * LATENCY_SECS);
+        let ((rp50, rp99), (wp50, wp99)) = latency(&server, &lat_msgs).await;
+        println!(
+            "latency @10k/s   raw relay p50 {rp50:.0} µs p99 {rp99:.0} µs   weir p50 {wp50:.0} µs p99 {wp99:.0} µs   p99 ratio {:.2}x (target ≤ 2)",
+            wp99 / rp99
+        );
+    });
+}
