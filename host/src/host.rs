@@ -11,7 +11,11 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use crate::bus::{Bus, EmbeddedBus, NatsBus, Subscription};
-use crate::cache::{CacheStore, LayerStats, MemoryStore, MemoryStoreConfig};
+use crate::cache::codec::{Codec, Codecs};
+use crate::cache::{
+    CacheStore, Coherence, LayerStats, LayeredCache, LayeredConfig, MemoryStore, MemoryStoreConfig,
+    RedisStore, l3, report,
+};
 use crate::capability::ComponentContext;
 use crate::consumer;
 use crate::dispatch::{self, Workers};
@@ -77,14 +81,13 @@ impl Host {
     ) -> anyhow::Result<Host> {
         let mut tasks = JoinSet::new();
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let cache: Option<Arc<dyn CacheStore>> = manifest.cache.enabled.then(|| {
-            let l1 = MemoryStore::new(MemoryStoreConfig {
-                max_entries: manifest.cache.max_entries,
-                max_bytes: manifest.cache.max_mb * 1024 * 1024,
-            });
-            tasks.spawn(purge_expired(l1.clone(), shutdown_rx.clone()));
-            Arc::new(l1) as Arc<dyn CacheStore>
-        });
+        let cache = if manifest.cache.enabled {
+            let layered =
+                build_cache(manifest, &id, &bus, nats.as_ref(), &shutdown_rx, &mut tasks).await?;
+            Some(Arc::new(layered) as Arc<dyn CacheStore>)
+        } else {
+            None
+        };
 
         let specs = &manifest.components;
         let runtime = Runtime::new(&RuntimeConfig {
@@ -159,7 +162,12 @@ impl Host {
         for (name, spec) in specs {
             tracing::info!(component = %name, subscriptions = spec.subscribe.len(), instances = spec.limits.instances, "component ready");
         }
-        tracing::info!(host = %id, bus = %bus.describe(), cache = if cache.is_some() { "L1" } else { "off" }, "weir host started");
+        let layers: Vec<String> = cache
+            .iter()
+            .flat_map(|c| c.stats())
+            .map(|l| format!("{:?}", l.layer))
+            .collect();
+        tracing::info!(host = %id, bus = %bus.describe(), cache = %layers.join("+"), "weir host started");
         Ok(Host {
             id,
             bus,
@@ -250,6 +258,93 @@ pub async fn run(host: Host, shutdown: impl Future) {
     shutdown.await;
     tracing::info!(host = host.id(), "shutting down");
     host.shutdown(Duration::from_secs(10)).await;
+}
+
+/// L1, plus L2 when Redis is configured, plus L3 when the cache is
+/// distributed and the bus is NATS; with its housekeeping tasks.
+async fn build_cache(
+    manifest: &Manifest,
+    id: &str,
+    bus: &Arc<dyn Bus>,
+    nats: Option<&NatsBus>,
+    shutdown: &watch::Receiver<bool>,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<LayeredCache> {
+    let settings = &manifest.cache;
+    let max_l1_bytes = settings.max_mb * 1024 * 1024;
+    let l1 = MemoryStore::new(MemoryStoreConfig {
+        max_entries: settings.max_entries,
+        max_bytes: max_l1_bytes,
+    });
+    tasks.spawn(purge_expired(l1.clone(), shutdown.clone()));
+    let l2 = match &manifest.redis {
+        None => None,
+        Some(redis) => {
+            let codec = if settings.compression {
+                settings.codec
+            } else {
+                Codec::None
+            };
+            let codecs = Codecs::new(
+                settings.compress_threshold_bytes,
+                codec,
+                settings.max_value_bytes,
+            )
+            .map_err(|e| anyhow::anyhow!("cannot set up cache codecs: {e}"))?;
+            let timeout = Duration::from_millis(settings.redis_timeout_ms);
+            Some(RedisStore::new(&redis.url, Arc::new(codecs), timeout)?)
+        }
+    };
+    // Coherence keeps L1 copies of a shared store honest; without Redis each
+    // host's L1 is the only copy, and dropping it on a peer's word (or on
+    // a reconnect) would lose data.
+    let l3 = match nats {
+        Some(nats) if settings.distributed && l2.is_some() => {
+            let l3 = Coherence::new(bus.clone(), id.to_owned());
+            let updates = bus
+                .subscribe(l3::UPDATE, None)
+                .await
+                .context("cannot subscribe to cache.update")?;
+            let invalidations = bus
+                .subscribe(l3::INVALIDATE, None)
+                .await
+                .context("cannot subscribe to cache.invalidate")?;
+            tasks.spawn(l3.clone().run(
+                l1.clone(),
+                updates,
+                invalidations,
+                Some(nats.reconnects()),
+                shutdown.clone(),
+            ));
+            Some(l3)
+        }
+        _ => None,
+    };
+    let shared = l2.is_some() || l3.is_some();
+    let layered = LayeredCache::new(
+        l1,
+        l2,
+        l3,
+        LayeredConfig {
+            l2_required: settings.l2_required,
+            l1_max_ttl: shared.then(|| Duration::from_secs(settings.l1_max_ttl_secs)),
+            dictionary_prefixes: settings.dictionaries.clone(),
+        },
+    );
+    layered.adopt_dictionaries().await;
+    if settings.monitoring {
+        let every = Duration::from_secs(settings.stats_interval_secs.max(1));
+        let cache = Arc::new(layered.clone()) as Arc<dyn CacheStore>;
+        tasks.spawn(report::run(
+            id.to_owned(),
+            cache,
+            bus.clone(),
+            every,
+            max_l1_bytes as u64,
+            shutdown.clone(),
+        ));
+    }
+    Ok(layered)
 }
 
 async fn purge_expired(l1: MemoryStore, mut shutdown: watch::Receiver<bool>) {

@@ -270,6 +270,11 @@ mod tests {
             r#"{"stream_name":"T","config":{"ack_policy":"explicit","replay_policy":"instant"}}"#,
         )
         .unwrap_err();
-        assert!(format!("{e:#}").contains("durable_name"));
+        let msg = format!("{e:#}");
+        assert!(
+            msg.contains("c.json")
+                && (msg.contains("durable_name") || msg.contains("missing field")),
+            "{msg}"
+        );
     }
 }

@@ -13,6 +13,7 @@ use async_nats::jetstream::{self, message::PublishMessage};
 use async_nats::{Client, ConnectOptions, Event, HeaderMap, RequestErrorKind};
 use async_trait::async_trait;
 use futures::StreamExt;
+use tokio::sync::watch;
 
 use super::{Bus, BusError, BusMessage, PublishAck, Subscription};
 use crate::manifest::NatsSettings;
@@ -27,6 +28,8 @@ pub struct NatsBus {
     url: String,
     /// Subject → stream that captures it, learned on first JetStream publish.
     streams: Arc<RwLock<HashMap<String, String>>>,
+    /// Bumped on every (re)connect: L1 caches flush on it.
+    connects: watch::Receiver<u64>,
 }
 
 impl NatsBus {
@@ -36,20 +39,28 @@ impl NatsBus {
         base_dir: &Path,
         name: &str,
     ) -> anyhow::Result<NatsBus> {
+        let (connected, connects) = watch::channel(0u64);
+        let connected = Arc::new(connected);
         let mut opts = ConnectOptions::new()
             .name(name)
             .connection_timeout(Duration::from_millis(settings.connect_timeout_ms))
             .ping_interval(Duration::from_secs(settings.ping_interval_secs.max(1)))
             .max_reconnects(settings.max_reconnects)
-            .event_callback(|event| async move {
-                match event {
-                    Event::Connected => tracing::info!("NATS connected"),
-                    Event::Disconnected => tracing::warn!("NATS disconnected; reconnecting"),
-                    Event::Closed => tracing::debug!("NATS connection closed"),
-                    Event::SlowConsumer(sid) => {
-                        tracing::warn!(sid, "NATS slow consumer: messages dropped")
+            .event_callback(move |event| {
+                let connected = connected.clone();
+                async move {
+                    match event {
+                        Event::Connected => {
+                            connected.send_modify(|n| *n += 1);
+                            tracing::info!("NATS connected");
+                        }
+                        Event::Disconnected => tracing::warn!("NATS disconnected; reconnecting"),
+                        Event::Closed => tracing::debug!("NATS connection closed"),
+                        Event::SlowConsumer(sid) => {
+                            tracing::warn!(sid, "NATS slow consumer: messages dropped")
+                        }
+                        other => tracing::warn!("NATS: {other}"),
                     }
-                    other => tracing::warn!("NATS: {other}"),
                 }
             });
         let wait = Duration::from_millis(settings.reconnect_wait_ms);
@@ -101,6 +112,7 @@ impl NatsBus {
             js,
             url: settings.url.clone(),
             streams: Arc::default(),
+            connects,
         })
     }
 
@@ -112,6 +124,13 @@ impl NatsBus {
     /// The JetStream context.
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.js
+    }
+
+    /// Changes on every reconnect after the first connection.
+    pub fn reconnects(&self) -> watch::Receiver<u64> {
+        let mut r = self.connects.clone();
+        r.mark_unchanged();
+        r
     }
 
     /// `connected`, `disconnected` or `pending`.

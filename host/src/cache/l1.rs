@@ -218,6 +218,18 @@ impl MemoryStore {
         removed
     }
 
+    /// Drops every entry; how many there were.
+    pub fn clear(&self) -> usize {
+        let mut n = 0;
+        for shard in &self.inner.shards {
+            let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            n += shard.map.len();
+            shard.map.clear();
+            shard.bytes = 0;
+        }
+        n
+    }
+
     /// Drops expired entries; how many.
     pub fn purge_expired(&self) -> usize {
         let now = Instant::now();

@@ -4,8 +4,15 @@
 //! written once against it. L1 is [`MemoryStore`]; Redis (L2) and NATS
 //! coherence (L3) compose behind the same trait.
 
+mod breaker;
+pub mod codec;
 pub mod glob;
 mod l1;
+pub mod l2;
+pub mod l3;
+mod latency;
+mod layered;
+pub mod report;
 
 use std::time::Duration;
 
@@ -14,6 +21,9 @@ use bytes::Bytes;
 use thiserror::Error;
 
 pub use l1::{MemoryStore, MemoryStoreConfig};
+pub use l2::RedisStore;
+pub use l3::Coherence;
+pub use layered::{LayeredCache, LayeredConfig};
 
 /// Why a cache operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

@@ -211,6 +211,22 @@ pub struct CacheSettings {
     pub max_key_bytes: usize,
     /// Largest value a component may store, in bytes.
     pub max_value_bytes: usize,
+    /// L2 codec above the threshold: `zstd`, `gzip` or `none`.
+    pub codec: crate::cache::codec::Codec,
+    /// Compress L2 values of at least this many bytes.
+    pub compress_threshold_bytes: usize,
+    /// Full-key prefixes (`<namespace>:<prefix>`) that get a trained zstd
+    /// dictionary shared through Redis.
+    pub dictionaries: Vec<String>,
+    /// Fail writes Redis did not confirm (else L1 keeps serving).
+    pub l2_required: bool,
+    /// Cap on L1 TTLs when other hosts share the data: the staleness bound
+    /// while coherence messages cannot arrive, seconds.
+    pub l1_max_ttl_secs: u64,
+    /// Time limit per Redis call, milliseconds.
+    pub redis_timeout_ms: u64,
+    /// Publish `cache.stats` and `cache.performance` this often, seconds.
+    pub stats_interval_secs: u64,
 }
 
 impl Default for CacheSettings {
@@ -225,6 +241,13 @@ impl Default for CacheSettings {
             monitoring: true,
             max_key_bytes: 512,
             max_value_bytes: 1024 * 1024,
+            codec: crate::cache::codec::Codec::Zstd,
+            compress_threshold_bytes: 256,
+            dictionaries: Vec::new(),
+            l2_required: false,
+            l1_max_ttl_secs: 30,
+            redis_timeout_ms: 250,
+            stats_interval_secs: 10,
         }
     }
 }

@@ -1,0 +1,349 @@
+//! L2: Redis, shared by hosts. Values travel in codec envelopes
+//! ([`super::codec`]); every call is bounded by a timeout and guarded by a
+//! circuit breaker, so a dead Redis costs microseconds, not seconds.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use redis::AsyncCommands;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use super::breaker::Breaker;
+use super::codec::{CodecError, Codecs};
+use super::latency::Histogram;
+use super::{CacheError, Layer, LayerStats};
+
+/// Keys SCAN returns per round trip during pattern invalidation.
+const SCAN_COUNT: usize = 500;
+/// Prefix of shared zstd dictionaries in Redis.
+pub const DICT_PREFIX: &str = "weir:dict:";
+
+/// A cheap-to-clone handle to the Redis layer.
+#[derive(Clone)]
+pub struct RedisStore {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    /// Reconnects by itself after Redis comes back.
+    conn: ConnectionManager,
+    /// For logs.
+    url: String,
+    codecs: Arc<Codecs>,
+    breaker: Breaker,
+    /// Hard cap per call, including a reconnect in progress.
+    timeout: Duration,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    sets: AtomicU64,
+    deletes: AtomicU64,
+    errors: AtomicU64,
+    bytes_saved: AtomicU64,
+    latency: Histogram,
+}
+
+impl RedisStore {
+    /// A store for `url`. Connects lazily: a Redis that is down at start
+    /// only means misses and counted errors until it comes up.
+    pub fn new(
+        url: &str,
+        codecs: Arc<Codecs>,
+        timeout: Duration,
+    ) -> Result<RedisStore, CacheError> {
+        let client = redis::Client::open(url)
+            .map_err(|e| CacheError::Invalid(format!("bad Redis URL {url}: {e}")))?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(timeout))
+            .set_response_timeout(Some(timeout))
+            .set_number_of_retries(1)
+            .set_min_delay(Duration::from_millis(50))
+            .set_max_delay(Duration::from_millis(500));
+        let conn = client
+            .get_connection_manager_lazy(config)
+            .map_err(|e| CacheError::Unavailable(format!("Redis at {url}: {e}")))?;
+        Ok(RedisStore {
+            inner: Arc::new(Inner {
+                conn,
+                url: url.to_owned(),
+                codecs,
+                breaker: Breaker::default(),
+                timeout,
+                hits: AtomicU64::new(0),
+                misses: AtomicU64::new(0),
+                sets: AtomicU64::new(0),
+                deletes: AtomicU64::new(0),
+                errors: AtomicU64::new(0),
+                bytes_saved: AtomicU64::new(0),
+                latency: Histogram::default(),
+            }),
+        })
+    }
+
+    /// The codecs this store encodes with.
+    pub fn codecs(&self) -> &Arc<Codecs> {
+        &self.inner.codecs
+    }
+
+    /// Runs one Redis call through the breaker and the timeout.
+    async fn call<T, F>(&self, what: &str, f: F) -> Result<T, CacheError>
+    where
+        F: Future<Output = redis::RedisResult<T>>,
+    {
+        let inner = &self.inner;
+        if let Err(wait) = inner.breaker.allow() {
+            inner.errors.fetch_add(1, Ordering::Relaxed);
+            return Err(CacheError::Unavailable(format!(
+                "Redis at {} is failing; circuit open, next probe in {wait:?}",
+                inner.url
+            )));
+        }
+        let start = Instant::now();
+        let result = tokio::time::timeout(inner.timeout, f).await;
+        inner.latency.record(start.elapsed());
+        let out = match result {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) if e.is_timeout() => {
+                Err(CacheError::Timeout(format!("Redis {what} timed out: {e}")))
+            }
+            Ok(Err(e)) if matches!(e.kind(), redis::ErrorKind::Server(_)) => {
+                Err(CacheError::Invalid(format!("Redis refused {what}: {e}")))
+            }
+            Ok(Err(e)) => Err(CacheError::Unavailable(format!(
+                "Redis at {} {what}: {e}",
+                inner.url
+            ))),
+            Err(_) => Err(CacheError::Timeout(format!(
+                "Redis {what} took longer than {:?}",
+                inner.timeout
+            ))),
+        };
+        // A refused command is not the server's health.
+        inner.breaker.record(!matches!(
+            out,
+            Err(CacheError::Unavailable(_) | CacheError::Timeout(_))
+        ));
+        if out.is_err() {
+            inner.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        out
+    }
+
+    fn conn(&self) -> ConnectionManager {
+        self.inner.conn.clone()
+    }
+
+    /// Decodes an envelope, fetching a shared dictionary it needs; an
+    /// undecodable value is logged, counted and read as a miss.
+    async fn open(&self, key: &str, stored: Vec<u8>) -> Option<Bytes> {
+        let mut result = self.inner.codecs.decode(&stored);
+        if let Err(CodecError::UnknownDictionary(id)) = result
+            && self.load_dictionary(id).await.is_ok()
+        {
+            result = self.inner.codecs.decode(&stored);
+        }
+        match result {
+            Ok(v) => Some(Bytes::from(v)),
+            Err(e) => {
+                self.inner.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(key, "L2 value ignored: {e}");
+                None
+            }
+        }
+    }
+
+    /// Reads a value and its remaining time to live.
+    pub async fn get(&self, key: &str) -> Result<Option<(Bytes, Option<Duration>)>, CacheError> {
+        let mut conn = self.conn();
+        let (stored, pttl): (Option<Vec<u8>>, i64) = self
+            .call(
+                "GET",
+                redis::pipe().get(key).pttl(key).query_async(&mut conn),
+            )
+            .await?;
+        let value = match stored {
+            Some(s) => self.open(key, s).await,
+            None => None,
+        };
+        let counter = if value.is_some() {
+            &self.inner.hits
+        } else {
+            &self.inner.misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+        let ttl = (pttl > 0).then(|| Duration::from_millis(pttl as u64));
+        Ok(value.map(|v| (v, ttl)))
+    }
+
+    /// Reads several keys with one MGET.
+    pub async fn get_many(&self, keys: &[String]) -> Result<Vec<Option<Bytes>>, CacheError> {
+        let mut conn = self.conn();
+        let stored: Vec<Option<Vec<u8>>> = self.call("MGET", conn.mget(keys)).await?;
+        let mut out = Vec::with_capacity(stored.len());
+        for (k, s) in keys.iter().zip(stored) {
+            let v = match s {
+                Some(s) => self.open(k, s).await,
+                None => None,
+            };
+            let counter = if v.is_some() {
+                &self.inner.hits
+            } else {
+                &self.inner.misses
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            out.push(v);
+        }
+        Ok(out)
+    }
+
+    fn seal(&self, key: &str, value: &[u8]) -> Vec<u8> {
+        let sealed = self.inner.codecs.encode(key, value);
+        let saved = (value.len() + 1).saturating_sub(sealed.len());
+        self.inner
+            .bytes_saved
+            .fetch_add(saved as u64, Ordering::Relaxed);
+        sealed
+    }
+
+    /// Writes values with `SET .. PX`, pipelined; returns once Redis confirmed.
+    pub async fn set_many(
+        &self,
+        entries: &[(String, Bytes)],
+        ttl: Duration,
+    ) -> Result<(), CacheError> {
+        let px = ttl.as_millis().max(1) as u64;
+        let mut pipe = redis::pipe();
+        for (k, v) in entries {
+            pipe.cmd("SET")
+                .arg(k)
+                .arg(self.seal(k, v))
+                .arg("PX")
+                .arg(px)
+                .ignore();
+        }
+        let mut conn = self.conn();
+        self.call("SET", pipe.exec_async(&mut conn)).await?;
+        self.inner
+            .sets
+            .fetch_add(entries.len() as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// Removes keys with `UNLINK`; how many existed.
+    pub async fn delete(&self, keys: &[String]) -> Result<u64, CacheError> {
+        let mut conn = self.conn();
+        let n: u64 = self.call("UNLINK", conn.unlink(keys)).await?;
+        self.inner.deletes.fetch_add(n, Ordering::Relaxed);
+        Ok(n)
+    }
+
+    /// Removes every key matching a glob with `SCAN MATCH` + `UNLINK`
+    /// (never `KEYS`, which blocks Redis); how many went.
+    pub async fn invalidate_pattern(&self, pattern: &str) -> Result<u64, CacheError> {
+        let mut conn = self.conn();
+        let mut cursor: u64 = 0;
+        let mut removed = 0;
+        loop {
+            let scan = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(pattern)
+                .arg("COUNT")
+                .arg(SCAN_COUNT)
+                .to_owned();
+            let (next, keys): (u64, Vec<String>) =
+                self.call("SCAN", scan.query_async(&mut conn)).await?;
+            if !keys.is_empty() {
+                removed += self.delete(&keys).await?;
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Stores a trained dictionary for every host and maps `prefix` to it.
+    pub async fn publish_dictionary(
+        &self,
+        prefix: &str,
+        id: u32,
+        raw: &[u8],
+    ) -> Result<(), CacheError> {
+        let mut conn = self.conn();
+        let mut pipe = redis::pipe();
+        pipe.cmd("SET")
+            .arg(format!("{DICT_PREFIX}{id:08x}"))
+            .arg(raw)
+            .arg("NX")
+            .ignore();
+        pipe.cmd("SET")
+            .arg(format!("{DICT_PREFIX}prefix:{prefix}"))
+            .arg(id)
+            .ignore();
+        self.call("SET dictionary", pipe.exec_async(&mut conn))
+            .await
+    }
+
+    /// Fetches and installs a dictionary by id.
+    pub async fn load_dictionary(&self, id: u32) -> Result<(), CacheError> {
+        let mut conn = self.conn();
+        let raw: Option<Vec<u8>> = self
+            .call("GET dictionary", conn.get(format!("{DICT_PREFIX}{id:08x}")))
+            .await?;
+        let raw = raw.ok_or_else(|| {
+            CacheError::Unavailable(format!("zstd dictionary {id:08x} is not in Redis"))
+        })?;
+        self.inner
+            .codecs
+            .install_dictionary(id, &raw)
+            .map_err(|e| CacheError::Invalid(e.to_string()))
+    }
+
+    /// Installs the dictionary other hosts trained for `prefix`, if any.
+    pub async fn adopt_dictionary(&self, prefix: &str) -> Result<bool, CacheError> {
+        let mut conn = self.conn();
+        let id: Option<u32> = self
+            .call(
+                "GET dictionary prefix",
+                conn.get(format!("{DICT_PREFIX}prefix:{prefix}")),
+            )
+            .await?;
+        let Some(id) = id else { return Ok(false) };
+        if !self.inner.codecs.has_dictionary(id) {
+            self.load_dictionary(id).await?;
+        }
+        self.inner.codecs.use_dictionary_for(prefix, id);
+        Ok(true)
+    }
+
+    /// Redis `INFO` fields (memory, clients, keyspace) for dashboards.
+    pub async fn info(&self) -> Result<redis::InfoDict, CacheError> {
+        let mut conn = self.conn();
+        self.call("INFO", redis::cmd("INFO").query_async(&mut conn))
+            .await
+    }
+
+    /// Figures for this layer.
+    pub fn layer_stats(&self) -> LayerStats {
+        let i = &self.inner;
+        let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        LayerStats {
+            hits: l(&i.hits),
+            misses: l(&i.misses),
+            sets: l(&i.sets),
+            deletes: l(&i.deletes),
+            errors: l(&i.errors),
+            bytes_saved: l(&i.bytes_saved),
+            latency_p50_ns: i.latency.quantile(0.5),
+            latency_p99_ns: i.latency.quantile(0.99),
+            ..LayerStats::empty(Layer::L2)
+        }
+    }
+
+    /// Whether the breaker currently keeps calls away from Redis.
+    pub fn is_failing(&self) -> bool {
+        self.inner.breaker.is_open()
+    }
+}

@@ -1,0 +1,105 @@
+//! Periodic cache reports on `cache.stats` and `cache.performance`, in the
+//! seed's formats, for monitors on any host.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde_json::json;
+use tokio::sync::watch;
+
+use super::{CacheStore, Layer, LayerStats};
+use crate::bus::{Bus, BusMessage};
+
+/// Subject of the counters report.
+pub const STATS: &str = "cache.stats";
+/// Subject of the performance report.
+pub const PERFORMANCE: &str = "cache.performance";
+
+/// The two reports for one moment: (`cache.stats`, `cache.performance`).
+pub fn reports(
+    host: &str,
+    layers: &[LayerStats],
+    max_l1_bytes: u64,
+) -> (serde_json::Value, serde_json::Value) {
+    let timestamp = humantime::format_rfc3339_micros(SystemTime::now()).to_string();
+    let l1 = layers
+        .iter()
+        .find(|l| l.layer == Layer::L1)
+        .copied()
+        .unwrap_or(LayerStats::empty(Layer::L1));
+    let l2 = layers.iter().find(|l| l.layer == Layer::L2);
+    // What components saw: an L1 miss that L2 answered is a hit.
+    let hits = l1.hits + l2.map_or(0, |l| l.hits);
+    let reads = l1.hits + l1.misses;
+    let hit_rate = if reads == 0 {
+        0.0
+    } else {
+        hits as f64 / reads as f64
+    };
+    let per_layer: serde_json::Map<String, serde_json::Value> = layers
+        .iter()
+        .map(|l| {
+            let name = format!("{:?}", l.layer).to_lowercase();
+            let v = json!({
+                "hits": l.hits, "misses": l.misses, "sets": l.sets, "deletes": l.deletes,
+                "errors": l.errors, "evictions": l.evictions, "entries": l.entries, "bytes": l.bytes,
+                "bytes_saved": l.bytes_saved, "latency_p50_ns": l.latency_p50_ns, "latency_p99_ns": l.latency_p99_ns,
+            });
+            (name, v)
+        })
+        .collect();
+    let stats = json!({
+        "host": host,
+        "hits": hits,
+        "misses": reads - hits.min(reads),
+        "sets": l1.sets,
+        "deletes": l1.deletes,
+        "errors": layers.iter().map(|l| l.errors).sum::<u64>(),
+        "evictions": l1.evictions,
+        "hit_rate": hit_rate,
+        "layers": per_layer,
+        "timestamp": timestamp,
+    });
+    let avg_response = l2.map_or(0.0, |l| l.latency_p50_ns as f64 / 1e9);
+    let memory_usage = if max_l1_bytes == 0 {
+        0.0
+    } else {
+        l1.bytes as f64 * 100.0 / max_l1_bytes as f64
+    };
+    let performance = json!({
+        "host": host,
+        "avg_response_time": avg_response,
+        "cache_hit_rate": hit_rate,
+        "memory_usage": memory_usage,
+        "timestamp": timestamp,
+    });
+    (stats, performance)
+}
+
+/// Publishes both reports every `every` until shutdown.
+pub async fn run(
+    host: String,
+    cache: Arc<dyn CacheStore>,
+    bus: Arc<dyn Bus>,
+    every: Duration,
+    max_l1_bytes: u64,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => return,
+            _ = tick.tick() => {}
+        }
+        let (stats, perf) = reports(&host, &cache.stats(), max_l1_bytes);
+        for (subject, body) in [(STATS, stats), (PERFORMANCE, perf)] {
+            if let Err(e) = bus
+                .publish(BusMessage::new(subject, body.to_string()))
+                .await
+            {
+                tracing::debug!("cache report not published: {e}");
+            }
+        }
+    }
+}

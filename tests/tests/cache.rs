@@ -1,0 +1,437 @@
+//! The layered cache on real redis-server and nats-server processes:
+//! TTLs, codecs and shared dictionaries in Redis, pattern invalidation,
+//! two hosts staying coherent, Redis killed and restarted, and an outside
+//! client invalidating with the seed's JSON.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may fail loudly
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use redis::AsyncCommands;
+use weir::bus::{Bus, NatsBus};
+use weir::cache::codec::{Codec, Codecs, RAW, ZSTD, ZSTD_DICT};
+use weir::cache::{
+    CacheError, CacheStore, Coherence, LayeredCache, LayeredConfig, MemoryStore, MemoryStoreConfig,
+    RedisStore, l3,
+};
+use weir::manifest::NatsSettings;
+use weir_tests::root;
+use weir_tests::servers::{NatsServer, RedisServer};
+
+const MIN: Duration = Duration::from_secs(60);
+
+fn redis_store(server: &RedisServer) -> RedisStore {
+    let codecs = Codecs::new(64, Codec::Zstd, 1 << 20).unwrap();
+    RedisStore::new(&server.url(), Arc::new(codecs), Duration::from_millis(250)).unwrap()
+}
+
+fn layered(
+    l2: Option<RedisStore>,
+    l3: Option<Coherence>,
+    required: bool,
+    dicts: &[&str],
+) -> LayeredCache {
+    let l1 = MemoryStore::new(MemoryStoreConfig::default());
+    let config = LayeredConfig {
+        l2_required: required,
+        l1_max_ttl: Some(Duration::from_secs(30)),
+        dictionary_prefixes: dicts.iter().map(|s| s.to_string()).collect(),
+    };
+    LayeredCache::new(l1, l2, l3, config)
+}
+
+async fn raw_redis(server: &RedisServer) -> redis::aio::MultiplexedConnection {
+    redis::Client::open(server.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap()
+}
+
+fn order_book(i: usize) -> Bytes {
+    Bytes::from(format!(
+        r#"{{"symbol":"BTCUSDT","ts":{},"bids":[[{:.2},0.{:03}],[{:.2},1.{:03}],[{:.2},2.{:03}]],"asks":[[{:.2},0.{:03}],[{:.2},2.{:03}],[{:.2},3.{:03}]]}}"#,
+        1_753_862_400_000u64 + i as u64 * 100,
+        64000.0 - (i % 50) as f64 * 0.5,
+        i % 1000,
+        63999.5 - (i % 50) as f64 * 0.5,
+        (i * 7) % 1000,
+        63999.0 - (i % 50) as f64 * 0.5,
+        (i * 5) % 1000,
+        64000.5 + (i % 50) as f64 * 0.5,
+        (i * 3) % 1000,
+        64001.0 + (i % 50) as f64 * 0.5,
+        (i * 11) % 1000,
+        64001.5 + (i % 50) as f64 * 0.5,
+        (i * 13) % 1000,
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn values_round_trip_through_redis_with_codec_headers_and_ttls() {
+    let server = RedisServer::start();
+    let cache = layered(Some(redis_store(&server)), None, true, &[]);
+    let big = Bytes::from(order_book(1).repeat(10));
+    cache
+        .set("ns:small", Bytes::from_static(b"tiny"), MIN)
+        .await
+        .unwrap();
+    cache.set("ns:big", big.clone(), MIN).await.unwrap();
+    cache
+        .set(
+            "ns:short",
+            Bytes::from_static(b"soon gone"),
+            Duration::from_millis(300),
+        )
+        .await
+        .unwrap();
+
+    let mut r = raw_redis(&server).await;
+    let small: Vec<u8> = r.get("ns:small").await.unwrap();
+    let stored_big: Vec<u8> = r.get("ns:big").await.unwrap();
+    assert_eq!(
+        small, b"\x00tiny",
+        "below the threshold: raw with a header byte"
+    );
+    assert_eq!(stored_big[0], ZSTD);
+    assert!(
+        stored_big.len() * 4 < big.len(),
+        "zstd shrinks repeated JSON: {} of {}",
+        stored_big.len(),
+        big.len()
+    );
+    let pttl: i64 = r.pttl("ns:big").await.unwrap();
+    assert!(pttl > 50_000 && pttl <= 60_000, "SET .. PX: {pttl}");
+
+    // A second host (empty L1) reads through L2 and gets the same bytes.
+    let other = layered(Some(redis_store(&server)), None, true, &[]);
+    assert_eq!(other.get("ns:big").await.unwrap(), Some(big));
+    assert_eq!(
+        other.get("ns:small").await.unwrap().as_deref(),
+        Some(&b"tiny"[..])
+    );
+    let many = other
+        .get_many(&["ns:small".into(), "ns:nope".into()])
+        .await
+        .unwrap();
+    assert_eq!(many, vec![Some(Bytes::from_static(b"tiny")), None]);
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        other.get("ns:short").await.unwrap(),
+        None,
+        "expired in Redis"
+    );
+    assert_eq!(cache.get("ns:short").await.unwrap(), None, "expired in L1");
+
+    // A value with a bad header is a counted miss, not a crash.
+    let _: () = r.set("ns:corrupt", b"\x7fgarbage").await.unwrap();
+    assert_eq!(other.get("ns:corrupt").await.unwrap(), None);
+    let l2 = other
+        .stats()
+        .into_iter()
+        .find(|l| l.layer == weir::cache::Layer::L2)
+        .unwrap();
+    assert!(l2.errors >= 1 && l2.hits >= 2, "{l2:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dictionary_trained_on_one_host_decodes_on_another() {
+    let server = RedisServer::start();
+    let writer = layered(Some(redis_store(&server)), None, true, &["md:ob:"]);
+    for i in 0..300 {
+        writer
+            .set(&format!("md:ob:{i}"), order_book(i), MIN)
+            .await
+            .unwrap();
+    }
+    let mut r = raw_redis(&server).await;
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let id: Option<u32> = r.get("weir:dict:prefix:md:ob:").await.unwrap();
+        if id.is_some() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "no dictionary was trained and shared"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let value = order_book(5000);
+    writer.set("md:ob:new", value.clone(), MIN).await.unwrap();
+    let stored: Vec<u8> = r.get("md:ob:new").await.unwrap();
+    assert_eq!(stored[0], ZSTD_DICT);
+    assert!(
+        stored.len() * 3 <= value.len(),
+        "dictionary ratio {:.2}",
+        value.len() as f64 / stored.len() as f64
+    );
+
+    // A host that never saw the samples fetches the dictionary by its id.
+    let reader = layered(Some(redis_store(&server)), None, true, &[]);
+    assert_eq!(reader.get("md:ob:new").await.unwrap(), Some(value));
+    // And one configured for the prefix adopts it at start.
+    let adopter = layered(Some(redis_store(&server)), None, true, &["md:ob:"]);
+    adopter.adopt_dictionaries().await;
+    adopter
+        .set("md:ob:adopted", order_book(7), MIN)
+        .await
+        .unwrap();
+    let stored: Vec<u8> = r.get("md:ob:adopted").await.unwrap();
+    assert_eq!(stored[0], ZSTD_DICT);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pattern_invalidation_scans_and_unlinks_only_matching_keys() {
+    let server = RedisServer::start();
+    let cache = layered(Some(redis_store(&server)), None, true, &[]);
+    for i in 0..1200 {
+        cache
+            .set(
+                &format!("market_data:BTCUSDT:{i}"),
+                Bytes::from_static(b"x"),
+                MIN,
+            )
+            .await
+            .unwrap();
+    }
+    cache
+        .set("market_data:ETHUSDT:1h", Bytes::from_static(b"y"), MIN)
+        .await
+        .unwrap();
+    let n = cache
+        .invalidate_pattern("market_data:BTCUSDT:*")
+        .await
+        .unwrap();
+    assert_eq!(n, 1200);
+    let mut r = raw_redis(&server).await;
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(left, vec!["market_data:ETHUSDT:1h".to_owned()]);
+    assert_eq!(cache.get("market_data:BTCUSDT:7").await.unwrap(), None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_killed_and_restarted_serves_l1_then_recovers() {
+    let mut server = RedisServer::start();
+    let cache = layered(Some(redis_store(&server)), None, false, &[]);
+    let strict = layered(Some(redis_store(&server)), None, true, &[]);
+    cache
+        .set("ns:kept", Bytes::from_static(b"v1"), MIN)
+        .await
+        .unwrap();
+
+    server.kill();
+    // Reads come from L1; writes keep L1 current; nothing hangs.
+    let start = std::time::Instant::now();
+    for _ in 0..50 {
+        assert_eq!(
+            cache.get("ns:kept").await.unwrap().as_deref(),
+            Some(&b"v1"[..])
+        );
+        assert_eq!(cache.get("ns:missing").await.unwrap(), None);
+    }
+    cache
+        .set("ns:during", Bytes::from_static(b"v2"), MIN)
+        .await
+        .unwrap();
+    assert_eq!(
+        cache.get("ns:during").await.unwrap().as_deref(),
+        Some(&b"v2"[..])
+    );
+    let e = strict
+        .set("ns:strict", Bytes::from_static(b"x"), MIN)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, CacheError::Unavailable(_) | CacheError::Timeout(_)),
+        "{e:?}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "a dead Redis must fail fast: {:?}",
+        start.elapsed()
+    );
+    let l2 = cache.l2().unwrap();
+    assert!(l2.layer_stats().errors > 0);
+    assert!(l2.is_failing(), "circuit open");
+
+    // Redis comes back empty: writes reach it again once the breaker probes.
+    server.restart();
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        if strict
+            .set("ns:after", Bytes::from_static(b"v3"), MIN)
+            .await
+            .is_ok()
+        {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < until, "Redis never came back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut r = raw_redis(&server).await;
+    let v: Vec<u8> = r.get("ns:after").await.unwrap();
+    assert_eq!(v, b"\x00v3");
+    // No stale value from before the restart appears through another host.
+    let fresh = layered(Some(redis_store(&server)), None, true, &[]);
+    assert_eq!(fresh.get("ns:kept").await.unwrap(), None);
+    let _ = RAW;
+}
+
+async fn coherent_pair(
+    redis: &RedisServer,
+    nats: &NatsServer,
+) -> (
+    LayeredCache,
+    LayeredCache,
+    Vec<tokio::sync::watch::Sender<bool>>,
+) {
+    let mut stops = Vec::new();
+    let mut caches = Vec::new();
+    for name in ["host-a", "host-b"] {
+        let bus = NatsBus::connect(&NatsSettings::with_url(nats.url()), &root(), name)
+            .await
+            .unwrap();
+        let bus: Arc<dyn Bus> = Arc::new(bus);
+        let l3 = Coherence::new(bus.clone(), name.into());
+        let cache = layered(Some(redis_store(redis)), Some(l3.clone()), true, &[]);
+        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let ups = bus.subscribe(l3::UPDATE, None).await.unwrap();
+        let invs = bus.subscribe(l3::INVALIDATE, None).await.unwrap();
+        tokio::spawn(l3.run(cache.l1().clone(), ups, invs, None, stop_rx));
+        stops.push(stop);
+        caches.push(cache);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let b = caches.pop().unwrap();
+    let a = caches.pop().unwrap();
+    (a, b, stops)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_stay_coherent_under_concurrent_writes() {
+    let redis = RedisServer::start();
+    let nats = NatsServer::start();
+    let (a, b, _stops) = coherent_pair(&redis, &nats).await;
+
+    a.set("ns:k", Bytes::from_static(b"v1"), MIN).await.unwrap();
+    assert_eq!(
+        b.get("ns:k").await.unwrap().as_deref(),
+        Some(&b"v1"[..]),
+        "read through L2, now in B's L1"
+    );
+    a.set("ns:k", Bytes::from_static(b"v2"), MIN).await.unwrap();
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    while b.get("ns:k").await.unwrap().as_deref() != Some(&b"v2"[..]) {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "B kept a stale L1 copy"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+
+    // Both write the same keys concurrently; when they are done and the
+    // messages have landed, both read what Redis holds.
+    let keys: Vec<String> = (0..20).map(|i| format!("ns:c{i}")).collect();
+    let write = |c: LayeredCache, tag: &'static str, keys: Vec<String>| async move {
+        for round in 0..30 {
+            for k in &keys {
+                c.set(k, Bytes::from(format!("{tag}-{round}")), MIN)
+                    .await
+                    .unwrap();
+                let _ = c.get(k).await.unwrap();
+            }
+        }
+    };
+    let (ra, rb) = tokio::join!(
+        tokio::spawn(write(a.clone(), "a", keys.clone())),
+        tokio::spawn(write(b.clone(), "b", keys.clone()))
+    );
+    ra.unwrap();
+    rb.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut r = raw_redis(&redis).await;
+    for k in &keys {
+        let stored: Vec<u8> = r.get(k).await.unwrap();
+        let truth = &stored[1..];
+        assert_eq!(a.get(k).await.unwrap().as_deref(), Some(truth), "{k} on A");
+        assert_eq!(b.get(k).await.unwrap().as_deref(), Some(truth), "{k} on B");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outside_client_invalidates_with_the_seed_json() {
+    let redis = RedisServer::start();
+    let nats = NatsServer::start();
+    let (a, _b, _stops) = coherent_pair(&redis, &nats).await;
+    a.set(
+        "sma:trading_signal_BTCUSDT",
+        Bytes::from_static(b"buy"),
+        MIN,
+    )
+    .await
+    .unwrap();
+    a.set("md:BTCUSDT:1h", Bytes::from_static(b"c"), MIN)
+        .await
+        .unwrap();
+    a.set("md:ETHUSDT:1h", Bytes::from_static(b"c"), MIN)
+        .await
+        .unwrap();
+    // Change Redis behind weir's back, as another service would.
+    let mut r = raw_redis(&redis).await;
+    let _: () = r
+        .set("sma:trading_signal_BTCUSDT", b"\x00sell")
+        .await
+        .unwrap();
+    let _: () = r.set("md:BTCUSDT:1h", b"\x00c2").await.unwrap();
+    assert_eq!(
+        a.get("sma:trading_signal_BTCUSDT")
+            .await
+            .unwrap()
+            .as_deref(),
+        Some(&b"buy"[..]),
+        "L1 copy"
+    );
+
+    // Exactly what the Python seed publishes.
+    let client = nats.client().await;
+    client
+        .publish("cache.invalidate", r#"{"action":"invalidate","key":"sma:trading_signal_BTCUSDT","timestamp":"2025-07-30T08:45:23.123456"}"#.into())
+        .await
+        .unwrap();
+    client
+        .publish("cache.invalidate", r#"{"action":"invalidate_pattern","pattern":"md:BTCUSDT:*","timestamp":"2025-07-30T08:45:23.123456"}"#.into())
+        .await
+        .unwrap();
+    client.flush().await.unwrap();
+    let until = tokio::time::Instant::now() + Duration::from_secs(5);
+    while a
+        .get("sma:trading_signal_BTCUSDT")
+        .await
+        .unwrap()
+        .as_deref()
+        != Some(&b"sell"[..])
+    {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "invalidation not applied"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        a.get("md:BTCUSDT:1h").await.unwrap().as_deref(),
+        Some(&b"c2"[..])
+    );
+    let l3 = a
+        .stats()
+        .into_iter()
+        .find(|l| l.layer == weir::cache::Layer::L3)
+        .unwrap();
+    assert!(l3.hits >= 2 && l3.deletes >= 2, "{l3:?}");
+}
