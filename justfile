@@ -28,6 +28,7 @@ test: build-components
 bench: build-components
     cargo bench -p weir
     cargo bench -p weir-tests --bench nats_pipeline
+    cargo bench -p weir-tests --bench cache
 
 # Format check and clippy with warnings as errors (host and guests).
 lint:

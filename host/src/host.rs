@@ -198,6 +198,11 @@ impl Host {
             .collect()
     }
 
+    /// The cache components use (keys are `<namespace>:<key>`), when enabled.
+    pub fn cache(&self) -> Option<Arc<dyn CacheStore>> {
+        self.cache.clone()
+    }
+
     /// Cache figures per layer (empty when the cache is off).
     pub fn cache_stats(&self) -> Vec<LayerStats> {
         self.cache.as_ref().map(|c| c.stats()).unwrap_or_default()

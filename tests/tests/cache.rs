@@ -435,3 +435,85 @@ async fn an_outside_client_invalidates_with_the_seed_json() {
         .unwrap();
     assert!(l3.hits >= 2 && l3.deletes >= 2, "{l3:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_sharing_redis_and_nats_serve_the_demo_with_coherent_caches() {
+    let redis = RedisServer::start();
+    let nats = NatsServer::start();
+    let host_manifest = |id: &str, symbols: [&str; 2]| {
+        weir_tests::manifest(&format!(
+            r#"
+[host]
+id = "{id}"
+
+[nats]
+url = "{}"
+
+[redis]
+url = "{}"
+
+[components.sma-crossover]
+wasm = "{{sma}}"
+subscribe = [{{ subject = "TRADE.trade.{}" }}, {{ subject = "TRADE.trade.{}" }}]
+grants = {{ subscribe = ["TRADE.trade.*"], publish = ["signals.*"], cache = "sma" }}
+"#,
+            nats.url(),
+            redis.url(),
+            symbols[0],
+            symbols[1]
+        ))
+    };
+    // Each host owns two symbols; both share one cache namespace.
+    let a = weir::Host::start(&host_manifest("host-a", ["BTCUSDT", "ETHUSDT"]))
+        .await
+        .unwrap();
+    let b = weir::Host::start(&host_manifest("host-b", ["SOLUSDT", "BNBUSDT"]))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let msgs = weir_tests::sample_messages(usize::MAX);
+    let trades: Vec<_> = msgs
+        .iter()
+        .filter(|m| m.subject.starts_with("TRADE."))
+        .collect();
+    let client = nats.client().await;
+    for (i, t) in trades.iter().enumerate() {
+        client
+            .publish(t.subject.clone(), t.payload.clone())
+            .await
+            .unwrap();
+        if i % 500 == 499 {
+            client.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    client.flush().await.unwrap();
+    let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    while a.component_stats()[0].1.handled + b.component_stats()[0].1.handled < trades.len() as u64
+    {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "not every trade was handled"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // Both hosts read the same latest signal for every symbol, whichever
+    // host computed it, and it is the reference's last signal.
+    let expected = weir_tests::reference::sma_signals(&msgs, 5, 20);
+    let (ca, cb) = (a.cache().unwrap(), b.cache().unwrap());
+    for (symbol, signals) in &expected {
+        let key = format!("sma:trading_signal_{symbol}");
+        let va = ca.get(&key).await.unwrap().expect("host A sees the signal");
+        let vb = cb.get(&key).await.unwrap().expect("host B sees the signal");
+        assert_eq!(va, vb, "{symbol}");
+        let v: serde_json::Value = serde_json::from_slice(&va).unwrap();
+        assert_eq!(
+            v["signal"],
+            signals.last().unwrap().signal.as_str(),
+            "{symbol}"
+        );
+    }
+    a.shutdown(Duration::from_secs(5)).await;
+    b.shutdown(Duration::from_secs(5)).await;
+}

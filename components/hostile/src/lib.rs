@@ -8,6 +8,7 @@
 //! - `recurse`: recurses until the stack overflows
 //! - `trap-first`: traps on the first delivery of a message, succeeds on a
 //!   redelivery (tests that a fresh instance takes over)
+//! - `cache-get`: reads key `hot` from the cache `loops` times (benchmarks)
 //! - `ok`: handles everything (counts messages in the cache under `seen`)
 
 #![allow(unsafe_code)] // the ABI glue that wit-bindgen generates is unsafe
@@ -58,6 +59,15 @@ impl Guest for Hostile {
                 // The limit comes from outside so it cannot be folded away.
                 let limit = u64::MAX - u64::from(delivery.attempt);
                 black_box(recurse(0, black_box(limit)));
+                Ok(())
+            }
+            "cache-get" => {
+                let loops: u32 = config::get("loops")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1);
+                for _ in 0..loops {
+                    black_box(cache::get("hot").map_err(|e| HandleError::Retry(format!("{e:?}")))?);
+                }
                 Ok(())
             }
             "trap-first" if delivery.attempt <= 1 => core::arch::wasm32::unreachable(),
