@@ -70,79 +70,91 @@ pub async fn open(
     Ok(consumer)
 }
 
+/// Messages asked for per pull request.
+const BATCH: usize = 256;
+/// How long a pull request waits for messages to arrive.
+const BATCH_WAIT: Duration = Duration::from_millis(500);
+
 /// Pulls messages from a consumer into the workers until shutdown.
-/// Messages pulled but not yet handled at shutdown are redelivered by the
-/// server after their ack wait: nothing is lost.
+///
+/// Pulls are explicit batches: at shutdown the batch in hand is finished
+/// (handled and acked) and no new one is requested, so no message is left
+/// stranded until its ack wait runs out.
 pub async fn route(
     consumer: PullConsumer,
     workers: Workers,
     component: String,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let mut messages = loop {
-        match consumer.messages().await {
-            Ok(m) => break m,
-            Err(e) => {
-                tracing::warn!(%component, "cannot start pulling ({e}); retrying");
-                tokio::select! {
-                    _ = shutdown.wait_for(|stop| *stop) => return,
-                    _ = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-            }
+    let mut errors = 0u64;
+    let mut warn = |e: &dyn std::fmt::Display| {
+        // Heartbeats and requests fail while NATS is away; pulls resume after.
+        errors += 1;
+        if errors.is_power_of_two() {
+            tracing::warn!(%component, errors, "pull consumer: {e}");
         }
     };
-    let mut errors = 0u64;
     loop {
-        let next = tokio::select! {
-            biased;
+        if *shutdown.borrow() {
+            return;
+        }
+        let request = consumer
+            .batch()
+            .max_messages(BATCH)
+            .expires(BATCH_WAIT)
+            .messages();
+        let requested = tokio::select! {
             _ = shutdown.wait_for(|stop| *stop) => return,
-            next = messages.next() => next,
+            b = request => b,
         };
-        let msg = match next {
-            None => {
-                tracing::error!(%component, "consumer stream ended (consumer deleted?)");
+        let mut batch = match requested {
+            Ok(b) => b,
+            Err(e) => {
+                warn(&e);
+                tokio::select! {
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => continue,
+                }
+            }
+        };
+        while let Some(next) = batch.next().await {
+            let msg = match next {
+                Ok(m) => m,
+                Err(e) => {
+                    warn(&e);
+                    continue;
+                }
+            };
+            let (stream, sequence, attempt) = match msg.info() {
+                Ok(i) => (
+                    i.stream.to_owned(),
+                    i.stream_sequence,
+                    u32::try_from(i.delivered).unwrap_or(u32::MAX).max(1),
+                ),
+                Err(e) => {
+                    tracing::warn!(%component, "message without JetStream metadata skipped: {e}");
+                    continue;
+                }
+            };
+            let (m, acker) = msg.split();
+            let bus_msg = BusMessage {
+                subject: m.subject.to_string(),
+                reply_to: None,
+                headers: crate::bus::from_header_map(m.headers.as_ref()),
+                payload: m.payload,
+            };
+            let job = Job {
+                msg: bus_msg,
+                stream: Some(StreamJob {
+                    stream,
+                    sequence,
+                    attempt,
+                    acker,
+                }),
+            };
+            if !workers.dispatch(job).await {
                 return;
             }
-            Some(Err(e)) => {
-                // Heartbeats missed while NATS is away and the like; the
-                // stream resumes by itself after a reconnect.
-                errors += 1;
-                if errors.is_power_of_two() {
-                    tracing::warn!(%component, errors, "pull consumer: {e}");
-                }
-                continue;
-            }
-            Some(Ok(m)) => m,
-        };
-        let (stream, sequence, attempt) = match msg.info() {
-            Ok(i) => (
-                i.stream.to_owned(),
-                i.stream_sequence,
-                u32::try_from(i.delivered).unwrap_or(u32::MAX).max(1),
-            ),
-            Err(e) => {
-                tracing::warn!(%component, "message without JetStream metadata skipped: {e}");
-                continue;
-            }
-        };
-        let (m, acker) = msg.split();
-        let bus_msg = BusMessage {
-            subject: m.subject.to_string(),
-            reply_to: None,
-            headers: crate::bus::from_header_map(m.headers.as_ref()),
-            payload: m.payload,
-        };
-        let job = Job {
-            msg: bus_msg,
-            stream: Some(StreamJob {
-                stream,
-                sequence,
-                attempt,
-                acker,
-            }),
-        };
-        if !workers.dispatch(job).await {
-            return;
         }
     }
 }

@@ -517,3 +517,25 @@ grants = {{ subscribe = ["TRADE.trade.*"], publish = ["signals.*"], cache = "sma
     a.shutdown(Duration::from_secs(5)).await;
     b.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_misses_on_one_key_make_one_redis_read() {
+    let server = RedisServer::start();
+    let writer = layered(Some(redis_store(&server)), None, true, &[]);
+    writer
+        .set("ns:shared", Bytes::from_static(b"value"), MIN)
+        .await
+        .unwrap();
+    let reader = layered(Some(redis_store(&server)), None, true, &[]);
+    let gets: Vec<_> = (0..32)
+        .map(|_| {
+            let r = reader.clone();
+            tokio::spawn(async move { r.get("ns:shared").await.unwrap() })
+        })
+        .collect();
+    for g in gets {
+        assert_eq!(g.await.unwrap().as_deref(), Some(&b"value"[..]));
+    }
+    let l2 = reader.l2().unwrap().layer_stats();
+    assert_eq!(l2.hits + l2.misses, 1, "single flight: {l2:?}");
+}

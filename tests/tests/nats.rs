@@ -461,3 +461,52 @@ async fn example_stream_files_apply_idempotently_and_record_sources_trade() {
     assert_eq!(e, weir::bus::BusError::NoResponders("nobody.home".into()));
     let _c = Collector::start(&bus, "svc.echo").await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_shutdown_mid_stream_loses_nothing() {
+    let server = NatsServer::start();
+    let js = make_streams(
+        &server,
+        &[
+            ("TRADE", "TRADE.trade.>"),
+            ("SIGNALS", "signals.>"),
+            ("DLQ", "dlq.>"),
+        ],
+    )
+    .await;
+    let trades: Vec<BusMessage> = sample_messages(2000)
+        .into_iter()
+        .filter(|m| m.subject.starts_with("TRADE."))
+        .collect();
+    let expected = reference::sma_signals(&trades, 5, 20);
+    let expected_count: usize = expected.values().map(Vec::len).sum();
+    let pjs = jetstream::new(server.client().await);
+    for (i, t) in trades.iter().enumerate() {
+        publish_durably(&pjs, t, &format!("trade-{i}")).await;
+    }
+    // Redis keeps the strategy's state across the two host lifetimes.
+    let redis = weir_tests::servers::RedisServer::start();
+    let text = format!(
+        "{}\n[redis]\nurl = \"{}\"\n",
+        strategy_manifest(&server.url(), r#""TRADE", "SIGNALS""#),
+        redis.url()
+    );
+    let first = Host::start(&manifest(&text)).await.unwrap();
+    while first.component_stats()[0].1.handled < 300 {
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    first.shutdown(Duration::from_secs(10)).await;
+    let second = Host::start(&manifest(&text)).await.unwrap();
+    wait_for_stream(
+        &js,
+        "SIGNALS",
+        expected_count as u64,
+        Duration::from_secs(60),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let stored = stream_contents(&js, "SIGNALS").await;
+    assert_eq!(stored.len(), expected_count, "duplicate or missing signals");
+    assert_eq!(as_signals(&stored), expected);
+    second.shutdown(Duration::from_secs(5)).await;
+}

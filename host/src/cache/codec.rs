@@ -325,6 +325,24 @@ mod tests {
         assert_eq!(reader.decode(&with).unwrap(), value);
     }
 
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_round_trip_through_every_codec(value in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..4096), threshold in 0usize..512) {
+            for codec in [Codec::None, Codec::Gzip, Codec::Zstd] {
+                let c = Codecs::new(threshold, codec, 1 << 20).unwrap();
+                let e = c.encode("k", &value);
+                proptest::prop_assert!(e.len() <= value.len() + 1, "never larger than raw + header");
+                proptest::prop_assert_eq!(c.decode(&e).unwrap(), value.clone());
+            }
+        }
+
+        #[test]
+        fn arbitrary_envelopes_never_panic(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..512)) {
+            let c = Codecs::new(0, Codec::Zstd, 1 << 16).unwrap();
+            let _ = c.decode(&bytes);
+        }
+    }
+
     #[test]
     fn bad_envelopes_are_clear_errors() {
         let c = Codecs::new(0, Codec::Zstd, 1000).unwrap();

@@ -1,8 +1,12 @@
 //! L1: the in-process cache, bounded by entries and bytes, with TTLs.
 //!
 //! Sharded LRU maps behind short mutexes: a hit is a hash, a lock and a
-//! pointer move. Expired entries are dropped when read and by
-//! [`MemoryStore::purge_expired`], which the host runs periodically.
+//! pointer move. A full shard admits a new key only when a TinyLFU
+//! frequency sketch says it is used more than the least recently used
+//! entry it would replace (measured on a Zipf trace: hit ratio 0.66 for
+//! plain LRU, 0.73 for moka's TinyLFU; see `benches/cache.rs`). Expired
+//! entries are dropped when read and by [`MemoryStore::purge_expired`],
+//! which the host runs periodically.
 
 use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +17,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use lru::LruCache;
 
+use super::sketch::FrequencySketch;
 use super::{CacheError, CacheStore, Layer, LayerStats, glob};
 
 /// Bounds of an L1 cache.
@@ -60,6 +65,8 @@ struct Inner {
 
 struct Shard {
     map: LruCache<String, Entry>,
+    /// Recent access frequencies, for admission.
+    sketch: FrequencySketch,
     /// Bytes charged for the entries in `map`.
     bytes: usize,
 }
@@ -82,6 +89,7 @@ impl MemoryStore {
             .map(|_| {
                 Mutex::new(Shard {
                     map: LruCache::new(cap),
+                    sketch: FrequencySketch::new(per_shard),
                     bytes: 0,
                 })
             })
@@ -100,19 +108,40 @@ impl MemoryStore {
         }
     }
 
-    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
-        let i = (self.inner.hasher.hash_one(key) as usize) % SHARDS;
+    /// The key's hash and its locked shard.
+    fn locate(&self, key: &str) -> (u64, MutexGuard<'_, Shard>) {
+        let hash = self.inner.hasher.hash_one(key);
         // A poisoned shard only means a panic elsewhere mid-update of plain
         // data; the map itself is still consistent.
-        self.inner.shards[i]
+        let shard = self.inner.shards[(hash as usize) % SHARDS]
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(|e| e.into_inner());
+        (hash, shard)
+    }
+
+    fn shard(&self, key: &str) -> MutexGuard<'_, Shard> {
+        self.locate(key).1
+    }
+
+    /// TinyLFU admission: may a new key of `hash` push out the shard's
+    /// least recently used entry?
+    fn admit(&self, shard: &Shard, hash: u64) -> bool {
+        match shard.map.peek_lru() {
+            Some((victim, _)) => {
+                shard.sketch.estimate(hash)
+                    > shard
+                        .sketch
+                        .estimate(self.inner.hasher.hash_one(victim.as_str()))
+            }
+            None => true,
+        }
     }
 
     /// Reads a live value without going through the async trait.
     pub fn get_now(&self, key: &str) -> Option<Bytes> {
         let now = Instant::now();
-        let mut shard = self.shard(key);
+        let (hash, mut shard) = self.locate(key);
+        shard.sketch.increment(hash);
         let found = match shard.map.get(key) {
             Some(e) if e.expires_at > now => Some(e.value.clone()),
             Some(_) => {
@@ -144,11 +173,26 @@ impl MemoryStore {
             )));
         }
         let expires_at = Instant::now() + ttl;
-        let mut shard = self.shard(key);
+        let (hash, mut shard) = self.locate(key);
+        shard.sketch.increment(hash);
         let mut evicted = 0;
-        if let Some(old) = shard.map.peek(key) {
-            let old_size = charge(key, &old.value);
-            shard.bytes -= old_size;
+        match shard.map.peek(key) {
+            Some(old) => {
+                let old_size = charge(key, &old.value);
+                shard.bytes -= old_size;
+            }
+            None => {
+                let full = shard.map.len() >= shard.map.cap().get()
+                    || shard.bytes + size > self.inner.shard_max_bytes;
+                if full && !self.admit(&shard, hash) {
+                    // Colder than what it would replace: not kept. Like an
+                    // eviction of the newcomer; the caller's write still counts.
+                    drop(shard);
+                    self.inner.sets.fetch_add(1, Ordering::Relaxed);
+                    self.inner.evictions.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+            }
         }
         while shard.bytes + size > self.inner.shard_max_bytes {
             match shard.map.pop_lru() {
@@ -371,19 +415,29 @@ mod tests {
     }
 
     #[test]
-    fn lru_keeps_recently_read_keys() {
+    fn hot_keys_survive_a_scan_and_hot_newcomers_get_in() {
+        // One slot per shard, so every new key competes with a resident.
         let s = store(SHARDS, 1 << 30);
-        // Fill one shard's single slot and read it, then write others.
-        s.set_now("keep", Bytes::from_static(b"v"), HOUR).unwrap();
-        assert!(s.get_now("keep").is_some());
-        let mut pushed_out = false;
-        for i in 0..200 {
-            s.set_now(&format!("other{i}"), Bytes::from_static(b"v"), HOUR)
-                .unwrap();
-            pushed_out |= s.get_now("keep").is_none();
+        let v = Bytes::from_static(b"v");
+        s.set_now("hot", v.clone(), HOUR).unwrap();
+        for _ in 0..5 {
+            assert!(s.get_now("hot").is_some());
         }
-        // With one slot per shard "keep" must eventually lose its slot.
-        assert!(pushed_out);
+        for i in 0..500 {
+            s.set_now(&format!("scan{i}"), v.clone(), HOUR).unwrap();
+        }
+        assert!(
+            s.get_now("hot").is_some(),
+            "a scan of one-off keys must not flush a hot key"
+        );
+        let st = s.layer_stats();
+        assert!(st.entries <= SHARDS as u64 && st.evictions > 0, "{st:?}");
+        // A key asked for often enough is admitted over a colder resident.
+        for _ in 0..20 {
+            assert!(s.get_now("newcomer").is_none());
+        }
+        s.set_now("newcomer", v, HOUR).unwrap();
+        assert!(s.get_now("newcomer").is_some());
     }
 
     #[test]

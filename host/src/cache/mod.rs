@@ -13,6 +13,7 @@ pub mod l3;
 mod latency;
 mod layered;
 pub mod report;
+mod sketch;
 
 use std::time::Duration;
 

@@ -103,3 +103,32 @@ pub async fn run(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reports_have_the_seed_fields() {
+        let l1 = LayerStats {
+            hits: 6,
+            misses: 4,
+            bytes: 512,
+            ..LayerStats::empty(Layer::L1)
+        };
+        let l2 = LayerStats {
+            hits: 2,
+            misses: 2,
+            latency_p50_ns: 2_000_000,
+            ..LayerStats::empty(Layer::L2)
+        };
+        let (stats, perf) = reports("h1", &[l1, l2], 1024);
+        assert_eq!(stats["hits"], 8, "an L1 miss answered by L2 is a hit");
+        assert_eq!(stats["misses"], 2);
+        assert_eq!(stats["layers"]["l2"]["hits"], 2);
+        assert_eq!(perf["cache_hit_rate"], 0.8);
+        assert_eq!(perf["avg_response_time"], 0.002);
+        assert_eq!(perf["memory_usage"], 50.0);
+        assert!(perf["timestamp"].as_str().unwrap().ends_with('Z'));
+    }
+}
