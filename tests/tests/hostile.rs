@@ -180,3 +180,152 @@ config = { behaviour = "trap-first" }
     assert!(dlq.messages().is_empty());
     host.shutdown(Duration::from_secs(5)).await;
 }
+
+/// Runs a hostile component that rejects (or handles) every poke beside
+/// sma-crossover; checks sma's output is exact; returns the dead letters.
+async fn contained(behaviour: &str, limits: &str, handled: bool) -> Vec<serde_json::Value> {
+    let text = format!(
+        r#"
+[components.sma-crossover]
+wasm = "{{sma}}"
+subscribe = [{{ subject = "TRADE.trade.*" }}]
+grants = {{ subscribe = ["TRADE.trade.*"], publish = ["signals.*"], cache = "sma" }}
+
+[components.hostile]
+wasm = "{{hostile}}"
+subscribe = [{{ subject = "poke.*" }}]
+grants = {{ subscribe = ["poke.*"], publish = ["flood.*"], cache = "hostile" }}
+limits = {{ {limits} }}
+config = {{ behaviour = "{behaviour}" }}
+"#
+    );
+    let host = Host::start(&manifest(&text)).await.unwrap();
+    let signals = Collector::start(&*host.bus(), "signals.>").await;
+    let dlq = Collector::start(&*host.bus(), "dlq.>").await;
+    let msgs = sample_messages(TRADES);
+    let half = msgs.len() / 2;
+    feed(&host, &sample_trades(), half).await;
+    for i in 0..POKES {
+        host.bus()
+            .publish(BusMessage::new(format!("poke.{i}"), "{}"))
+            .await
+            .unwrap();
+    }
+    for m in &msgs[half..] {
+        host.bus().publish(m.clone()).await.unwrap();
+    }
+    assert!(
+        host.wait_idle(Duration::from_secs(60)).await,
+        "{behaviour}: host did not go idle"
+    );
+    let expected = reference::sma_signals(&msgs, 5, 20);
+    assert_eq!(
+        reference::published_signals(&signals.messages()),
+        expected,
+        "{behaviour}"
+    );
+    let stats = host.component_stats();
+    let hostile = stats.iter().find(|(n, _)| n == "hostile").unwrap().1;
+    assert_eq!(hostile.traps, 0, "{behaviour}: {hostile:?}");
+    let want = if handled {
+        (POKES as u64, 0)
+    } else {
+        (0, POKES as u64)
+    };
+    assert_eq!(
+        (hostile.handled, hostile.dead_lettered),
+        want,
+        "{behaviour}: {hostile:?}"
+    );
+    host.shutdown(Duration::from_secs(5)).await;
+    let letters = if handled {
+        Vec::new()
+    } else {
+        dlq.wait_for(POKES, Duration::from_secs(5)).await
+    };
+    letters
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_files_no_sockets_no_environment() {
+    let e = error_of(&contained("escape", "", false).await);
+    assert!(!e.contains("LEAK"), "{e}");
+    assert!(
+        e.contains("reading /etc/passwd failed") && e.contains("opening a socket failed"),
+        "{e}"
+    );
+    assert!(e.contains("; 0 env vars and args"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_floods_hit_the_per_event_call_quota_and_the_rate_limit() {
+    // 10 000 publishes in one event: give it time, so only the quota stops it.
+    let e = error_of(&contained("flood", "time_per_event_ms = 10000", false).await);
+    assert!(
+        e.contains("publish 10000 refused: Error::Limited(")
+            && e.contains("10000 host calls allowed per event"),
+        "{e}"
+    );
+    let e = error_of(
+        &contained(
+            "flood",
+            "publish_per_sec = 50, time_per_event_ms = 10000",
+            false,
+        )
+        .await,
+    );
+    assert!(e.contains("exceeded its publish rate of 50/s"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_payloads_are_refused() {
+    let e = error_of(&contained("huge-payload", "", false).await);
+    assert!(
+        e.contains("Invalid")
+            && e.contains("payload of 2097152 bytes exceeds the limit of 1048576"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdout_floods_are_absorbed() {
+    // 100 000 lines through WASI stdout, rate-limited into the log.
+    contained("print-flood", "time_per_event_ms = 10000", true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_components_namespace_is_out_of_reach() {
+    let letters = contained("cache-escape", "", false).await;
+    for l in &letters {
+        let e = l["error"].as_str().unwrap();
+        assert!(
+            e.contains("found 0 foreign values") && e.contains("and 0 other keys"),
+            "{e}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pinned_digest_that_does_not_match_is_refused_before_compiling() {
+    let good = weir::digest::sha256_hex(&std::fs::read(weir_tests::wasm("hostile")).unwrap());
+    let text = |sha: &str| {
+        format!(
+            "[components.hostile]\nwasm = \"{{hostile}}\"\nsha256 = \"{sha}\"\nconfig = {{ behaviour = \"ok\" }}\n"
+        )
+    };
+    let host = Host::start(&manifest(&text(&good))).await.unwrap();
+    host.shutdown(Duration::from_secs(1)).await;
+    let bad = "0".repeat(64);
+    let e = Host::start(&manifest(&text(&bad)))
+        .await
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("component hostile") && e.contains("refusing to compile") && e.contains(&good),
+        "{e}"
+    );
+}

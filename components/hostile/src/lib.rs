@@ -8,6 +8,14 @@
 //! - `recurse`: recurses until the stack overflows
 //! - `trap-first`: traps on the first delivery of a message, succeeds on a
 //!   redelivery (tests that a fresh instance takes over)
+//! - `escape`: tries to read `/etc/passwd`, open a socket and read the
+//!   environment, then rejects the message with what happened
+//! - `flood`: publishes on `flood.x` until the host refuses, then rejects
+//!   with the refusal
+//! - `huge-payload`: publishes 2 MiB, rejects with the refusal
+//! - `print-flood`: writes 100 000 lines to stdout, then succeeds
+//! - `cache-escape`: tries to read and wipe other namespaces' keys, rejects
+//!   with how many foreign values it saw
 //! - `cache-get`: reads key `hot` from the cache `loops` times (benchmarks)
 //! - `ok`: handles everything (counts messages in the cache under `seen`)
 
@@ -22,7 +30,7 @@ wit_bindgen::generate!({
 });
 
 use exports::weir::host::handler::{Delivery, Guest, HandleError};
-use weir::host::messaging::Message;
+use weir::host::messaging::{self, Message};
 use weir::host::{cache, config};
 
 /// Recursion the optimiser cannot turn into a loop, with no locals in
@@ -60,6 +68,58 @@ impl Guest for Hostile {
                 let limit = u64::MAX - u64::from(delivery.attempt);
                 black_box(recurse(0, black_box(limit)));
                 Ok(())
+            }
+            "escape" => {
+                let file = match std::fs::read_to_string("/etc/passwd") {
+                    Ok(s) => format!("LEAK: read {} bytes of /etc/passwd", s.len()),
+                    Err(e) => format!("reading /etc/passwd failed ({e})"),
+                };
+                let socket = match std::net::TcpStream::connect("127.0.0.1:4222") {
+                    Ok(_) => "LEAK: opened a socket".to_owned(),
+                    Err(e) => format!("opening a socket failed ({e})"),
+                };
+                let env = std::env::vars().count() + std::env::args().count();
+                Err(HandleError::Reject(format!(
+                    "{file}; {socket}; {env} env vars and args"
+                )))
+            }
+            "flood" => {
+                for i in 0..10_000_000u64 {
+                    if let Err(e) = messaging::publish("flood.x", b"x", &[]) {
+                        return Err(HandleError::Reject(format!("publish {i} refused: {e:?}")));
+                    }
+                }
+                Ok(())
+            }
+            "huge-payload" => {
+                let big = vec![7u8; 2 << 20];
+                match messaging::publish("flood.x", &big, &[]) {
+                    Ok(()) => Err(HandleError::Reject("LEAK: 2 MiB published".into())),
+                    Err(e) => Err(HandleError::Reject(format!("2 MiB publish refused: {e:?}"))),
+                }
+            }
+            "print-flood" => {
+                for i in 0..100_000 {
+                    println!("line {i} of a flood");
+                }
+                Ok(())
+            }
+            "cache-escape" => {
+                let mut found = 0;
+                for key in [
+                    "sma:BTCUSDT",
+                    "../sma:sma:BTCUSDT",
+                    "sma:sma:BTCUSDT",
+                    "*",
+                    ":sma:BTCUSDT",
+                ] {
+                    found += usize::from(matches!(cache::get(key), Ok(Some(_))));
+                }
+                let wiped = cache::invalidate_pattern("*").unwrap_or(0);
+                let wiped_other = cache::invalidate_pattern("../*").unwrap_or(0);
+                Err(HandleError::Reject(format!(
+                    "escape: found {found} foreign values, wiped {wiped} own and {wiped_other} other keys"
+                )))
             }
             "cache-get" => {
                 let loops: u32 = config::get("loops")

@@ -58,6 +58,16 @@ impl Capabilities {
                 )));
             }
         }
+        if let Some(bucket) = &self.ctx.publish_budget
+            && !bucket.lock().map(|mut b| b.take()).unwrap_or(false)
+        {
+            ComponentStats::bump(&self.ctx.stats.limited);
+            return Err(GuestError::Limited(format!(
+                "component {} exceeded its publish rate of {}/s",
+                self.ctx.name,
+                self.ctx.limits.publish_per_sec.unwrap_or_default()
+            )));
+        }
         let limit = self
             .ctx
             .limits

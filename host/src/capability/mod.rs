@@ -9,6 +9,9 @@ mod cache;
 mod config;
 mod logging;
 mod messaging;
+mod output;
+
+pub use output::GuestOutput;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -61,8 +64,10 @@ pub struct ComponentContext {
     pub bus: Arc<dyn Bus>,
     /// Its counters.
     pub stats: Arc<ComponentStats>,
-    /// Log lines allowed per second, shared by its instances.
-    log_budget: Mutex<TokenBucket>,
+    /// Log and stdout/stderr lines allowed per second, shared by its instances.
+    log_budget: Arc<Mutex<TokenBucket>>,
+    /// Publishes allowed per second, when limited.
+    publish_budget: Option<Mutex<TokenBucket>>,
 }
 
 impl ComponentContext {
@@ -78,6 +83,7 @@ impl ComponentContext {
         bus: Arc<dyn Bus>,
     ) -> Self {
         let cache = if grants.cache.is_some() { cache } else { None };
+        let publish_budget = limits_publish(&limits);
         ComponentContext {
             name,
             grants,
@@ -89,9 +95,26 @@ impl ComponentContext {
             max_value_bytes: cache_settings.max_value_bytes,
             bus,
             stats: Arc::new(ComponentStats::default()),
-            log_budget: Mutex::new(TokenBucket::new(200.0, 400.0)),
+            log_budget: Arc::new(Mutex::new(TokenBucket::new(200.0, 400.0))),
+            publish_budget,
         }
     }
+
+    /// The component's stdout or stderr, for its WASI context.
+    pub fn output(&self, stream: &'static str) -> GuestOutput {
+        GuestOutput::new(
+            Arc::from(self.name.as_str()),
+            stream,
+            self.log_budget.clone(),
+        )
+    }
+}
+
+/// A token bucket for `limits.publish_per_sec` (burst: one second's worth).
+fn limits_publish(limits: &Limits) -> Option<Mutex<TokenBucket>> {
+    limits
+        .publish_per_sec
+        .map(|r| Mutex::new(TokenBucket::new(f64::from(r), f64::from(r.max(1)))))
 }
 
 /// The per-instance state the generated host traits are implemented on.
@@ -162,7 +185,7 @@ pub fn add_to_linker<T: Send + 'static>(
 
 /// A token bucket: `rate` tokens per second, holding at most `burst`.
 #[derive(Debug)]
-struct TokenBucket {
+pub(crate) struct TokenBucket {
     rate: f64,
     burst: f64,
     tokens: f64,

@@ -334,6 +334,8 @@ pub struct Limits {
     pub host_calls_per_event: u32,
     /// Optional fuel per event (deterministic instruction budget).
     pub fuel_per_event: Option<u64>,
+    /// Publishes per second across its instances (token bucket); absent: unlimited.
+    pub publish_per_sec: Option<u32>,
     /// Table elements per instance.
     pub table_elements: usize,
 }
@@ -348,6 +350,7 @@ impl Default for Limits {
             max_payload_bytes: 1024 * 1024,
             host_calls_per_event: 10_000,
             fuel_per_event: None,
+            publish_per_sec: None,
             table_elements: 20_000,
         }
     }

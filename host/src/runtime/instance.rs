@@ -44,6 +44,8 @@ impl InstanceState {
             table_elements: ctx.limits.table_elements,
         };
         let wasi = WasiCtxBuilder::new()
+            .stdout(ctx.output("stdout"))
+            .stderr(ctx.output("stderr"))
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
