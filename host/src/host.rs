@@ -120,6 +120,12 @@ impl Host {
                 &manifest.cache,
                 bus.clone(),
             );
+            let mut ctx = ctx;
+            ctx.data_dir = spec
+                .grants
+                .data_dir
+                .as_ref()
+                .map(|d| manifest.base_dir.join(d));
             let sha = spec.sha256.as_ref().map(|s| s.get_ref().as_str());
             let template = Arc::new(runtime.load(Arc::new(ctx), &manifest.wasm_path(spec), sha)?);
             for sub in &spec.subscribe {

@@ -329,3 +329,30 @@ async fn a_pinned_digest_that_does_not_match_is_refused_before_compiling() {
         "{e}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_granted_data_directory_is_read_only_and_nothing_else_is_visible() {
+    let dir = weir_tests::tempdir("data");
+    std::fs::write(dir.join("hello.txt"), "hi from the host\n").unwrap();
+    let text = format!(
+        "[components.hostile]\nwasm = \"{{hostile}}\"\nsubscribe = [{{ subject = \"poke.*\" }}]\ngrants = {{ subscribe = [\"poke.*\"], data_dir = \"{}\" }}\nlimits = {{ max_deliver = 1 }}\nconfig = {{ behaviour = \"read-data\" }}\n",
+        dir.display()
+    );
+    let host = Host::start(&manifest(&text)).await.unwrap();
+    let dlq = Collector::start(&*host.bus(), "dlq.>").await;
+    host.bus()
+        .publish(BusMessage::new("poke.1", "{}"))
+        .await
+        .unwrap();
+    let letters = dlq.wait_for(1, Duration::from_secs(10)).await;
+    let v: serde_json::Value = serde_json::from_slice(&letters[0].payload).unwrap();
+    let e = v["error"].as_str().unwrap();
+    assert!(!e.contains("LEAK"), "{e}");
+    assert!(e.contains("read /data/hello.txt: hi from the host"), "{e}");
+    assert!(
+        e.contains("writing /data failed") && e.contains("reading /etc/passwd failed"),
+        "{e}"
+    );
+    assert!(!dir.join("new.txt").exists());
+    host.shutdown(Duration::from_secs(2)).await;
+}

@@ -10,6 +10,8 @@
 //!   redelivery (tests that a fresh instance takes over)
 //! - `escape`: tries to read `/etc/passwd`, open a socket and read the
 //!   environment, then rejects the message with what happened
+//! - `read-data`: reads `/data/hello.txt`, tries to write `/data` and to
+//!   read `/etc/passwd`, rejects with what happened
 //! - `flood`: publishes on `flood.x` until the host refuses, then rejects
 //!   with the refusal
 //! - `huge-payload`: publishes 2 MiB, rejects with the refusal
@@ -82,6 +84,21 @@ impl Guest for Hostile {
                 Err(HandleError::Reject(format!(
                     "{file}; {socket}; {env} env vars and args"
                 )))
+            }
+            "read-data" => {
+                let read = match std::fs::read_to_string("/data/hello.txt") {
+                    Ok(s) => format!("read /data/hello.txt: {}", s.trim()),
+                    Err(e) => format!("reading /data/hello.txt failed ({e})"),
+                };
+                let write = match std::fs::write("/data/new.txt", b"x") {
+                    Ok(()) => "LEAK: wrote /data/new.txt".to_owned(),
+                    Err(e) => format!("writing /data failed ({e})"),
+                };
+                let outside = match std::fs::read_to_string("/etc/passwd") {
+                    Ok(_) => "LEAK: read /etc/passwd".to_owned(),
+                    Err(e) => format!("reading /etc/passwd failed ({e})"),
+                };
+                Err(HandleError::Reject(format!("{read}; {write}; {outside}")))
             }
             "flood" => {
                 for i in 0..10_000_000u64 {

@@ -64,6 +64,8 @@ pub struct ComponentContext {
     pub bus: Arc<dyn Bus>,
     /// Its counters.
     pub stats: Arc<ComponentStats>,
+    /// Host directory mounted read-only at `/data`, when granted.
+    pub data_dir: Option<std::path::PathBuf>,
     /// Log and stdout/stderr lines allowed per second, shared by its instances.
     log_budget: Arc<Mutex<TokenBucket>>,
     /// Publishes allowed per second, when limited.
@@ -95,6 +97,7 @@ impl ComponentContext {
             max_value_bytes: cache_settings.max_value_bytes,
             bus,
             stats: Arc::new(ComponentStats::default()),
+            data_dir: None,
             log_budget: Arc::new(Mutex::new(TokenBucket::new(200.0, 400.0))),
             publish_budget,
         }

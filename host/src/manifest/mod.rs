@@ -314,6 +314,9 @@ pub struct Grants {
     pub streams: Vec<String>,
     /// Cache namespace; absent means no cache access.
     pub cache: Option<String>,
+    /// A host directory (relative to the manifest) the component may read,
+    /// mounted read-only at `/data`; absent means no file system at all.
+    pub data_dir: Option<PathBuf>,
 }
 
 /// Per-component limits.

@@ -113,6 +113,15 @@ pub(super) fn check(m: &Manifest, text: &str, file: &Path) -> Result<(), Manifes
                 (None, None) => {}
             }
         }
+        if let Some(dir) = &spec.grants.data_dir
+            && !m.base_dir.join(dir).is_dir()
+        {
+            return Err(fail(
+                table_line,
+                field("grants.data_dir"),
+                format!("{} is not a directory", m.base_dir.join(dir).display()),
+            ));
+        }
         let wasm = m.wasm_path(spec);
         if !wasm.is_file() {
             return Err(fail(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, Trap};
-use wasmtime_wasi::{WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
+use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::ComponentTemplate;
 use super::limiter::{LimitHit, Limiter};
@@ -18,7 +18,8 @@ use crate::capability::{Capabilities, ComponentContext};
 
 /// Store data of one instance.
 pub struct InstanceState {
-    /// WASI with nothing granted: no files, sockets, env or args.
+    /// WASI with nothing granted: no sockets, env or args; no files but a
+    /// read-only `/data` when `grants.data_dir` is set.
     wasi: WasiCtx,
     /// WASI resources (streams, pollables).
     table: ResourceTable,
@@ -38,24 +39,28 @@ impl WasiView for InstanceState {
 }
 
 impl InstanceState {
-    fn new(ctx: Arc<ComponentContext>) -> Self {
+    fn new(ctx: Arc<ComponentContext>) -> Result<Self, String> {
         let limiter = Limiter {
             memory_bytes: ctx.limits.memory_mb * 1024 * 1024,
             table_elements: ctx.limits.table_elements,
         };
-        let wasi = WasiCtxBuilder::new()
-            .stdout(ctx.output("stdout"))
+        let mut wasi = WasiCtxBuilder::new();
+        wasi.stdout(ctx.output("stdout"))
             .stderr(ctx.output("stderr"))
             .allow_tcp(false)
             .allow_udp(false)
-            .allow_ip_name_lookup(false)
-            .build();
-        InstanceState {
+            .allow_ip_name_lookup(false);
+        if let Some(dir) = &ctx.data_dir {
+            wasi.preopened_dir(dir, "/data", FsPerms::ReadOnly)
+                .map_err(|e| format!("cannot mount {} at /data: {e}", dir.display()))?;
+        }
+        let wasi = wasi.build();
+        Ok(InstanceState {
             wasi,
             table: ResourceTable::new(),
             limiter,
             caps: Capabilities::new(ctx),
-        }
+        })
     }
 }
 
@@ -136,7 +141,12 @@ impl ComponentTemplate {
             .runtime
             .fuel
             .then(|| limits.fuel_per_event.unwrap_or(u64::MAX));
-        let mut store = Store::new(self.pre.engine(), InstanceState::new(self.ctx.clone()));
+        let state = InstanceState::new(self.ctx.clone()).map_err(|detail| Failure {
+            component: self.ctx.name.clone(),
+            kind: FailureKind::Instantiate,
+            detail,
+        })?;
+        let mut store = Store::new(self.pre.engine(), state);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
         store.set_epoch_deadline(deadline_ticks);
