@@ -27,6 +27,10 @@ pub struct ComponentStats {
     pub limited: AtomicU64,
     /// Messages currently between subscription and settlement.
     pub in_flight: AtomicU64,
+    /// Log and stdout/stderr lines written to the host log.
+    pub log_lines: AtomicU64,
+    /// Log and stdout/stderr lines dropped by the rate limit.
+    pub log_dropped: AtomicU64,
 }
 
 /// A plain copy of [`ComponentStats`] at one moment.
@@ -54,6 +58,10 @@ pub struct ComponentSnapshot {
     pub limited: u64,
     /// See [`ComponentStats::in_flight`].
     pub in_flight: u64,
+    /// See [`ComponentStats::log_lines`].
+    pub log_lines: u64,
+    /// See [`ComponentStats::log_dropped`].
+    pub log_dropped: u64,
 }
 
 impl ComponentStats {
@@ -77,6 +85,8 @@ impl ComponentStats {
             denied: l(&self.denied),
             limited: l(&self.limited),
             in_flight: l(&self.in_flight),
+            log_lines: l(&self.log_lines),
+            log_dropped: l(&self.log_dropped),
         }
     }
 }

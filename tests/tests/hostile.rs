@@ -184,6 +184,15 @@ config = { behaviour = "trap-first" }
 /// Runs a hostile component that rejects (or handles) every poke beside
 /// sma-crossover; checks sma's output is exact; returns the dead letters.
 async fn contained(behaviour: &str, limits: &str, handled: bool) -> Vec<serde_json::Value> {
+    contained_with_stats(behaviour, limits, handled).await.0
+}
+
+/// [`contained`], also returning the hostile component's counters.
+async fn contained_with_stats(
+    behaviour: &str,
+    limits: &str,
+    handled: bool,
+) -> (Vec<serde_json::Value>, weir::stats::ComponentSnapshot) {
     let text = format!(
         r#"
 [components.sma-crossover]
@@ -243,10 +252,11 @@ config = {{ behaviour = "{behaviour}" }}
     } else {
         dlq.wait_for(POKES, Duration::from_secs(5)).await
     };
-    letters
+    let letters = letters
         .iter()
         .map(|m| serde_json::from_slice(&m.payload).unwrap())
-        .collect()
+        .collect();
+    (letters, hostile)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -292,8 +302,17 @@ async fn oversized_payloads_are_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stdout_floods_are_absorbed() {
-    // 100 000 lines through WASI stdout, rate-limited into the log.
-    contained("print-flood", "time_per_event_ms = 10000", true).await;
+    // 100 000 lines through WASI stdout, rate-limited into the log: a burst
+    // of 400, then 200 a second.
+    let start = std::time::Instant::now();
+    let (_, s) = contained_with_stats("print-flood", "time_per_event_ms = 10000", true).await;
+    let allowed = 400 + (start.elapsed().as_secs_f64() * 200.0).ceil() as u64;
+    assert_eq!(s.log_lines + s.log_dropped, 3 * 100_000, "{s:?}");
+    assert!(
+        s.log_lines <= allowed,
+        "{} lines let through, at most {allowed} allowed",
+        s.log_lines
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

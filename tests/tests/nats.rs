@@ -510,3 +510,41 @@ async fn graceful_shutdown_mid_stream_loses_nothing() {
     assert_eq!(as_signals(&stored), expected);
     second.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_looping_component_on_a_stream_is_retried_then_dead_lettered() {
+    let server = NatsServer::start();
+    let js = make_streams(&server, &[("POKES", "poke.>"), ("DLQ", "dlq.>")]).await;
+    let m = manifest(&format!(
+        r#"
+[nats]
+url = "{}"
+
+[components.hostile]
+wasm = "{{hostile}}"
+subscribe = [{{ subject = "poke.>", stream = "POKES", consumer = "hostile" }}]
+grants = {{ subscribe = ["poke.>"], streams = ["POKES"], cache = "hostile" }}
+limits = {{ max_deliver = 2, time_per_event_ms = 200 }}
+config = {{ behaviour = "loop" }}
+"#,
+        server.url()
+    ));
+    let host = Host::start(&m).await.unwrap();
+    let pjs = jetstream::new(server.client().await);
+    publish_durably(&pjs, &BusMessage::new("poke.1", "{}"), "loop-1").await;
+    wait_for_stream(&js, "DLQ", 1, Duration::from_secs(30)).await;
+    let letter: weir::dlq::DeadLetter =
+        serde_json::from_slice(&stream_contents(&js, "DLQ").await[0].payload).unwrap();
+    assert_eq!(
+        (letter.attempts, letter.sequence, letter.component.as_str()),
+        (2, Some(1), "hostile")
+    );
+    assert!(
+        letter.error.contains("missed its deadline") && letter.error.contains("200 ms"),
+        "{}",
+        letter.error
+    );
+    let s = host.component_stats()[0].1;
+    assert_eq!((s.deadline_hits, s.retried, s.dead_lettered), (2, 1, 1));
+    host.shutdown(Duration::from_secs(5)).await;
+}

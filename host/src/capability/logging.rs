@@ -3,6 +3,7 @@
 
 use super::Capabilities;
 use super::bindings::weir::host::logging::{Host, Level};
+use crate::stats::ComponentStats;
 
 /// Longest log line kept; the rest is cut.
 const MAX_LINE: usize = 4096;
@@ -16,8 +17,10 @@ impl Host for Capabilities {
             .map(|mut b| b.take())
             .unwrap_or(false);
         if !allowed {
+            ComponentStats::bump(&self.ctx.stats.log_dropped);
             return Ok(());
         }
+        ComponentStats::bump(&self.ctx.stats.log_lines);
         let mut message = message;
         if message.len() > MAX_LINE {
             let mut cut = MAX_LINE;

@@ -109,6 +109,7 @@ impl ComponentContext {
             Arc::from(self.name.as_str()),
             stream,
             self.log_budget.clone(),
+            self.stats.clone(),
         )
     }
 }

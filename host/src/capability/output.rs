@@ -11,6 +11,7 @@ use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 
 use super::TokenBucket;
+use crate::stats::ComponentStats;
 
 /// Longest line kept; longer output is cut into lines of this size.
 const MAX_LINE: usize = 4096;
@@ -24,6 +25,8 @@ pub struct GuestOutput {
     stream: &'static str,
     /// Shared with the component's `logging` calls.
     budget: Arc<Mutex<TokenBucket>>,
+    /// Counts lines written and dropped.
+    stats: Arc<ComponentStats>,
 }
 
 impl GuestOutput {
@@ -31,11 +34,13 @@ impl GuestOutput {
         component: Arc<str>,
         stream: &'static str,
         budget: Arc<Mutex<TokenBucket>>,
+        stats: Arc<ComponentStats>,
     ) -> Self {
         GuestOutput {
             component,
             stream,
             budget,
+            stats,
         }
     }
 }
@@ -69,6 +74,12 @@ impl LineWriter {
             .lock()
             .map(|mut b| b.take())
             .unwrap_or(false);
+        let counter = if allowed {
+            &self.out.stats.log_lines
+        } else {
+            &self.out.stats.log_dropped
+        };
+        ComponentStats::bump(counter);
         if allowed {
             let text = String::from_utf8_lossy(&self.line);
             let text = text.trim_end();
