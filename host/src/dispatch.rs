@@ -119,10 +119,16 @@ async fn worker(
 ) {
     let mut instance: Option<Instance> = None;
     while let Some(job) = rx.recv().await {
+        let start = std::time::Instant::now();
         match job.stream {
             None => deliver(&template, index, &mut instance, &job.msg, &*bus).await,
             Some(s) => deliver_stream(&template, index, &mut instance, &job.msg, s, &*bus).await,
         }
+        template
+            .ctx
+            .stats
+            .latency
+            .observe(start.elapsed().as_secs_f64());
         template.ctx.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }

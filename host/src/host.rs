@@ -20,6 +20,7 @@ use crate::capability::ComponentContext;
 use crate::consumer;
 use crate::dispatch::{self, Workers};
 use crate::manifest::Manifest;
+use crate::observe::Observed;
 use crate::runtime::{ComponentTemplate, Runtime, RuntimeConfig};
 use crate::stats::ComponentSnapshot;
 
@@ -52,6 +53,10 @@ pub struct Host {
     tasks: JoinSet<()>,
     /// Tells routers to stop taking messages.
     shutdown: watch::Sender<bool>,
+    /// What `/metrics` and friends read.
+    observed: Observed,
+    /// Where the HTTP endpoints listen, when enabled.
+    http_addr: Option<std::net::SocketAddr>,
 }
 
 impl Host {
@@ -81,12 +86,13 @@ impl Host {
     ) -> anyhow::Result<Host> {
         let mut tasks = JoinSet::new();
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let cache = if manifest.cache.enabled {
+        let (cache, redis_layer) = if manifest.cache.enabled {
             let layered =
                 build_cache(manifest, &id, &bus, nats.as_ref(), &shutdown_rx, &mut tasks).await?;
-            Some(Arc::new(layered) as Arc<dyn CacheStore>)
+            let redis = layered.l2().cloned();
+            (Some(Arc::new(layered) as Arc<dyn CacheStore>), redis)
         } else {
-            None
+            (None, None)
         };
 
         let specs = &manifest.components;
@@ -174,11 +180,42 @@ impl Host {
             .map(|l| format!("{:?}", l.layer))
             .collect();
         tracing::info!(host = %id, bus = %bus.describe(), cache = %layers.join("+"), "weir host started");
+        let observed = Observed {
+            host: id.clone(),
+            components: components
+                .iter()
+                .map(|c| (c.name().to_owned(), c.ctx.stats.clone()))
+                .collect(),
+            cache: cache.clone(),
+            nats: nats.clone(),
+            redis: redis_layer,
+        };
+        let http_addr = match &manifest.host.http {
+            None => None,
+            Some(addr) => {
+                let listener = tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("cannot listen for HTTP on {addr} (host.http)"))?;
+                let local = listener.local_addr().ok();
+                let mut stop = shutdown_rx.clone();
+                let done = async move {
+                    let _ = stop.wait_for(|s| *s).await;
+                };
+                tasks.spawn(crate::observe::serve(listener, observed.clone(), done));
+                tracing::info!(
+                    "metrics and health on http://{}",
+                    local.map(|a| a.to_string()).unwrap_or_default()
+                );
+                local
+            }
+        };
         Ok(Host {
             id,
             bus,
             embedded,
             nats,
+            observed,
+            http_addr,
             cache,
             components,
             tasks,
@@ -212,6 +249,16 @@ impl Host {
     /// Cache figures per layer (empty when the cache is off).
     pub fn cache_stats(&self) -> Vec<LayerStats> {
         self.cache.as_ref().map(|c| c.stats()).unwrap_or_default()
+    }
+
+    /// The read-only view behind the HTTP endpoints.
+    pub fn observed(&self) -> &Observed {
+        &self.observed
+    }
+
+    /// Where `/metrics` listens, when `host.http` is set.
+    pub fn http_addr(&self) -> Option<std::net::SocketAddr> {
+        self.http_addr
     }
 
     /// The NATS connection, when the host runs on NATS.

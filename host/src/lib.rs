@@ -15,6 +15,7 @@ pub mod dlq;
 pub mod feed;
 pub mod host;
 pub mod manifest;
+pub mod observe;
 pub mod runtime;
 pub mod stats;
 pub mod streams;

@@ -56,6 +56,12 @@ enum Command {
         #[command(subcommand)]
         action: StreamsAction,
     },
+    /// Shows a running host's components, rates, errors, cache and connections.
+    Status {
+        /// The host's `host.http` address.
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        addr: String,
+    },
     /// Replays an NDJSON file of market events onto a NATS server.
     Feed {
         /// The NDJSON file (trades, or {subject, data} envelopes).
@@ -132,6 +138,7 @@ fn main() -> anyhow::Result<()> {
                 }
                 Ok(())
             }
+            Command::Status { addr } => print_status(&addr).await,
             Command::Feed { file, server, rate } => {
                 init_logging_at(LogFormat::Human, "warn");
                 let nats = NatsBus::connect(
@@ -228,6 +235,59 @@ async fn run(
     tokio::time::sleep(Duration::from_millis(50)).await;
     print_summary(&host, fed.as_ref(), &tap_counts);
     weir::host::run(host, async {}).await;
+    Ok(())
+}
+
+async fn print_status(addr: &str) -> anyhow::Result<()> {
+    let (code, body) = weir::observe::http_get(addr, "/api/status")
+        .await
+        .with_context(|| format!("no weir host answers on {addr} (is host.http set?)"))?;
+    anyhow::ensure!(code == 200, "{addr} answered {code}: {body}");
+    let s: weir::observe::Status =
+        serde_json::from_str(&body).context("unexpected status document")?;
+    let ready = if s.ready.is_empty() {
+        "ready".to_owned()
+    } else {
+        format!("NOT READY: {}", s.ready.join("; "))
+    };
+    println!("host {}  {ready}", s.host);
+    println!(
+        "nats {}  redis {}",
+        s.nats.as_deref().unwrap_or("embedded bus"),
+        s.redis.as_deref().unwrap_or("not configured")
+    );
+    println!();
+    println!(
+        "{:<16} {:>9} {:>9} {:>8} {:>8} {:>6} {:>10} {:>7}",
+        "component", "received", "handled", "retried", "dead-ltr", "traps", "published", "denied"
+    );
+    for c in &s.components {
+        let k = &c.counters;
+        println!(
+            "{:<16} {:>9} {:>9} {:>8} {:>8} {:>6} {:>10} {:>7}",
+            c.name,
+            k.received,
+            k.handled,
+            k.retried,
+            k.dead_lettered,
+            k.traps,
+            k.published,
+            k.denied
+        );
+    }
+    println!();
+    for l in &s.cache {
+        println!(
+            "cache {}: hit rate {:.1}% ({} hits, {} misses), {} errors, {} entries, {} bytes",
+            l.layer,
+            l.hit_rate * 100.0,
+            l.hits,
+            l.misses,
+            l.errors,
+            l.entries,
+            l.bytes
+        );
+    }
     Ok(())
 }
 

@@ -2,9 +2,13 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+
 /// Event and failure counters of one component since start.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct ComponentStats {
+    /// Wall time of each handled delivery (`handle` plus settling), seconds.
+    pub latency: Histogram,
     /// Messages taken from its subscriptions.
     pub received: AtomicU64,
     /// Messages it handled successfully.
@@ -62,6 +66,28 @@ pub struct ComponentSnapshot {
     pub log_lines: u64,
     /// See [`ComponentStats::log_dropped`].
     pub log_dropped: u64,
+}
+
+impl Default for ComponentStats {
+    fn default() -> Self {
+        ComponentStats {
+            // 1 µs to about 4 s.
+            latency: Histogram::new(exponential_buckets(1e-6, 2.0, 23)),
+            received: AtomicU64::new(0),
+            handled: AtomicU64::new(0),
+            retried: AtomicU64::new(0),
+            dead_lettered: AtomicU64::new(0),
+            traps: AtomicU64::new(0),
+            deadline_hits: AtomicU64::new(0),
+            restarts: AtomicU64::new(0),
+            published: AtomicU64::new(0),
+            denied: AtomicU64::new(0),
+            limited: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            log_lines: AtomicU64::new(0),
+            log_dropped: AtomicU64::new(0),
+        }
+    }
 }
 
 impl ComponentStats {

@@ -171,3 +171,49 @@ config = { fast_window = 2, slow_window = 3 }
     assert_eq!(s.denied as usize, letters.len());
     host.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_health_and_status_over_http() {
+    let text = format!("[host]\nhttp = \"127.0.0.1:0\"\n{DEMO}");
+    let host = Host::start(&manifest(&text)).await.unwrap();
+    feed(&host, &sample_trades(), 400).await;
+    assert!(host.wait_idle(Duration::from_secs(30)).await);
+    let addr = host.http_addr().unwrap().to_string();
+    let (code, body) = weir::observe::http_get(&addr, "/metrics").await.unwrap();
+    assert_eq!(code, 200);
+    let handled = host
+        .component_stats()
+        .iter()
+        .find(|(n, _)| n == "sma-crossover")
+        .unwrap()
+        .1
+        .handled;
+    assert!(
+        body.contains(&format!(
+            "weir_messages_handled_total{{component=\"sma-crossover\"}} {handled}"
+        )),
+        "{body}"
+    );
+    assert!(
+        body.contains("weir_handler_latency_seconds_count{component=\"price-alert\"}"),
+        "{body}"
+    );
+    assert!(
+        body.contains("weir_cache_hits_total{layer=\"l1\"}"),
+        "{body}"
+    );
+    assert_eq!(
+        weir::observe::http_get(&addr, "/healthz").await.unwrap().0,
+        200
+    );
+    assert_eq!(
+        weir::observe::http_get(&addr, "/readyz").await.unwrap(),
+        (200, "ready\n".to_owned())
+    );
+    let (code, body) = weir::observe::http_get(&addr, "/api/status").await.unwrap();
+    assert_eq!(code, 200);
+    let status: weir::observe::Status = serde_json::from_str(&body).unwrap();
+    assert_eq!(status.components.len(), 2);
+    assert!(status.ready.is_empty() && status.nats.is_none());
+    host.shutdown(Duration::from_secs(5)).await;
+}

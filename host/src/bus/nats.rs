@@ -133,6 +133,11 @@ impl NatsBus {
         r
     }
 
+    /// Reconnections since the first connection.
+    pub fn reconnect_count(&self) -> u64 {
+        self.connects.borrow().saturating_sub(1)
+    }
+
     /// `connected`, `disconnected` or `pending`.
     pub fn state(&self) -> String {
         self.client.connection_state().to_string()

@@ -65,6 +65,9 @@ pub struct HostSettings {
     pub log_format: LogFormat,
     /// Epoch tick: the granularity of per-event deadlines, in milliseconds.
     pub epoch_tick_ms: u64,
+    /// Address for `/metrics`, `/healthz`, `/readyz`, `/api/status`
+    /// (e.g. `127.0.0.1:9464`); absent means no HTTP server.
+    pub http: Option<String>,
 }
 
 impl Default for HostSettings {
@@ -73,6 +76,7 @@ impl Default for HostSettings {
             id: None,
             log_format: LogFormat::Human,
             epoch_tick_ms: 5,
+            http: None,
         }
     }
 }

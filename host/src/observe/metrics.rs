@@ -1,0 +1,246 @@
+//! Prometheus metrics, read from the host's own counters at scrape time
+//! (a `prometheus-client` collector: nothing is counted twice).
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::registry::Registry;
+
+use super::{Observed, load};
+use crate::stats::ComponentStats;
+
+#[derive(Debug)]
+struct HostCollector {
+    observed: ObservedDebug,
+}
+
+/// `Observed` holds trait objects without `Debug`; the collector needs it.
+struct ObservedDebug(Observed);
+
+impl std::fmt::Debug for ObservedDebug {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Observed")
+    }
+}
+
+type Labels = Vec<(&'static str, String)>;
+
+fn counter(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Labels, u64)],
+) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Counter,
+    )?;
+    for (labels, v) in rows {
+        ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+fn gauge(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    rows: &[(Labels, i64)],
+) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(
+        name,
+        help,
+        None,
+        prometheus_client::metrics::MetricType::Gauge,
+    )?;
+    for (labels, v) in rows {
+        ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
+/// A per-component counter: metric name, help, and how to read it.
+type ComponentCounter = (&'static str, &'static str, fn(&ComponentStats) -> u64);
+
+/// Per-component counters.
+const COMPONENT_COUNTERS: [ComponentCounter; 10] = [
+    (
+        "weir_messages_received",
+        "Messages taken from subscriptions",
+        |s| load(&s.received),
+    ),
+    (
+        "weir_messages_handled",
+        "Messages handled successfully",
+        |s| load(&s.handled),
+    ),
+    (
+        "weir_messages_retried",
+        "Deliveries that ended in a retry",
+        |s| load(&s.retried),
+    ),
+    (
+        "weir_messages_dead_lettered",
+        "Messages sent to dlq.<subject>",
+        |s| load(&s.dead_lettered),
+    ),
+    (
+        "weir_traps",
+        "Instances that failed (trap, deadline, limit)",
+        |s| load(&s.traps),
+    ),
+    (
+        "weir_deadline_hits",
+        "handle calls stopped by the deadline",
+        |s| load(&s.deadline_hits),
+    ),
+    (
+        "nats_messages_published",
+        "Messages published by the component",
+        |s| load(&s.published),
+    ),
+    (
+        "weir_host_calls_denied",
+        "Host calls refused by grants",
+        |s| load(&s.denied),
+    ),
+    (
+        "weir_host_calls_limited",
+        "Host calls refused by quotas",
+        |s| load(&s.limited),
+    ),
+    (
+        "weir_log_lines_dropped",
+        "Guest log lines dropped by the rate limit",
+        |s| load(&s.log_dropped),
+    ),
+];
+
+impl Collector for HostCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let o = &self.observed.0;
+        let label = |name: &str| vec![("component", name.to_owned())];
+        for (metric, help, field) in COMPONENT_COUNTERS {
+            let rows: Vec<(Labels, u64)> = o
+                .components
+                .iter()
+                .map(|(n, s)| (label(n), field(s)))
+                .collect();
+            counter(&mut enc, metric, help, &rows)?;
+        }
+        let in_flight: Vec<(Labels, i64)> = o
+            .components
+            .iter()
+            .map(|(n, s)| (label(n), load(&s.in_flight) as i64))
+            .collect();
+        gauge(
+            &mut enc,
+            "weir_messages_in_flight",
+            "Messages queued or being handled",
+            &in_flight,
+        )?;
+        let mut m = enc.encode_descriptor(
+            "weir_handler_latency_seconds",
+            "Wall time per delivery",
+            None,
+            prometheus_client::metrics::MetricType::Histogram,
+        )?;
+        for (n, s) in &o.components {
+            let labels = label(n);
+            s.latency.encode(m.encode_family(&labels)?)?;
+        }
+        if let Some(n) = &o.nats {
+            let up = i64::from(n.state() == "connected");
+            gauge(
+                &mut enc,
+                "nats_connection_up",
+                "1 while connected to NATS",
+                &[(vec![], up)],
+            )?;
+            counter(
+                &mut enc,
+                "nats_reconnects",
+                "Reconnections to NATS",
+                &[(vec![], n.reconnect_count())],
+            )?;
+        }
+        if let Some(c) = &o.cache {
+            let layers = c.stats();
+            let name = |l: &crate::cache::LayerStats| {
+                vec![("layer", format!("{:?}", l.layer).to_lowercase())]
+            };
+            let rows = |f: fn(&crate::cache::LayerStats) -> u64| -> Vec<(Labels, u64)> {
+                layers.iter().map(|l| (name(l), f(l))).collect()
+            };
+            counter(
+                &mut enc,
+                "weir_cache_hits",
+                "Cache reads that found a value",
+                &rows(|l| l.hits),
+            )?;
+            counter(
+                &mut enc,
+                "weir_cache_misses",
+                "Cache reads that found nothing",
+                &rows(|l| l.misses),
+            )?;
+            counter(
+                &mut enc,
+                "weir_cache_sets",
+                "Cache writes",
+                &rows(|l| l.sets),
+            )?;
+            counter(
+                &mut enc,
+                "weir_cache_deletes",
+                "Cache deletes and invalidations",
+                &rows(|l| l.deletes),
+            )?;
+            counter(
+                &mut enc,
+                "weir_cache_errors",
+                "Failed cache operations",
+                &rows(|l| l.errors),
+            )?;
+            counter(
+                &mut enc,
+                "weir_cache_evictions",
+                "Entries evicted to stay in bounds",
+                &rows(|l| l.evictions),
+            )?;
+            counter(
+                &mut enc,
+                "weir_cache_compression_saved_bytes",
+                "Bytes saved by compression",
+                &rows(|l| l.bytes_saved),
+            )?;
+            let g = |f: fn(&crate::cache::LayerStats) -> u64| -> Vec<(Labels, i64)> {
+                layers.iter().map(|l| (name(l), f(l) as i64)).collect()
+            };
+            gauge(
+                &mut enc,
+                "weir_cache_entries",
+                "Entries held",
+                &g(|l| l.entries),
+            )?;
+            gauge(&mut enc, "weir_cache_bytes", "Bytes held", &g(|l| l.bytes))?;
+        }
+        Ok(())
+    }
+}
+
+/// The metrics in Prometheus text format.
+pub fn render(observed: &Observed) -> String {
+    let mut registry = Registry::default();
+    registry.register_collector(Box::new(HostCollector {
+        observed: ObservedDebug(observed.clone()),
+    }));
+    let mut out = String::new();
+    if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
+        out.clear();
+    }
+    out
+}
