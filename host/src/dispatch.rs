@@ -141,6 +141,14 @@ async fn attempt_once(
     stream: Option<(&str, u64)>,
     attempt: u32,
 ) -> HandleOutcome {
+    let limit = template.ctx.limits.max_payload_bytes;
+    if msg.payload.len() > limit {
+        // Refused at the door: the guest never sees it.
+        return HandleOutcome::Reject(format!(
+            "payload of {} bytes exceeds the component's limit of {limit} bytes (limits.max_payload_bytes)",
+            msg.payload.len()
+        ));
+    }
     let (name, seq) = stream.map_or((None, None), |(n, s)| (Some(n), Some(s)));
     let inst = match slot {
         Some(inst) => inst,
@@ -150,6 +158,22 @@ async fn attempt_once(
         },
     };
     inst.handle(template, msg, name, seq, attempt).await
+}
+
+/// Longest reason kept from a guest (it lands in logs and dead letters).
+const MAX_REASON: usize = 4096;
+
+/// Cuts a guest-supplied reason to [`MAX_REASON`] bytes.
+fn clip(mut reason: String) -> String {
+    if reason.len() > MAX_REASON {
+        let mut cut = MAX_REASON;
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        reason.truncate(cut);
+        reason.push_str("… (cut)");
+    }
+    reason
 }
 
 /// Why a delivery did not end in `handled`.
@@ -177,10 +201,13 @@ fn judge(
             Ok(())
         }
         HandleOutcome::Reject(reason) => {
+            let reason = clip(reason);
             tracing::warn!(component = template.name(), subject = %msg.subject, "rejected: {reason}");
             Err(Verdict::Reject(format!("rejected: {reason}")))
         }
-        HandleOutcome::Retry(reason) => Err(Verdict::Retry(format!("retry requested: {reason}"))),
+        HandleOutcome::Retry(reason) => {
+            Err(Verdict::Retry(format!("retry requested: {}", clip(reason))))
+        }
         HandleOutcome::Failed(failure) => {
             *slot = None;
             ComponentStats::bump(&stats.traps);

@@ -375,3 +375,68 @@ async fn a_granted_data_directory_is_read_only_and_nothing_else_is_visible() {
     assert!(!dir.join("new.txt").exists());
     host.shutdown(Duration::from_secs(2)).await;
 }
+
+/// One hostile component alone; pokes it once with `payload`; returns its
+/// dead letter and counters.
+async fn poke_once(
+    behaviour: &str,
+    limits: &str,
+    payload: Vec<u8>,
+) -> (serde_json::Value, weir::stats::ComponentSnapshot) {
+    let text = format!(
+        "[components.hostile]\nwasm = \"{{hostile}}\"\nsubscribe = [{{ subject = \"poke.*\" }}]\ngrants = {{ subscribe = [\"poke.*\"], cache = \"hostile\" }}\nlimits = {{ {limits} }}\nconfig = {{ behaviour = \"{behaviour}\" }}\n"
+    );
+    let host = Host::start(&manifest(&text)).await.unwrap();
+    let dlq = Collector::start(&*host.bus(), "dlq.>").await;
+    host.bus()
+        .publish(BusMessage::new("poke.1", payload))
+        .await
+        .unwrap();
+    let letters = dlq.wait_for(1, Duration::from_secs(20)).await;
+    let stats = host.component_stats()[0].1;
+    host.shutdown(Duration::from_secs(2)).await;
+    (serde_json::from_slice(&letters[0].payload).unwrap(), stats)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_incoming_message_is_refused_at_the_door() {
+    let (letter, s) = poke_once("ok", "max_payload_bytes = 1000", vec![b'x'; 2000]).await;
+    let e = letter["error"].as_str().unwrap();
+    assert!(
+        e.contains("payload of 2000 bytes exceeds the component's limit of 1000 bytes"),
+        "{e}"
+    );
+    assert_eq!(
+        (
+            s.handled,
+            s.traps,
+            s.dead_lettered,
+            letter["attempts"].as_u64().unwrap()
+        ),
+        (0, 0, 1, 1)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_huge_reject_reason_is_cut() {
+    let (letter, _) = poke_once("huge-reason", "", b"{}".to_vec()).await;
+    let e = letter["error"].as_str().unwrap();
+    assert!(
+        e.len() < 5000 && e.ends_with("… (cut)"),
+        "{} bytes",
+        e.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuel_stops_a_loop_deterministically() {
+    let (letter, s) = poke_once(
+        "loop",
+        "fuel_per_event = 5000000, time_per_event_ms = 20000, max_deliver = 2",
+        b"{}".to_vec(),
+    )
+    .await;
+    let e = letter["error"].as_str().unwrap();
+    assert!(e.contains("ran out of fuel"), "{e}");
+    assert_eq!((s.traps, s.deadline_hits), (2, 0));
+}

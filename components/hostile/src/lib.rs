@@ -15,6 +15,7 @@
 //! - `flood`: publishes on `flood.x` until the host refuses, then rejects
 //!   with the refusal
 //! - `huge-payload`: publishes 2 MiB, rejects with the refusal
+//! - `huge-reason`: rejects with a 10 MB reason
 //! - `print-flood`: writes 100 000 lines to stdout, then succeeds
 //! - `cache-escape`: tries to read and wipe other namespaces' keys, rejects
 //!   with how many foreign values it saw
@@ -108,6 +109,7 @@ impl Guest for Hostile {
                 }
                 Ok(())
             }
+            "huge-reason" => Err(HandleError::Reject("why ".repeat(2_500_000))),
             "huge-payload" => {
                 let big = vec![7u8; 2 << 20];
                 match messaging::publish("flood.x", &big, &[]) {
