@@ -17,6 +17,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use crate::bus::{Bus, BusError, BusMessage, Subscription};
 use crate::dlq::DeadLetter;
@@ -120,10 +121,29 @@ async fn worker(
     let mut instance: Option<Instance> = None;
     while let Some(job) = rx.recv().await {
         let start = std::time::Instant::now();
-        match job.stream {
-            None => deliver(&template, index, &mut instance, &job.msg, &*bus).await,
-            Some(s) => deliver_stream(&template, index, &mut instance, &job.msg, s, &*bus).await,
+        // A span per event (at debug level, so it costs nothing unless asked
+        // for with RUST_LOG=weir=debug): logs inside carry these fields.
+        let span = tracing::debug_span!(
+            "event",
+            component = template.name(),
+            subject = %job.msg.subject,
+            sequence = job.stream.as_ref().map(|s| s.sequence),
+            correlation_id = tracing::field::Empty,
+        );
+        if !span.is_disabled()
+            && let Some(id) = correlation_id(&job.msg)
+        {
+            span.record("correlation_id", id.as_str());
         }
+        let work = async {
+            match job.stream {
+                None => deliver(&template, index, &mut instance, &job.msg, &*bus).await,
+                Some(s) => {
+                    deliver_stream(&template, index, &mut instance, &job.msg, s, &*bus).await
+                }
+            }
+        };
+        work.instrument(span).await;
         template
             .ctx
             .stats
@@ -131,6 +151,23 @@ async fn worker(
             .observe(start.elapsed().as_secs_f64());
         template.ctx.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// The correlation id of a message: a `correlation-id` style header, or the
+/// payload's `correlation_id` field (as in the alert service's messages).
+fn correlation_id(msg: &BusMessage) -> Option<String> {
+    let header = msg.headers.iter().find(|(k, _)| {
+        let k = k.to_ascii_lowercase();
+        k == "correlation-id" || k == "x-correlation-id" || k == "correlation_id"
+    });
+    if let Some((_, v)) = header {
+        return Some(v.clone());
+    }
+    if !msg.payload.windows(14).any(|w| w == b"correlation_id") {
+        return None;
+    }
+    let v: serde_json::Value = serde_json::from_slice(&msg.payload).ok()?;
+    v.get("correlation_id")?.as_str().map(str::to_owned)
 }
 
 /// Runs `handle` once, on a fresh instance if the slot is empty.
@@ -337,6 +374,19 @@ async fn dead_letter(
 mod tests {
     use super::backoff;
     use std::time::Duration;
+
+    #[test]
+    fn correlation_ids_come_from_headers_or_payload() {
+        use super::{BusMessage, correlation_id};
+        let mut m = BusMessage::new(
+            "alerts.created",
+            r#"{"correlation_id":"req-12345","alert":{}}"#,
+        );
+        assert_eq!(correlation_id(&m).as_deref(), Some("req-12345"));
+        m.headers.push(("X-Correlation-Id".into(), "hdr-1".into()));
+        assert_eq!(correlation_id(&m).as_deref(), Some("hdr-1"));
+        assert_eq!(correlation_id(&BusMessage::new("a", "{}")), None);
+    }
 
     #[test]
     fn backoff_doubles_and_caps() {
