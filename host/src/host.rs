@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 
 use crate::bus::{Bus, EmbeddedBus, NatsBus, Subscription};
 use crate::cache::codec::{Codec, Codecs};
+use crate::cache::monitor::CacheMonitor;
 use crate::cache::{
     CacheStore, Coherence, LayerStats, LayeredCache, LayeredConfig, MemoryStore, MemoryStoreConfig,
     RedisStore, l3, report,
@@ -393,10 +394,17 @@ async fn build_cache(
     if settings.monitoring {
         let every = Duration::from_secs(settings.stats_interval_secs.max(1));
         let cache = Arc::new(layered.clone()) as Arc<dyn CacheStore>;
+        let monitor = CacheMonitor::new(id, settings.monitor);
+        tasks.spawn(report::serve_thresholds(
+            monitor.clone(),
+            bus.clone(),
+            shutdown.clone(),
+        ));
         tasks.spawn(report::run(
             id.to_owned(),
             cache,
             bus.clone(),
+            monitor,
             every,
             max_l1_bytes as u64,
             shutdown.clone(),

@@ -217,3 +217,55 @@ async fn metrics_health_and_status_over_http() {
     assert!(status.ready.is_empty() && status.nats.is_none());
     host.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forced_low_hit_rate_publishes_a_cache_alert_and_thresholds_change_at_run_time() {
+    let m = manifest(
+        r#"
+[cache]
+stats_interval_secs = 1
+
+[components.reader]
+wasm = "{hostile}"
+subscribe = [{ subject = "poke.*" }]
+grants = { subscribe = ["poke.*"], cache = "reader" }
+config = { behaviour = "cache-get", loops = 50 }
+"#,
+    );
+    let host = Host::start(&m).await.unwrap();
+    let alerts = Collector::start(&*host.bus(), "cache.alert").await;
+    let bus = host.bus();
+    // Every read misses: the key was never written.
+    for i in 0..10 {
+        bus.publish(weir::bus::BusMessage::new(format!("poke.{i}"), "{}"))
+            .await
+            .unwrap();
+    }
+    let got = alerts.wait_for(1, Duration::from_secs(10)).await;
+    let a: serde_json::Value = serde_json::from_slice(&got[0].payload).unwrap();
+    assert_eq!(
+        (a["type"].as_str(), a["threshold"].as_f64()),
+        (Some("hit_rate"), Some(0.7)),
+        "{a}"
+    );
+    assert_eq!(a["value"].as_f64(), Some(0.0), "{a}");
+
+    let req = weir::bus::BusMessage::new("cache.monitor.thresholds", r#"{"hit_rate_min": 0.0}"#);
+    let reply = bus.request(req, Duration::from_secs(2)).await.unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&reply.payload).unwrap();
+    assert_eq!(
+        (r["ok"].as_bool(), r["thresholds"]["hit_rate_min"].as_f64()),
+        (Some(true), Some(0.0)),
+        "{r}"
+    );
+    let bad = bus
+        .request(
+            weir::bus::BusMessage::new("cache.monitor.thresholds", r#"{"hit_rate_min": 7}"#),
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&bad.payload).unwrap();
+    assert_eq!(r["ok"].as_bool(), Some(false), "{r}");
+    host.shutdown(Duration::from_secs(5)).await;
+}

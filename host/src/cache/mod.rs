@@ -12,6 +12,7 @@ pub mod l2;
 pub mod l3;
 mod latency;
 mod layered;
+pub mod monitor;
 pub mod report;
 mod sketch;
 

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 use serde_json::json;
 use tokio::sync::watch;
 
+use super::monitor::{self, CacheMonitor};
 use super::{CacheStore, Layer, LayerStats};
 use crate::bus::{Bus, BusMessage};
 
@@ -76,11 +77,13 @@ pub fn reports(
     (stats, performance)
 }
 
-/// Publishes both reports every `every` until shutdown.
+/// Publishes both reports every `every`, and the monitor's breaches on
+/// `cache.alert`, until shutdown.
 pub async fn run(
     host: String,
     cache: Arc<dyn CacheStore>,
     bus: Arc<dyn Bus>,
+    monitor: CacheMonitor,
     every: Duration,
     max_l1_bytes: u64,
     mut shutdown: watch::Receiver<bool>,
@@ -92,14 +95,62 @@ pub async fn run(
             _ = shutdown.wait_for(|s| *s) => return,
             _ = tick.tick() => {}
         }
-        let (stats, perf) = reports(&host, &cache.stats(), max_l1_bytes);
-        for (subject, body) in [(STATS, stats), (PERFORMANCE, perf)] {
+        let layers = cache.stats();
+        let (stats, perf) = reports(&host, &layers, max_l1_bytes);
+        let alerts = monitor
+            .check(&layers, max_l1_bytes)
+            .into_iter()
+            .map(|a| (monitor::ALERT, a));
+        for (subject, body) in [(STATS, stats), (PERFORMANCE, perf)]
+            .into_iter()
+            .chain(alerts)
+        {
             if let Err(e) = bus
                 .publish(BusMessage::new(subject, body.to_string()))
                 .await
             {
                 tracing::debug!("cache report not published: {e}");
             }
+        }
+    }
+}
+
+/// Answers `cache.monitor.thresholds` requests: an empty body or `{}`
+/// reads the thresholds, a partial JSON object changes them.
+pub async fn serve_thresholds(
+    monitor: CacheMonitor,
+    bus: Arc<dyn Bus>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    use futures::StreamExt;
+    let mut requests = match bus.subscribe(monitor::THRESHOLDS, None).await {
+        Ok(s) => s,
+        Err(e) => return tracing::warn!("cannot serve {}: {e}", monitor::THRESHOLDS),
+    };
+    loop {
+        let req = tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => return,
+            r = requests.next() => match r { Some(r) => r, None => return },
+        };
+        let Some(reply_to) = req.reply_to else {
+            continue;
+        };
+        let body = if req.payload.iter().all(u8::is_ascii_whitespace) {
+            json!({ "ok": true, "thresholds": monitor.thresholds() })
+        } else {
+            match monitor.update(&req.payload) {
+                Ok(t) => {
+                    tracing::info!(?t, "cache monitor thresholds changed");
+                    json!({ "ok": true, "thresholds": t })
+                }
+                Err(e) => json!({ "ok": false, "error": e, "thresholds": monitor.thresholds() }),
+            }
+        };
+        if let Err(e) = bus
+            .publish(BusMessage::new(reply_to, body.to_string()))
+            .await
+        {
+            tracing::debug!("thresholds reply not sent: {e}");
         }
     }
 }

@@ -229,8 +229,11 @@ pub struct CacheSettings {
     pub l1_max_ttl_secs: u64,
     /// Time limit per Redis call, milliseconds.
     pub redis_timeout_ms: u64,
-    /// Publish `cache.stats` and `cache.performance` this often, seconds.
+    /// Publish `cache.stats` and `cache.performance` this often, seconds;
+    /// the monitor checks its thresholds at the same pace.
     pub stats_interval_secs: u64,
+    /// Alert thresholds of the cache monitor (`[cache.monitor]`).
+    pub monitor: crate::cache::monitor::Thresholds,
 }
 
 impl Default for CacheSettings {
@@ -252,6 +255,7 @@ impl Default for CacheSettings {
             l1_max_ttl_secs: 30,
             redis_timeout_ms: 250,
             stats_interval_secs: 10,
+            monitor: crate::cache::monitor::Thresholds::default(),
         }
     }
 }
