@@ -151,15 +151,8 @@ impl EmbeddedBus {
 #[async_trait]
 impl Bus for EmbeddedBus {
     async fn publish(&self, msg: BusMessage) -> Result<(), BusError> {
-        subject::validate_publish(&msg.subject)
-            .or_else(|e| {
-                if msg.subject.starts_with("_INBOX.") {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            })
-            .map_err(|e| BusError::Invalid(e.to_string()))?;
+        // Reply inboxes (`_INBOX.<n>`) are ordinary concrete subjects.
+        subject::validate_publish(&msg.subject).map_err(|e| BusError::Invalid(e.to_string()))?;
         Self::check_size(&msg)?;
         self.deliver(&msg);
         Ok(())
@@ -181,6 +174,7 @@ impl Bus for EmbeddedBus {
         mut msg: BusMessage,
         timeout: Duration,
     ) -> Result<BusMessage, BusError> {
+        subject::validate_publish(&msg.subject).map_err(|e| BusError::Invalid(e.to_string()))?;
         Self::check_size(&msg)?;
         let inbox = format!(
             "_INBOX.{}",
@@ -305,6 +299,10 @@ mod tests {
     #[tokio::test]
     async fn refuses_bad_subjects_and_big_payloads() {
         let bus = EmbeddedBus::new();
+        let bad_request = bus
+            .request(BusMessage::new("svc.>", "x"), Duration::from_millis(10))
+            .await;
+        assert!(matches!(bad_request, Err(BusError::Invalid(_))));
         assert!(matches!(
             bus.publish(BusMessage::new("a.*", "x")).await,
             Err(BusError::Invalid(_))
