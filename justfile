@@ -18,7 +18,7 @@ build: build-components
 
 # Run the demo: replay sample trades through both components on the embedded bus.
 run *ARGS: build
-    cargo run -q -p weir -- run examples/demo.toml --feed examples/data/trades.ndjson --tap 'signals.>' --tap 'alerts.triggered' {{ARGS}}
+    cargo run -q -p weir -- run examples/demo.toml --feed examples/data/trades.ndjson --rate 400 --stay --tap 'signals.>' --tap 'alerts.triggered' {{ARGS}}
 
 # Run every test (unit, integration with real components).
 test: build-components

@@ -144,11 +144,7 @@ async fn worker(
             }
         };
         work.instrument(span).await;
-        template
-            .ctx
-            .stats
-            .latency
-            .observe(start.elapsed().as_secs_f64());
+        template.ctx.stats.latency.record(start.elapsed());
         template.ctx.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -232,6 +228,9 @@ fn judge(
     outcome: HandleOutcome,
 ) -> Result<(), Verdict> {
     let stats = &template.ctx.stats;
+    if !matches!(outcome, HandleOutcome::Handled) {
+        ComponentStats::bump(&stats.failed);
+    }
     match outcome {
         HandleOutcome::Handled => {
             ComponentStats::bump(&stats.handled);

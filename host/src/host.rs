@@ -21,7 +21,7 @@ use crate::capability::ComponentContext;
 use crate::consumer;
 use crate::dispatch::{self, Workers};
 use crate::manifest::Manifest;
-use crate::observe::Observed;
+use crate::observe::{Observed, Timeline};
 use crate::runtime::{ComponentTemplate, Runtime, RuntimeConfig};
 use crate::stats::ComponentSnapshot;
 
@@ -32,6 +32,9 @@ enum Source {
     /// A JetStream durable pull consumer.
     Stream(Box<async_nats::jetstream::consumer::PullConsumer>),
 }
+
+/// How often the dashboard's timeline takes a sample.
+const TIMELINE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// How often expired L1 entries are swept.
 const PURGE_INTERVAL: Duration = Duration::from_secs(1);
@@ -87,13 +90,17 @@ impl Host {
     ) -> anyhow::Result<Host> {
         let mut tasks = JoinSet::new();
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let (cache, redis_layer) = if manifest.cache.enabled {
-            let layered =
+        let (cache, redis_layer, monitor) = if manifest.cache.enabled {
+            let (layered, monitor) =
                 build_cache(manifest, &id, &bus, nats.as_ref(), &shutdown_rx, &mut tasks).await?;
             let redis = layered.l2().cloned();
-            (Some(Arc::new(layered) as Arc<dyn CacheStore>), redis)
+            (
+                Some(Arc::new(layered) as Arc<dyn CacheStore>),
+                redis,
+                monitor,
+            )
         } else {
-            (None, None)
+            (None, None, None)
         };
 
         let specs = &manifest.components;
@@ -190,7 +197,17 @@ impl Host {
             cache: cache.clone(),
             nats: nats.clone(),
             redis: redis_layer,
+            monitor,
+            max_l1_bytes: (manifest.cache.max_mb * 1024 * 1024) as u64,
+            timeline: Timeline::default(),
+            started: Instant::now(),
         };
+        tasks.spawn(crate::observe::sample_every(
+            observed.clone(),
+            observed.timeline.clone(),
+            TIMELINE_INTERVAL,
+            shutdown_rx.clone(),
+        ));
         let http_addr = match &manifest.host.http {
             None => None,
             Some(addr) => {
@@ -204,7 +221,7 @@ impl Host {
                 };
                 tasks.spawn(crate::observe::serve(listener, observed.clone(), done));
                 tracing::info!(
-                    "metrics and health on http://{}",
+                    "dashboard on http://{0}/ (metrics on http://{0}/metrics)",
                     local.map(|a| a.to_string()).unwrap_or_default()
                 );
                 local
@@ -328,7 +345,7 @@ async fn build_cache(
     nats: Option<&NatsBus>,
     shutdown: &watch::Receiver<bool>,
     tasks: &mut JoinSet<()>,
-) -> anyhow::Result<LayeredCache> {
+) -> anyhow::Result<(LayeredCache, Option<CacheMonitor>)> {
     let settings = &manifest.cache;
     let max_l1_bytes = settings.max_mb * 1024 * 1024;
     let l1 = MemoryStore::new(MemoryStoreConfig {
@@ -391,12 +408,14 @@ async fn build_cache(
         },
     );
     layered.adopt_dictionaries().await;
+    let mut monitor = None;
     if settings.monitoring {
         let every = Duration::from_secs(settings.stats_interval_secs.max(1));
         let cache = Arc::new(layered.clone()) as Arc<dyn CacheStore>;
-        let monitor = CacheMonitor::new(id, settings.monitor);
+        let checks = CacheMonitor::new(id, settings.monitor);
+        monitor = Some(checks.clone());
         tasks.spawn(report::serve_thresholds(
-            monitor.clone(),
+            checks.clone(),
             bus.clone(),
             shutdown.clone(),
         ));
@@ -404,13 +423,13 @@ async fn build_cache(
             id.to_owned(),
             cache,
             bus.clone(),
-            monitor,
+            checks,
             every,
             max_l1_bytes as u64,
             shutdown.clone(),
         ));
     }
-    Ok(layered)
+    Ok((layered, monitor))
 }
 
 async fn purge_expired(l1: MemoryStore, mut shutdown: watch::Receiver<bool>) {

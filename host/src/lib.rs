@@ -14,6 +14,7 @@ pub mod dispatch;
 pub mod dlq;
 pub mod feed;
 pub mod host;
+pub mod latency;
 pub mod manifest;
 pub mod observe;
 pub mod runtime;

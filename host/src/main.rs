@@ -17,6 +17,7 @@ use weir::{EnvOverrides, Host, Manifest};
 #[command(
     name = "weir",
     version,
+    args_override_self = true,
     about = "A WebAssembly component host for event-driven trading code"
 )]
 struct Cli {
@@ -206,7 +207,6 @@ async fn run(
     }
 
     let started = Instant::now();
-    let mut fed = None;
     if let Some(path) = &feed {
         let pace = FeedPace {
             rate,
@@ -225,70 +225,125 @@ async fn run(
             eprintln!("skipped {line}");
         }
         host.wait_idle(Duration::from_secs(60)).await;
-        fed = Some((report, started.elapsed()));
+        // Let taps print what is still in flight.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        print_summary(&host, Some(&(report, started.elapsed())), &tap_counts);
     }
     if feed.is_none() || stay {
-        tracing::info!("running; Ctrl-C to stop");
+        match host.http_addr() {
+            Some(a) => tracing::info!("running; dashboard on http://{a}/ ; Ctrl-C to stop"),
+            None => tracing::info!("running; Ctrl-C to stop"),
+        }
         shutdown_signal().await;
+        if feed.is_none() {
+            print_summary(&host, None, &tap_counts);
+        }
     }
-    // Let taps print what is still in flight.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    print_summary(&host, fed.as_ref(), &tap_counts);
     weir::host::run(host, async {}).await;
     Ok(())
 }
 
 async fn print_status(addr: &str) -> anyhow::Result<()> {
-    let (code, body) = weir::observe::http_get(addr, "/api/status")
+    let (code, body) = weir::observe::http_get(addr, "/api/dashboard?since=0")
         .await
         .with_context(|| format!("no weir host answers on {addr} (is host.http set?)"))?;
     anyhow::ensure!(code == 200, "{addr} answered {code}: {body}");
-    let s: weir::observe::Status =
-        serde_json::from_str(&body).context("unexpected status document")?;
-    let ready = if s.ready.is_empty() {
+    let d: serde_json::Value =
+        serde_json::from_str(&body).context("unexpected dashboard document")?;
+    print!("{}", status_screen(&d));
+    Ok(())
+}
+
+/// `weir status`: one screen from the dashboard document.
+fn status_screen(d: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_owned();
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(0);
+    let f = |v: &serde_json::Value| v.as_f64().unwrap_or(0.0);
+    let ready: Vec<String> = d["ready"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(text)
+        .collect();
+    let ready = if ready.is_empty() {
         "ready".to_owned()
     } else {
-        format!("NOT READY: {}", s.ready.join("; "))
+        format!("NOT READY: {}", ready.join("; "))
     };
-    println!("host {}  {ready}", s.host);
-    println!(
-        "nats {}  redis {}",
-        s.nats.as_deref().unwrap_or("embedded bus"),
-        s.redis.as_deref().unwrap_or("not configured")
+    let _ = writeln!(
+        out,
+        "host {}  up {}s  {ready}",
+        text(&d["host"]),
+        n(&d["uptime_secs"])
     );
-    println!();
-    println!(
-        "{:<16} {:>9} {:>9} {:>8} {:>8} {:>6} {:>10} {:>7}",
-        "component", "received", "handled", "retried", "dead-ltr", "traps", "published", "denied"
+    let c = &d["connections"];
+    let nats = match c["nats"].as_str() {
+        Some(s) => format!("{s} ({} reconnects)", n(&c["nats_reconnects"])),
+        None => "embedded bus".to_owned(),
+    };
+    let _ = writeln!(
+        out,
+        "nats {nats}  redis {}",
+        c["redis"].as_str().unwrap_or("not configured")
     );
-    for c in &s.components {
-        let k = &c.counters;
-        println!(
-            "{:<16} {:>9} {:>9} {:>8} {:>8} {:>6} {:>10} {:>7}",
-            c.name,
-            k.received,
-            k.handled,
-            k.retried,
-            k.dead_lettered,
-            k.traps,
-            k.published,
-            k.denied
+    let _ = writeln!(
+        out,
+        "\n{:<16} {:<8} {:>8} {:>9} {:>9} {:>7} {:>8} {:>6} {:>9} {:>9}",
+        "component",
+        "state",
+        "events/s",
+        "p99 ms",
+        "handled",
+        "failed",
+        "dead-ltr",
+        "traps",
+        "published",
+        "in flight"
+    );
+    for comp in d["components"].as_array().into_iter().flatten() {
+        let k = &comp["counters"];
+        let _ = writeln!(
+            out,
+            "{:<16} {:<8} {:>8.1} {:>9.3} {:>9} {:>7} {:>8} {:>6} {:>9} {:>9}",
+            text(&comp["name"]),
+            text(&comp["state"]),
+            f(&comp["now"]["handled_per_s"]),
+            f(&comp["now"]["p99_ms"]),
+            n(&k["handled"]),
+            n(&k["failed"]),
+            n(&k["dead_lettered"]),
+            n(&k["traps"]),
+            n(&k["published"]),
+            n(&k["in_flight"]),
         );
     }
-    println!();
-    for l in &s.cache {
-        println!(
+    let _ = writeln!(out);
+    for l in d["cache_layers"].as_array().into_iter().flatten() {
+        let _ = writeln!(
+            out,
             "cache {}: hit rate {:.1}% ({} hits, {} misses), {} errors, {} entries, {} bytes",
-            l.layer,
-            l.hit_rate * 100.0,
-            l.hits,
-            l.misses,
-            l.errors,
-            l.entries,
-            l.bytes
+            text(&l["layer"]),
+            f(&l["hit_rate"]) * 100.0,
+            n(&l["hits"]),
+            n(&l["misses"]),
+            n(&l["errors"]),
+            n(&l["entries"]),
+            n(&l["bytes"])
         );
     }
-    Ok(())
+    let alerts = d["recent_alerts"].as_array().map_or(&[][..], Vec::as_slice);
+    if let Some(last) = alerts.last() {
+        let _ = writeln!(
+            out,
+            "cache alerts: {} recent, last: {} ({})",
+            alerts.len(),
+            text(&last["message"]),
+            text(&last["timestamp"])
+        );
+    }
+    out
 }
 
 fn print_summary(

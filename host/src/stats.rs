@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use crate::latency::Histogram;
 
 /// Event and failure counters of one component since start.
 #[derive(Debug)]
@@ -13,6 +13,8 @@ pub struct ComponentStats {
     pub received: AtomicU64,
     /// Messages it handled successfully.
     pub handled: AtomicU64,
+    /// Delivery attempts that did not end handled (error, retry, reject, trap).
+    pub failed: AtomicU64,
     /// Deliveries that ended in a retry.
     pub retried: AtomicU64,
     /// Messages given up on and sent to the dead-letter subject.
@@ -44,6 +46,8 @@ pub struct ComponentSnapshot {
     pub received: u64,
     /// See [`ComponentStats::handled`].
     pub handled: u64,
+    /// See [`ComponentStats::failed`].
+    pub failed: u64,
     /// See [`ComponentStats::retried`].
     pub retried: u64,
     /// See [`ComponentStats::dead_lettered`].
@@ -71,10 +75,10 @@ pub struct ComponentSnapshot {
 impl Default for ComponentStats {
     fn default() -> Self {
         ComponentStats {
-            // 1 µs to about 4 s.
-            latency: Histogram::new(exponential_buckets(1e-6, 2.0, 23)),
+            latency: Histogram::default(),
             received: AtomicU64::new(0),
             handled: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
             retried: AtomicU64::new(0),
             dead_lettered: AtomicU64::new(0),
             traps: AtomicU64::new(0),
@@ -102,6 +106,7 @@ impl ComponentStats {
         ComponentSnapshot {
             received: l(&self.received),
             handled: l(&self.handled),
+            failed: l(&self.failed),
             retried: l(&self.retried),
             dead_lettered: l(&self.dead_lettered),
             traps: l(&self.traps),

@@ -4,6 +4,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test support code
 
+pub mod browser;
 pub mod reference;
 pub mod servers;
 
@@ -22,6 +23,27 @@ pub fn root() -> PathBuf {
         .unwrap()
         .to_owned()
 }
+
+/// The demo's two components (as in examples/demo.toml), for [`manifest`].
+pub const DEMO: &str = r#"
+[components.sma-crossover]
+wasm = "{sma}"
+subscribe = [{ subject = "TRADE.trade.*" }]
+grants = { subscribe = ["TRADE.trade.*"], publish = ["signals.*"], cache = "sma" }
+limits = { instances = 2 }
+config = { fast_window = 5, slow_window = 20 }
+
+[components.price-alert]
+wasm = "{alert}"
+subscribe = [{ subject = "TRADE.trade.*" }, { subject = "alerts.created" }]
+grants = { subscribe = ["TRADE.trade.*", "alerts.created"], publish = ["alerts.triggered"], cache = "alerts" }
+
+[components.price-alert.config]
+alerts = [
+    { id = "btc-below-62k", symbol = "BTCUSDT", condition = "below", threshold = 62000 },
+    { id = "sol-above-152", symbol = "SOLUSDT", condition = "above", threshold = 152 },
+]
+"#;
 
 /// Path of a built guest component, e.g. `wasm("sma_crossover")`.
 pub fn wasm(name: &str) -> PathBuf {

@@ -548,3 +548,66 @@ config = {{ behaviour = "loop" }}
     assert_eq!((s.deadline_hits, s.retried, s.dead_lettered), (2, 1, 1));
     host.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_says_why_while_nats_is_down_and_recovers() {
+    use weir::observe::http_get;
+    let mut server = NatsServer::start();
+    let text = format!(
+        r#"
+[host]
+http = "127.0.0.1:0"
+
+[nats]
+url = "{}"
+reconnect_wait_ms = 100
+
+[components.hostile]
+wasm = "{{hostile}}"
+subscribe = [{{ subject = "work.*" }}]
+grants = {{ subscribe = ["work.*"], cache = "hostile" }}
+config = {{ behaviour = "ok" }}
+"#,
+        server.url()
+    );
+    let host = Host::start(&manifest(&text)).await.unwrap();
+    let addr = host.http_addr().unwrap().to_string();
+    assert_eq!(
+        http_get(&addr, "/readyz").await.unwrap(),
+        (200, "ready\n".to_owned())
+    );
+    let ready_until = |code: u16, secs: u64| {
+        let addr = addr.clone();
+        async move {
+            let until = tokio::time::Instant::now() + Duration::from_secs(secs);
+            loop {
+                let got = http_get(&addr, "/readyz").await.unwrap();
+                if got.0 == code || tokio::time::Instant::now() > until {
+                    return got;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+
+    server.kill();
+    let (code, body) = ready_until(503, 10).await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.starts_with("not ready: NATS is "), "{body}");
+    let (_, metrics) = http_get(&addr, "/metrics").await.unwrap();
+    assert!(metrics.contains("nats_connection_status 0"), "{metrics}");
+    let (_, d) = http_get(&addr, "/api/dashboard").await.unwrap();
+    let d: serde_json::Value = serde_json::from_str(&d).unwrap();
+    assert_ne!(d["connections"]["nats"], "connected", "{d}");
+    assert!(!d["ready"].as_array().unwrap().is_empty(), "{d}");
+    // Alive all along: liveness is not readiness.
+    assert_eq!(http_get(&addr, "/healthz").await.unwrap().0, 200);
+
+    server.restart();
+    let (code, body) = ready_until(200, 30).await;
+    assert_eq!((code, body.as_str()), (200, "ready\n"));
+    let (_, metrics) = http_get(&addr, "/metrics").await.unwrap();
+    assert!(metrics.contains("nats_connection_status 1"), "{metrics}");
+    assert!(!metrics.contains("nats_reconnects_total 0"), "{metrics}");
+    host.shutdown(Duration::from_secs(2)).await;
+}

@@ -6,28 +6,9 @@
 use std::time::Duration;
 
 use weir::Host;
+use weir::observe::{http_get, http_request};
 use weir_tests::reference::{self, AlertSpec};
-use weir_tests::{Collector, feed, manifest, sample_messages, sample_trades};
-
-const DEMO: &str = r#"
-[components.sma-crossover]
-wasm = "{sma}"
-subscribe = [{ subject = "TRADE.trade.*" }]
-grants = { subscribe = ["TRADE.trade.*"], publish = ["signals.*"], cache = "sma" }
-limits = { instances = 2 }
-config = { fast_window = 5, slow_window = 20 }
-
-[components.price-alert]
-wasm = "{alert}"
-subscribe = [{ subject = "TRADE.trade.*" }, { subject = "alerts.created" }]
-grants = { subscribe = ["TRADE.trade.*", "alerts.created"], publish = ["alerts.triggered"], cache = "alerts" }
-
-[components.price-alert.config]
-alerts = [
-    { id = "btc-below-62k", symbol = "BTCUSDT", condition = "below", threshold = 62000 },
-    { id = "sol-above-152", symbol = "SOLUSDT", condition = "above", threshold = 152 },
-]
-"#;
+use weir_tests::{Collector, DEMO, feed, manifest, sample_messages, sample_trades};
 
 fn spec(id: &str, symbol: &str, above: bool, threshold: f64) -> AlertSpec {
     AlertSpec {
@@ -179,7 +160,7 @@ async fn metrics_health_and_status_over_http() {
     feed(&host, &sample_trades(), 400).await;
     assert!(host.wait_idle(Duration::from_secs(30)).await);
     let addr = host.http_addr().unwrap().to_string();
-    let (code, body) = weir::observe::http_get(&addr, "/metrics").await.unwrap();
+    let (code, body) = http_get(&addr, "/metrics").await.unwrap();
     assert_eq!(code, 200);
     let handled = host
         .component_stats()
@@ -202,15 +183,12 @@ async fn metrics_health_and_status_over_http() {
         body.contains("weir_cache_hits_total{layer=\"l1\"}"),
         "{body}"
     );
+    assert_eq!(http_get(&addr, "/healthz").await.unwrap().0, 200);
     assert_eq!(
-        weir::observe::http_get(&addr, "/healthz").await.unwrap().0,
-        200
-    );
-    assert_eq!(
-        weir::observe::http_get(&addr, "/readyz").await.unwrap(),
+        http_get(&addr, "/readyz").await.unwrap(),
         (200, "ready\n".to_owned())
     );
-    let (code, body) = weir::observe::http_get(&addr, "/api/status").await.unwrap();
+    let (code, body) = http_get(&addr, "/api/status").await.unwrap();
     assert_eq!(code, 200);
     let status: weir::observe::Status = serde_json::from_str(&body).unwrap();
     assert_eq!(status.components.len(), 2);
@@ -222,6 +200,9 @@ async fn metrics_health_and_status_over_http() {
 async fn a_forced_low_hit_rate_publishes_a_cache_alert_and_thresholds_change_at_run_time() {
     let m = manifest(
         r#"
+[host]
+http = "127.0.0.1:0"
+
 [cache]
 stats_interval_secs = 1
 
@@ -249,6 +230,41 @@ config = { behaviour = "cache-get", loops = 50 }
         "{a}"
     );
     assert_eq!(a["value"].as_f64(), Some(0.0), "{a}");
+
+    // The dashboard document has the seed's structure and holds the alert.
+    let addr = host.http_addr().unwrap().to_string();
+    let (code, body) = http_get(&addr, "/api/dashboard").await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    let d: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(d["recent_alerts"][0]["type"], "hit_rate", "{d}");
+    assert_eq!(d["current_metrics"]["current_hit_rate"], 0.0, "{d}");
+    assert_eq!(d["average_metrics"]["avg_hit_rate"], 0.0, "{d}");
+    assert!(
+        d["current_metrics"]["current_memory_usage"].is_number(),
+        "{d}"
+    );
+    assert_eq!(d["system_metrics"]["source"], "process", "no Redis: {d}");
+    assert!(
+        d["system_metrics"]["used_memory"].as_u64().unwrap() > 0,
+        "{d}"
+    );
+    assert!(!d["performance_history"].as_array().unwrap().is_empty());
+    assert_eq!(d["components"][0]["counters"]["handled"], 10, "{d}");
+
+    // Thresholds change over HTTP too; bad values are refused with a reason.
+    let put =
+        |body: &'static str| http_request(&addr, "PUT", "/api/cache/thresholds", body.as_bytes());
+    let (code, body) = put(r#"{"error_rate_max": 0.5}"#).await.unwrap();
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains(r#""error_rate_max":0.5"#), "{body}");
+    let (code, body) = put(r#"{"memory_usage_max": -1}"#).await.unwrap();
+    assert_eq!(code, 400, "{body}");
+    assert!(body.contains("fractions"), "{body}");
+    let (_, body) = http_get(&addr, "/api/cache/thresholds").await.unwrap();
+    assert!(
+        body.contains(r#""error_rate_max":0.5"#) && body.contains(r#""memory_usage_max":0.8"#),
+        "{body}"
+    );
 
     let req = weir::bus::BusMessage::new("cache.monitor.thresholds", r#"{"hit_rate_min": 0.0}"#);
     let reply = bus.request(req, Duration::from_secs(2)).await.unwrap();

@@ -12,8 +12,8 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::breaker::Breaker;
 use super::codec::{CodecError, Codecs};
-use super::latency::Histogram;
 use super::{CacheError, Layer, LayerStats};
+use crate::latency::Histogram;
 
 /// Keys SCAN returns per round trip during pattern invalidation.
 const SCAN_COUNT: usize = 500;

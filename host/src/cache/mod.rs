@@ -10,7 +10,6 @@ pub mod glob;
 mod l1;
 pub mod l2;
 pub mod l3;
-mod latency;
 mod layered;
 pub mod monitor;
 pub mod report;

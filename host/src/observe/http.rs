@@ -1,10 +1,13 @@
-//! The HTTP endpoints: `/metrics`, `/healthz`, `/readyz`, `/api/status`.
+//! The HTTP endpoints: `/metrics`, `/healthz`, `/readyz`, `/api/status`,
+//! `/api/dashboard`, `/api/cache/thresholds` and the dashboard page at `/`.
 
 use axum::Router;
-use axum::extract::State;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
-use axum::response::{IntoResponse, Json, Response};
+use axum::response::{Html, IntoResponse, Json, Redirect, Response};
 use axum::routing::get;
+use serde_json::json;
 use tokio::net::TcpListener;
 
 use super::Observed;
@@ -39,6 +42,54 @@ async fn status(State(o): State<Observed>) -> Json<super::Status> {
     Json(o.status())
 }
 
+/// `?since=<ms>` on `/api/dashboard`: only newer timeline samples.
+#[derive(serde::Deserialize)]
+struct Since {
+    since: Option<u64>,
+}
+
+async fn dashboard(State(o): State<Observed>, Query(q): Query<Since>) -> Json<serde_json::Value> {
+    Json(super::dashboard(&o, q.since).await)
+}
+
+/// The page: one self-contained file (no CDN, works offline).
+async fn page() -> Html<&'static str> {
+    Html(include_str!("dashboard.html"))
+}
+
+async fn get_thresholds(State(o): State<Observed>) -> Response {
+    match &o.monitor {
+        Some(m) => Json(json!({ "ok": true, "thresholds": m.thresholds() })).into_response(),
+        None => no_monitor(),
+    }
+}
+
+/// Changes thresholds from a partial JSON object (PUT or POST).
+async fn set_thresholds(State(o): State<Observed>, body: Bytes) -> Response {
+    let Some(m) = &o.monitor else {
+        return no_monitor();
+    };
+    match m.update(&body) {
+        Ok(t) => {
+            tracing::info!(?t, "cache monitor thresholds changed over HTTP");
+            Json(json!({ "ok": true, "thresholds": t })).into_response()
+        }
+        Err(e) => (
+            StatusCode::BAD_REQUEST,
+            Json(json!({ "ok": false, "error": e, "thresholds": m.thresholds() })),
+        )
+            .into_response(),
+    }
+}
+
+fn no_monitor() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        Json(json!({ "ok": false, "error": "the cache monitor is off (cache.enabled and cache.monitoring)" })),
+    )
+        .into_response()
+}
+
 /// Serves the endpoints on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: TcpListener,
@@ -50,6 +101,13 @@ pub async fn serve(
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/api/status", get(status))
+        .route("/api/dashboard", get(dashboard))
+        .route(
+            "/api/cache/thresholds",
+            get(get_thresholds).put(set_thresholds).post(set_thresholds),
+        )
+        .route("/", get(|| async { Redirect::temporary("/dashboard") }))
+        .route("/dashboard", get(page))
         .with_state(observed);
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)

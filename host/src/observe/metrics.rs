@@ -38,6 +38,12 @@ fn counter(
         None,
         prometheus_client::metrics::MetricType::Counter,
     )?;
+    // One row without labels: `name value`, not `name{} value`.
+    if let [(labels, v)] = rows
+        && labels.is_empty()
+    {
+        return ConstCounter::new(*v).encode(m);
+    }
     for (labels, v) in rows {
         ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
     }
@@ -56,6 +62,12 @@ fn gauge(
         None,
         prometheus_client::metrics::MetricType::Gauge,
     )?;
+    // One row without labels: `name value`, not `name{} value`.
+    if let [(labels, v)] = rows
+        && labels.is_empty()
+    {
+        return ConstGauge::new(*v).encode(m);
+    }
     for (labels, v) in rows {
         ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
     }
@@ -66,7 +78,7 @@ fn gauge(
 type ComponentCounter = (&'static str, &'static str, fn(&ComponentStats) -> u64);
 
 /// Per-component counters.
-const COMPONENT_COUNTERS: [ComponentCounter; 10] = [
+const COMPONENT_COUNTERS: [ComponentCounter; 11] = [
     (
         "weir_messages_received",
         "Messages taken from subscriptions",
@@ -76,6 +88,11 @@ const COMPONENT_COUNTERS: [ComponentCounter; 10] = [
         "weir_messages_handled",
         "Messages handled successfully",
         |s| load(&s.handled),
+    ),
+    (
+        "weir_messages_failed",
+        "Delivery attempts that did not end handled",
+        |s| load(&s.failed),
     ),
     (
         "weir_messages_retried",
@@ -150,14 +167,16 @@ impl Collector for HostCollector {
         )?;
         for (n, s) in &o.components {
             let labels = label(n);
-            s.latency.encode(m.encode_family(&labels)?)?;
+            let (sum, count, buckets) = s.latency.prometheus();
+            m.encode_family(&labels)?
+                .encode_histogram::<Labels>(sum, count, &buckets, None)?;
         }
         if let Some(n) = &o.nats {
             let up = i64::from(n.state() == "connected");
             gauge(
                 &mut enc,
-                "nats_connection_up",
-                "1 while connected to NATS",
+                "nats_connection_status",
+                "NATS connection status (1=connected, 0=disconnected)",
                 &[(vec![], up)],
             )?;
             counter(

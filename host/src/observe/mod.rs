@@ -1,8 +1,10 @@
 //! Observability: Prometheus metrics, health and readiness, and a status
 //! document, served over HTTP from a read-only view of the host.
 
+mod dashboard;
 mod http;
 mod metrics;
+mod timeline;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -10,11 +12,14 @@ use std::sync::atomic::Ordering;
 use serde::Serialize;
 
 use crate::bus::NatsBus;
-use crate::cache::{CacheStore, Layer, RedisStore};
+use crate::cache::monitor::CacheMonitor;
+use crate::cache::{CacheStore, Layer, LayerStats, RedisStore};
 use crate::stats::{ComponentSnapshot, ComponentStats};
 
+pub use dashboard::document as dashboard;
 pub use http::serve;
 pub use metrics::render;
+pub use timeline::{Sample, Timeline, run as sample_every};
 
 /// What the observability endpoints read: cheap to clone, never blocks the host.
 #[derive(Clone)]
@@ -29,6 +34,14 @@ pub struct Observed {
     pub nats: Option<NatsBus>,
     /// The Redis layer, when configured.
     pub redis: Option<RedisStore>,
+    /// The cache monitor, when `cache.monitoring` is on.
+    pub monitor: Option<CacheMonitor>,
+    /// L1's byte budget, to express its use as a fraction.
+    pub max_l1_bytes: u64,
+    /// Per-second samples for the dashboard's charts.
+    pub timeline: Timeline,
+    /// When the host started, for its uptime.
+    pub started: std::time::Instant,
 }
 
 /// Why the host is not ready.
@@ -39,6 +52,21 @@ pub struct NotReady {
 }
 
 impl Observed {
+    /// A view of components alone (no bus, cache or monitor).
+    pub fn new(host: &str, components: Vec<(String, Arc<ComponentStats>)>) -> Self {
+        Observed {
+            host: host.to_owned(),
+            components,
+            cache: None,
+            nats: None,
+            redis: None,
+            monitor: None,
+            max_l1_bytes: 0,
+            timeline: Timeline::default(),
+            started: std::time::Instant::now(),
+        }
+    }
+
     /// `Ok` when NATS is connected, Redis answers and every component loaded.
     pub fn readiness(&self) -> Result<(), NotReady> {
         let mut reasons = Vec::new();
@@ -73,27 +101,8 @@ impl Observed {
                 counters: s.snapshot().into(),
             })
             .collect();
-        let cache = self
-            .cache
-            .as_ref()
-            .map(|c| c.stats())
-            .unwrap_or_default()
-            .into_iter()
-            .map(|l| CacheStatus {
-                layer: match l.layer {
-                    Layer::L1 => "l1",
-                    Layer::L2 => "l2",
-                    Layer::L3 => "l3",
-                }
-                .to_owned(),
-                hits: l.hits,
-                misses: l.misses,
-                hit_rate: l.hit_rate(),
-                errors: l.errors,
-                entries: l.entries,
-                bytes: l.bytes,
-            })
-            .collect();
+        let layers = self.cache.as_ref().map(|c| c.stats()).unwrap_or_default();
+        let cache = Status::cache_lines(&layers);
         Status {
             host: self.host.clone(),
             ready: self.readiness().err().map_or_else(Vec::new, |r| r.reasons),
@@ -125,6 +134,29 @@ pub struct Status {
     pub cache: Vec<CacheStatus>,
 }
 
+impl Status {
+    /// One line per cache layer.
+    pub fn cache_lines(layers: &[LayerStats]) -> Vec<CacheStatus> {
+        layers
+            .iter()
+            .map(|l| CacheStatus {
+                layer: match l.layer {
+                    Layer::L1 => "l1",
+                    Layer::L2 => "l2",
+                    Layer::L3 => "l3",
+                }
+                .to_owned(),
+                hits: l.hits,
+                misses: l.misses,
+                hit_rate: l.hit_rate(),
+                errors: l.errors,
+                entries: l.entries,
+                bytes: l.bytes,
+            })
+            .collect()
+    }
+}
+
 /// One component's line in the status.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct ComponentStatus {
@@ -141,12 +173,18 @@ pub struct Counters {
     pub received: u64,
     /// Handled.
     pub handled: u64,
+    /// Failed attempts.
+    #[serde(default)]
+    pub failed: u64,
     /// Retried.
     pub retried: u64,
     /// Dead-lettered.
     pub dead_lettered: u64,
     /// Traps.
     pub traps: u64,
+    /// Deadline hits.
+    #[serde(default)]
+    pub deadline_hits: u64,
     /// Published.
     pub published: u64,
     /// Denied host calls.
@@ -160,9 +198,11 @@ impl From<ComponentSnapshot> for Counters {
         Counters {
             received: s.received,
             handled: s.handled,
+            failed: s.failed,
             retried: s.retried,
             dead_lettered: s.dead_lettered,
             traps: s.traps,
+            deadline_hits: s.deadline_hits,
             published: s.published,
             denied: s.denied,
             in_flight: s.in_flight,
@@ -191,10 +231,25 @@ pub struct CacheStatus {
 
 /// `GET path` on a weir host's HTTP address; returns status code and body.
 pub async fn http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(addr, "GET", path, b"").await
+}
+
+/// One HTTP/1.0 request to a weir host (for `weir status` and tests, so
+/// neither needs an HTTP client); returns status code and body.
+pub async fn http_request(
+    addr: &str,
+    method: &str,
+    path: &str,
+    body: &[u8],
+) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").as_bytes())
-        .await?;
+    let head = format!(
+        "{method} {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(body).await?;
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).await?;
     let text = String::from_utf8_lossy(&raw);
