@@ -445,6 +445,7 @@ async fn two_hosts_sharing_redis_and_nats_serve_the_demo_with_coherent_caches() 
             r#"
 [host]
 id = "{id}"
+http = "127.0.0.1:0"
 
 [nats]
 url = "{}"
@@ -513,6 +514,42 @@ grants = {{ subscribe = ["TRADE.trade.*"], publish = ["signals.*"], cache = "sma
             signals.last().unwrap().signal.as_str(),
             "{symbol}"
         );
+    }
+
+    // The dashboard reads Redis INFO and sees all three layers and both connections.
+    let addr = a.http_addr().unwrap().to_string();
+    let (code, body) = weir::observe::http_get(&addr, "/api/dashboard")
+        .await
+        .unwrap();
+    assert_eq!(code, 200, "{body}");
+    let d: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let sys = &d["system_metrics"];
+    assert_eq!(sys["source"], "redis", "{sys}");
+    assert!(sys["used_memory"].as_u64().unwrap() > 0, "{sys}");
+    assert!(
+        sys["connected_clients"].as_u64().unwrap() >= 2,
+        "two hosts: {sys}"
+    );
+    assert!(
+        sys["total_commands_processed"].as_u64().unwrap() > 0,
+        "{sys}"
+    );
+    assert_eq!(d["connections"]["nats"], "connected", "{d}");
+    assert_eq!(d["connections"]["redis"], "ok", "{d}");
+    let layers: Vec<&str> = d["cache_layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["layer"].as_str().unwrap())
+        .collect();
+    assert_eq!(layers, ["l1", "l2", "l3"]);
+    let (_, metrics) = weir::observe::http_get(&addr, "/metrics").await.unwrap();
+    for line in [
+        "weir_cache_hits_total{layer=\"l2\"}",
+        "weir_cache_compression_saved_bytes_total{layer=\"l2\"}",
+        "nats_connection_status 1",
+    ] {
+        assert!(metrics.contains(line), "{line} in {metrics}");
     }
     a.shutdown(Duration::from_secs(5)).await;
     b.shutdown(Duration::from_secs(5)).await;
