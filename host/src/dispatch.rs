@@ -22,7 +22,7 @@ use tracing::Instrument;
 use crate::bus::{Bus, BusError, BusMessage, Subscription};
 use crate::dlq::DeadLetter;
 use crate::runtime::{ComponentTemplate, FailureKind, HandleOutcome, Instance};
-use crate::stats::ComponentStats;
+use crate::stats::{ComponentStats, FlowStats};
 
 /// Messages queued per instance before the subscription backs up.
 const WORKER_QUEUE: usize = 1024;
@@ -53,13 +53,44 @@ pub struct StreamJob {
     pub acker: async_nats::jetstream::message::Acker,
 }
 
+/// A job in a worker's queue, with the counters of the subscription it came from.
+type Queued = (Job, Arc<FlowStats>);
+
 /// The instance workers of one component; routers feed them.
 #[derive(Clone)]
 pub struct Workers {
-    senders: Arc<Vec<mpsc::Sender<Job>>>,
+    senders: Arc<Vec<mpsc::Sender<Queued>>>,
     /// Picks the worker from the subject.
     hasher: std::collections::hash_map::RandomState,
     stats: Arc<ComponentStats>,
+    /// The counters of the subscription this handle feeds from.
+    flow: Arc<FlowStats>,
+}
+
+/// Where one message's outcome is counted: its component and its subscription.
+#[derive(Clone, Copy)]
+struct Counts<'a> {
+    component: &'a ComponentStats,
+    flow: &'a FlowStats,
+}
+
+impl Counts<'_> {
+    fn handled(self) {
+        ComponentStats::bump(&self.component.handled);
+        ComponentStats::bump(&self.flow.handled);
+    }
+    fn failed(self) {
+        ComponentStats::bump(&self.component.failed);
+        ComponentStats::bump(&self.flow.failed);
+    }
+    fn retried(self) {
+        ComponentStats::bump(&self.component.retried);
+        ComponentStats::bump(&self.flow.retried);
+    }
+    fn dead_lettered(self) {
+        ComponentStats::bump(&self.component.dead_lettered);
+        ComponentStats::bump(&self.flow.dead_lettered);
+    }
 }
 
 impl Workers {
@@ -80,6 +111,15 @@ impl Workers {
             senders: Arc::new(senders),
             hasher: Default::default(),
             stats: template.ctx.stats.clone(),
+            flow: Arc::default(),
+        }
+    }
+
+    /// A handle for one subscription: its messages are also counted in `flow`.
+    pub fn for_subscription(&self, flow: Arc<FlowStats>) -> Workers {
+        Workers {
+            flow,
+            ..self.clone()
         }
     }
 
@@ -87,9 +127,10 @@ impl Workers {
     pub async fn dispatch(&self, job: Job) -> bool {
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         ComponentStats::bump(&self.stats.received);
+        ComponentStats::bump(&self.flow.received);
         let worker =
             &self.senders[(self.hasher.hash_one(&job.msg.subject) as usize) % self.senders.len()];
-        if worker.send(job).await.is_err() {
+        if worker.send((job, self.flow.clone())).await.is_err() {
             self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
             return false;
         }
@@ -115,11 +156,15 @@ pub async fn route(mut sub: Subscription, workers: Workers, mut shutdown: watch:
 async fn worker(
     template: Arc<ComponentTemplate>,
     index: usize,
-    mut rx: mpsc::Receiver<Job>,
+    mut rx: mpsc::Receiver<Queued>,
     bus: Arc<dyn Bus>,
 ) {
     let mut instance: Option<Instance> = None;
-    while let Some(job) = rx.recv().await {
+    while let Some((job, flow)) = rx.recv().await {
+        let counts = Counts {
+            component: &template.ctx.stats,
+            flow: &flow,
+        };
         let start = std::time::Instant::now();
         // A span per event (at debug level, so it costs nothing unless asked
         // for with RUST_LOG=weir=debug): logs inside carry these fields.
@@ -137,14 +182,17 @@ async fn worker(
         }
         let work = async {
             match job.stream {
-                None => deliver(&template, index, &mut instance, &job.msg, &*bus).await,
+                None => deliver(&template, counts, index, &mut instance, &job.msg, &*bus).await,
                 Some(s) => {
-                    deliver_stream(&template, index, &mut instance, &job.msg, s, &*bus).await
+                    let slot = &mut instance;
+                    deliver_stream(&template, counts, index, slot, &job.msg, s, &*bus).await
                 }
             }
         };
         work.instrument(span).await;
-        template.ctx.stats.latency.record(start.elapsed());
+        let took = start.elapsed();
+        template.ctx.stats.latency.record(took);
+        flow.latency.record(took);
         template.ctx.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -221,6 +269,7 @@ enum Verdict {
 /// the next attempt gets a fresh one).
 fn judge(
     template: &ComponentTemplate,
+    counts: Counts<'_>,
     index: usize,
     slot: &mut Option<Instance>,
     msg: &BusMessage,
@@ -229,11 +278,11 @@ fn judge(
 ) -> Result<(), Verdict> {
     let stats = &template.ctx.stats;
     if !matches!(outcome, HandleOutcome::Handled) {
-        ComponentStats::bump(&stats.failed);
+        counts.failed();
     }
     match outcome {
         HandleOutcome::Handled => {
-            ComponentStats::bump(&stats.handled);
+            counts.handled();
             Ok(())
         }
         HandleOutcome::Reject(reason) => {
@@ -262,6 +311,7 @@ fn judge(
 /// succeeded; a dead letter is stored before the message is terminated.
 async fn deliver_stream(
     template: &ComponentTemplate,
+    counts: Counts<'_>,
     index: usize,
     slot: &mut Option<Instance>,
     msg: &BusMessage,
@@ -277,10 +327,10 @@ async fn deliver_stream(
         job.attempt,
     )
     .await;
-    let settle = match judge(template, index, slot, msg, job.attempt, outcome) {
+    let settle = match judge(template, counts, index, slot, msg, job.attempt, outcome) {
         Ok(()) => job.acker.ack().await,
         Err(Verdict::Retry(_)) if job.attempt < template.ctx.limits.max_deliver => {
-            ComponentStats::bump(&template.ctx.stats.retried);
+            counts.retried();
             job.acker
                 .ack_with(AckKind::Nak(Some(backoff(job.attempt))))
                 .await
@@ -294,7 +344,7 @@ async fn deliver_stream(
                 Some(job.stream.clone()),
                 Some(job.sequence),
             );
-            if let Err(e) = publish_dead_letter(template, letter, bus).await {
+            if let Err(e) = publish_dead_letter(template, counts, letter, bus).await {
                 // Stored nowhere: leave the message to the server's redelivery.
                 tracing::error!(component = template.name(), stream = %job.stream, sequence = job.sequence, "dead letter not stored ({e}); the message will be redelivered");
                 return;
@@ -310,6 +360,7 @@ async fn deliver_stream(
 /// Delivers a core message until it is handled or dead-lettered.
 async fn deliver(
     template: &ComponentTemplate,
+    counts: Counts<'_>,
     index: usize,
     slot: &mut Option<Instance>,
     msg: &BusMessage,
@@ -319,19 +370,19 @@ async fn deliver(
     let mut attempt = 1;
     loop {
         let outcome = attempt_once(template, slot, msg, None, attempt).await;
-        let reason = match judge(template, index, slot, msg, attempt, outcome) {
+        let reason = match judge(template, counts, index, slot, msg, attempt, outcome) {
             Ok(()) => return,
             Err(Verdict::Reject(reason)) => {
-                dead_letter(template, msg, reason, attempt, bus).await;
+                dead_letter(template, counts, msg, reason, attempt, bus).await;
                 return;
             }
             Err(Verdict::Retry(reason)) => reason,
         };
         if attempt >= max {
-            dead_letter(template, msg, reason, attempt, bus).await;
+            dead_letter(template, counts, msg, reason, attempt, bus).await;
             return;
         }
-        ComponentStats::bump(&template.ctx.stats.retried);
+        counts.retried();
         tokio::time::sleep(backoff(attempt)).await;
         attempt += 1;
     }
@@ -341,10 +392,11 @@ async fn deliver(
 /// subjects (confirmed), else as a core publish.
 async fn publish_dead_letter(
     template: &ComponentTemplate,
+    counts: Counts<'_>,
     letter: DeadLetter,
     bus: &dyn Bus,
 ) -> Result<(), BusError> {
-    ComponentStats::bump(&template.ctx.stats.dead_lettered);
+    counts.dead_lettered();
     let subject = letter.subject();
     tracing::warn!(component = template.name(), %subject, attempts = letter.attempts, error = %letter.error, "dead-lettered");
     match bus.stream_for_subject(&subject).await {
@@ -358,13 +410,14 @@ async fn publish_dead_letter(
 
 async fn dead_letter(
     template: &ComponentTemplate,
+    counts: Counts<'_>,
     msg: &BusMessage,
     error: String,
     attempts: u32,
     bus: &dyn Bus,
 ) {
     let letter = DeadLetter::new(msg, template.name(), error, attempts, None, None);
-    if let Err(e) = publish_dead_letter(template, letter, bus).await {
+    if let Err(e) = publish_dead_letter(template, counts, letter, bus).await {
         tracing::error!(component = template.name(), subject = %msg.subject, "could not publish the dead letter: {e}");
     }
 }

@@ -23,7 +23,7 @@ use crate::dispatch::{self, Workers};
 use crate::manifest::Manifest;
 use crate::observe::{Observed, Timeline};
 use crate::runtime::{ComponentTemplate, Runtime, RuntimeConfig};
-use crate::stats::ComponentSnapshot;
+use crate::stats::{ComponentSnapshot, FlowStats};
 
 /// Where a component's messages come from.
 enum Source {
@@ -159,7 +159,7 @@ impl Host {
                             })?,
                     ),
                 };
-                sources.push((components.len(), source));
+                sources.push((components.len(), sub.subject.clone(), source));
             }
             components.push(template);
         }
@@ -167,8 +167,11 @@ impl Host {
             .iter()
             .map(|t| Workers::spawn(t.clone(), bus.clone(), &mut tasks))
             .collect();
-        for (i, source) in sources {
-            let w = workers[i].clone();
+        let mut flows = Vec::new();
+        for (i, subject, source) in sources {
+            let flow = Arc::new(FlowStats::default());
+            flows.push((components[i].name().to_owned(), subject, flow.clone()));
+            let w = workers[i].for_subscription(flow);
             match source {
                 Source::Core(sub) => tasks.spawn(dispatch::route(sub, w, shutdown_rx.clone())),
                 Source::Stream(c) => tasks.spawn(consumer::route(
@@ -194,6 +197,7 @@ impl Host {
                 .iter()
                 .map(|c| (c.name().to_owned(), c.ctx.stats.clone()))
                 .collect(),
+            flows,
             cache: cache.clone(),
             nats: nats.clone(),
             redis: redis_layer,

@@ -121,3 +121,22 @@ impl ComponentStats {
         }
     }
 }
+
+/// Counters of one subscription of one component: the `subject` label of
+/// the per-message metrics (the subscription's subject, so the label's
+/// values stay few however many concrete subjects flow through it).
+#[derive(Debug, Default)]
+pub struct FlowStats {
+    /// Messages taken from the subscription.
+    pub received: AtomicU64,
+    /// Messages handled successfully.
+    pub handled: AtomicU64,
+    /// Delivery attempts that did not end handled.
+    pub failed: AtomicU64,
+    /// Deliveries that ended in a retry.
+    pub retried: AtomicU64,
+    /// Messages stored as dead letters.
+    pub dead_lettered: AtomicU64,
+    /// Wall time of each delivery.
+    pub latency: Histogram,
+}

@@ -162,23 +162,33 @@ async fn metrics_health_and_status_over_http() {
     let addr = host.http_addr().unwrap().to_string();
     let (code, body) = http_get(&addr, "/metrics").await.unwrap();
     assert_eq!(code, 200);
-    let handled = host
-        .component_stats()
-        .iter()
-        .find(|(n, _)| n == "sma-crossover")
-        .unwrap()
-        .1
-        .handled;
+    let stats = |name: &str| {
+        host.component_stats()
+            .into_iter()
+            .find(|(n, _)| n == name)
+            .unwrap()
+            .1
+    };
+    let handled = stats("sma-crossover").handled;
     assert!(
         body.contains(&format!(
-            "weir_messages_handled_total{{component=\"sma-crossover\"}} {handled}"
+            "weir_messages_handled_total{{component=\"sma-crossover\",subject=\"TRADE.trade.*\"}} {handled}"
         )),
         "{body}"
     );
-    assert!(
-        body.contains("weir_handler_latency_seconds_count{component=\"price-alert\"}"),
-        "{body}"
-    );
+    // Per subscription: price-alert's two subscriptions add up to its total.
+    let received: u64 = body
+        .lines()
+        .filter(|l| l.starts_with("nats_messages_received_total{component=\"price-alert\""))
+        .map(|l| l.rsplit(' ').next().unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert_eq!(received, stats("price-alert").received, "{body}");
+    for subject in ["TRADE.trade.*", "alerts.created"] {
+        let line = format!(
+            "nats_message_processing_seconds_count{{component=\"price-alert\",subject=\"{subject}\"}}"
+        );
+        assert!(body.contains(&line), "{line} in {body}");
+    }
     assert!(
         body.contains("weir_cache_hits_total{layer=\"l1\"}"),
         "{body}"

@@ -8,7 +8,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use super::{Observed, load};
-use crate::stats::ComponentStats;
+use crate::stats::{ComponentStats, FlowStats};
 
 #[derive(Debug)]
 struct HostCollector {
@@ -77,33 +77,8 @@ fn gauge(
 /// A per-component counter: metric name, help, and how to read it.
 type ComponentCounter = (&'static str, &'static str, fn(&ComponentStats) -> u64);
 
-/// Per-component counters.
-const COMPONENT_COUNTERS: [ComponentCounter; 11] = [
-    (
-        "weir_messages_received",
-        "Messages taken from subscriptions",
-        |s| load(&s.received),
-    ),
-    (
-        "weir_messages_handled",
-        "Messages handled successfully",
-        |s| load(&s.handled),
-    ),
-    (
-        "weir_messages_failed",
-        "Delivery attempts that did not end handled",
-        |s| load(&s.failed),
-    ),
-    (
-        "weir_messages_retried",
-        "Deliveries that ended in a retry",
-        |s| load(&s.retried),
-    ),
-    (
-        "weir_messages_dead_lettered",
-        "Messages sent to dlq.<subject>",
-        |s| load(&s.dead_lettered),
-    ),
+/// Per-component counters (what is not tied to one subscription).
+const COMPONENT_COUNTERS: [ComponentCounter; 6] = [
     (
         "weir_traps",
         "Instances that failed (trap, deadline, limit)",
@@ -136,6 +111,38 @@ const COMPONENT_COUNTERS: [ComponentCounter; 11] = [
     ),
 ];
 
+/// A per-subscription counter: metric name, help, and how to read it.
+type FlowCounter = (&'static str, &'static str, fn(&FlowStats) -> u64);
+
+/// Per component and subscription subject (the seed's `nats_messages_received_total`).
+const FLOW_COUNTERS: [FlowCounter; 5] = [
+    (
+        "nats_messages_received",
+        "Messages taken from the subscription",
+        |s| load(&s.received),
+    ),
+    (
+        "weir_messages_handled",
+        "Messages handled successfully",
+        |s| load(&s.handled),
+    ),
+    (
+        "weir_messages_failed",
+        "Delivery attempts that did not end handled",
+        |s| load(&s.failed),
+    ),
+    (
+        "weir_messages_retried",
+        "Deliveries that ended in a retry",
+        |s| load(&s.retried),
+    ),
+    (
+        "weir_messages_dead_lettered",
+        "Messages stored as dead letters on dlq.<subject>",
+        |s| load(&s.dead_lettered),
+    ),
+];
+
 impl Collector for HostCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let o = &self.observed.0;
@@ -159,16 +166,26 @@ impl Collector for HostCollector {
             "Messages queued or being handled",
             &in_flight,
         )?;
+        let flow_label = |c: &str, subject: &str| {
+            vec![("component", c.to_owned()), ("subject", subject.to_owned())]
+        };
+        for (metric, help, field) in FLOW_COUNTERS {
+            let rows: Vec<(Labels, u64)> = o
+                .flows
+                .iter()
+                .map(|(c, subject, f)| (flow_label(c, subject), field(f)))
+                .collect();
+            counter(&mut enc, metric, help, &rows)?;
+        }
         let mut m = enc.encode_descriptor(
-            "weir_handler_latency_seconds",
-            "Wall time per delivery",
+            "nats_message_processing_seconds",
+            "Wall time per delivery (handle plus settling)",
             None,
             prometheus_client::metrics::MetricType::Histogram,
         )?;
-        for (n, s) in &o.components {
-            let labels = label(n);
-            let (sum, count, buckets) = s.latency.prometheus();
-            m.encode_family(&labels)?
+        for (c, subject, f) in &o.flows {
+            let (sum, count, buckets) = f.latency.prometheus();
+            m.encode_family(&flow_label(c, subject))?
                 .encode_histogram::<Labels>(sum, count, &buckets, None)?;
         }
         if let Some(n) = &o.nats {

@@ -14,7 +14,7 @@ use serde::Serialize;
 use crate::bus::NatsBus;
 use crate::cache::monitor::CacheMonitor;
 use crate::cache::{CacheStore, Layer, LayerStats, RedisStore};
-use crate::stats::{ComponentSnapshot, ComponentStats};
+use crate::stats::{ComponentSnapshot, ComponentStats, FlowStats};
 
 pub use dashboard::document as dashboard;
 pub use http::serve;
@@ -28,6 +28,8 @@ pub struct Observed {
     pub host: String,
     /// Each component's counters.
     pub components: Vec<(String, Arc<ComponentStats>)>,
+    /// Each subscription's counters: (component, subscription subject, counters).
+    pub flows: Vec<(String, String, Arc<FlowStats>)>,
     /// The cache, when enabled.
     pub cache: Option<Arc<dyn CacheStore>>,
     /// The NATS connection, when configured.
@@ -57,6 +59,7 @@ impl Observed {
         Observed {
             host: host.to_owned(),
             components,
+            flows: Vec::new(),
             cache: None,
             nats: None,
             redis: None,
