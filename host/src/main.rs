@@ -421,3 +421,39 @@ fn init_logging_at(format: LogFormat, default: &str) {
         LogFormat::Json => builder.json().init(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use weir::stats::ComponentStats;
+
+    #[tokio::test]
+    async fn status_screen_shows_components_counters_and_readiness() {
+        let busy = Arc::new(ComponentStats::default());
+        for _ in 0..7 {
+            ComponentStats::bump(&busy.handled);
+        }
+        ComponentStats::bump(&busy.dead_lettered);
+        let o = weir::observe::Observed::new(
+            "h1",
+            vec![
+                ("sma-crossover".into(), busy),
+                ("price-alert".into(), Arc::default()),
+            ],
+        );
+        let screen = super::status_screen(&weir::observe::dashboard(&o, None).await);
+        let lines: Vec<&str> = screen.lines().collect();
+        assert!(lines[0].starts_with("host h1  up 0s  ready"), "{screen}");
+        assert!(lines[1].contains("embedded bus"), "{screen}");
+        let sma: Vec<&str> = lines
+            .iter()
+            .find(|l| l.starts_with("sma-crossover"))
+            .unwrap()
+            .split_whitespace()
+            .collect();
+        // name, state, events/s, p99, handled, failed, dead-lettered, ...
+        assert_eq!((sma[1], sma[4], sma[6]), ("idle", "7", "1"), "{screen}");
+        assert!(screen.contains("price-alert"), "{screen}");
+    }
+}
