@@ -1,5 +1,6 @@
 //! JetStream durable pull consumers for stream subscriptions.
 
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
@@ -110,6 +111,7 @@ pub async fn route(
         let mut batch = match requested {
             Ok(b) => b,
             Err(e) => {
+                workers.flow().set_pull_error(Some(e.to_string()));
                 warn(&e);
                 tokio::select! {
                     _ = shutdown.wait_for(|stop| *stop) => return,
@@ -117,20 +119,26 @@ pub async fn route(
                 }
             }
         };
+        // The batch's last error, if any; a clean batch clears the flow's.
+        let mut failed = None;
         while let Some(next) = batch.next().await {
             let msg = match next {
                 Ok(m) => m,
                 Err(e) => {
+                    failed = Some(e.to_string());
                     warn(&e);
                     continue;
                 }
             };
             let (stream, sequence, attempt) = match msg.info() {
-                Ok(i) => (
-                    i.stream.to_owned(),
-                    i.stream_sequence,
-                    u32::try_from(i.delivered).unwrap_or(u32::MAX).max(1),
-                ),
+                Ok(i) => {
+                    workers.flow().pending.store(i.pending, Ordering::Relaxed);
+                    (
+                        i.stream.to_owned(),
+                        i.stream_sequence,
+                        u32::try_from(i.delivered).unwrap_or(u32::MAX).max(1),
+                    )
+                }
                 Err(e) => {
                     tracing::warn!(%component, "message without JetStream metadata skipped: {e}");
                     continue;
@@ -156,5 +164,6 @@ pub async fn route(
                 return;
             }
         }
+        workers.flow().set_pull_error(failed);
     }
 }

@@ -115,6 +115,11 @@ impl Workers {
         }
     }
 
+    /// The counters of the subscription this handle feeds from.
+    pub fn flow(&self) -> &FlowStats {
+        &self.flow
+    }
+
     /// A handle for one subscription: its messages are also counted in `flow`.
     pub fn for_subscription(&self, flow: Arc<FlowStats>) -> Workers {
         Workers {

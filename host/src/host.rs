@@ -21,7 +21,7 @@ use crate::capability::ComponentContext;
 use crate::consumer;
 use crate::dispatch::{self, Workers};
 use crate::manifest::Manifest;
-use crate::observe::{Observed, Timeline};
+use crate::observe::{Flow, Observed, Timeline};
 use crate::runtime::{ComponentTemplate, Runtime, RuntimeConfig};
 use crate::stats::{ComponentSnapshot, FlowStats};
 
@@ -159,7 +159,7 @@ impl Host {
                             })?,
                     ),
                 };
-                sources.push((components.len(), sub.subject.clone(), source));
+                sources.push((components.len(), sub, source));
             }
             components.push(template);
         }
@@ -168,9 +168,14 @@ impl Host {
             .map(|t| Workers::spawn(t.clone(), bus.clone(), &mut tasks))
             .collect();
         let mut flows = Vec::new();
-        for (i, subject, source) in sources {
+        for (i, sub, source) in sources {
             let flow = Arc::new(FlowStats::default());
-            flows.push((components[i].name().to_owned(), subject, flow.clone()));
+            flows.push(Flow {
+                component: components[i].name().to_owned(),
+                subject: sub.subject.clone(),
+                stream: sub.stream.clone(),
+                stats: flow.clone(),
+            });
             let w = workers[i].for_subscription(flow);
             match source {
                 Source::Core(sub) => tasks.spawn(dispatch::route(sub, w, shutdown_rx.clone())),

@@ -139,4 +139,25 @@ pub struct FlowStats {
     pub dead_lettered: AtomicU64,
     /// Wall time of each delivery.
     pub latency: Histogram,
+    /// For a JetStream consumer: messages in the stream not yet delivered
+    /// to it, as of the last delivery (its lag).
+    pub pending: AtomicU64,
+    /// For a JetStream consumer: why its last pull failed, until one works
+    /// again (readiness reports it).
+    pub pull_error: std::sync::Mutex<Option<String>>,
+}
+
+impl FlowStats {
+    /// Records the outcome of a pull: `None` when it worked.
+    pub fn set_pull_error(&self, error: Option<String>) {
+        *self.pull_error.lock().unwrap_or_else(|e| e.into_inner()) = error;
+    }
+
+    /// Why the last pull failed, if it did.
+    pub fn pull_error(&self) -> Option<String> {
+        self.pull_error
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
 }

@@ -92,6 +92,9 @@ async fn wait_for_stream(js: &jetstream::Context, name: &str, n: u64, timeout: D
 fn strategy_manifest(url: &str, streams_granted: &str) -> String {
     format!(
         r#"
+[host]
+http = "127.0.0.1:0"
+
 [nats]
 url = "{url}"
 reconnect_wait_ms = 100
@@ -172,6 +175,17 @@ async fn jetstream_pipeline_survives_a_server_restart_with_exact_signals() {
     let sma = host.component_stats()[0].1;
     assert_eq!(sma.dead_lettered, 0);
     assert!(sma.handled >= trades.len() as u64, "{sma:?}");
+    // The consumer's lag is exported, and it has caught up.
+    let addr = host.http_addr().unwrap().to_string();
+    let (_, metrics) = weir::observe::http_get(&addr, "/metrics").await.unwrap();
+    let labels = r#"component="sma-crossover",subject="TRADE.trade.>""#;
+    for line in [
+        format!(r#"nats_consumer_pending{{{labels},stream="TRADE"}} 0"#),
+        format!("weir_messages_handled_total{{{labels}}} {}", sma.handled),
+        format!("nats_message_processing_seconds_count{{{labels}}} "),
+    ] {
+        assert!(metrics.contains(&line), "{line} in {metrics}");
+    }
     host.shutdown(Duration::from_secs(5)).await;
 
     // All acknowledged: nothing left pending on the durable consumer.
@@ -609,5 +623,38 @@ config = {{ behaviour = "ok" }}
     let (_, metrics) = http_get(&addr, "/metrics").await.unwrap();
     assert!(metrics.contains("nats_connection_status 1"), "{metrics}");
     assert!(!metrics.contains("nats_reconnects_total 0"), "{metrics}");
+    host.shutdown(Duration::from_secs(2)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_names_a_stream_consumer_that_cannot_pull() {
+    use weir::observe::http_get;
+    let server = NatsServer::start();
+    let js = make_streams(
+        &server,
+        &[("TRADE", "TRADE.trade.>"), ("SIGNALS", "signals.>")],
+    )
+    .await;
+    let m = manifest(&strategy_manifest(&server.url(), r#""TRADE", "SIGNALS""#));
+    let host = Host::start(&m).await.unwrap();
+    let addr = host.http_addr().unwrap().to_string();
+    assert_eq!(http_get(&addr, "/readyz").await.unwrap().0, 200);
+
+    // Someone deletes the stream under the running consumer.
+    js.delete_stream("TRADE").await.unwrap();
+    let until = tokio::time::Instant::now() + Duration::from_secs(15);
+    let (code, body) = loop {
+        let got = http_get(&addr, "/readyz").await.unwrap();
+        if got.0 == 503 || tokio::time::Instant::now() > until {
+            break got;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("component sma-crossover cannot pull from stream TRADE (TRADE.trade.>)"),
+        "{body}"
+    );
+    assert_eq!(http_get(&addr, "/healthz").await.unwrap().0, 200);
     host.shutdown(Duration::from_secs(2)).await;
 }

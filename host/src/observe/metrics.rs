@@ -173,9 +173,26 @@ impl Collector for HostCollector {
             let rows: Vec<(Labels, u64)> = o
                 .flows
                 .iter()
-                .map(|(c, subject, f)| (flow_label(c, subject), field(f)))
+                .map(|f| (flow_label(&f.component, &f.subject), field(&f.stats)))
                 .collect();
             counter(&mut enc, metric, help, &rows)?;
+        }
+        let lag: Vec<(Labels, i64)> = o
+            .flows
+            .iter()
+            .filter_map(|f| {
+                let mut labels = flow_label(&f.component, &f.subject);
+                labels.push(("stream", f.stream.clone()?));
+                Some((labels, load(&f.stats.pending) as i64))
+            })
+            .collect();
+        if !lag.is_empty() {
+            gauge(
+                &mut enc,
+                "nats_consumer_pending",
+                "Stream messages not yet delivered to the component's consumer (as of its last delivery)",
+                &lag,
+            )?;
         }
         let mut m = enc.encode_descriptor(
             "nats_message_processing_seconds",
@@ -183,9 +200,9 @@ impl Collector for HostCollector {
             None,
             prometheus_client::metrics::MetricType::Histogram,
         )?;
-        for (c, subject, f) in &o.flows {
-            let (sum, count, buckets) = f.latency.prometheus();
-            m.encode_family(&flow_label(c, subject))?
+        for f in &o.flows {
+            let (sum, count, buckets) = f.stats.latency.prometheus();
+            m.encode_family(&flow_label(&f.component, &f.subject))?
                 .encode_histogram::<Labels>(sum, count, &buckets, None)?;
         }
         if let Some(n) = &o.nats {

@@ -28,8 +28,8 @@ pub struct Observed {
     pub host: String,
     /// Each component's counters.
     pub components: Vec<(String, Arc<ComponentStats>)>,
-    /// Each subscription's counters: (component, subscription subject, counters).
-    pub flows: Vec<(String, String, Arc<FlowStats>)>,
+    /// Each subscription's counters.
+    pub flows: Vec<Flow>,
     /// The cache, when enabled.
     pub cache: Option<Arc<dyn CacheStore>>,
     /// The NATS connection, when configured.
@@ -44,6 +44,19 @@ pub struct Observed {
     pub timeline: Timeline,
     /// When the host started, for its uptime.
     pub started: std::time::Instant,
+}
+
+/// One subscription of one component, with its counters.
+#[derive(Clone)]
+pub struct Flow {
+    /// The component.
+    pub component: String,
+    /// The subscription's subject (filter).
+    pub subject: String,
+    /// The stream, when it is a JetStream consumer.
+    pub stream: Option<String>,
+    /// Its counters.
+    pub stats: Arc<FlowStats>,
 }
 
 /// Why the host is not ready.
@@ -70,7 +83,8 @@ impl Observed {
         }
     }
 
-    /// `Ok` when NATS is connected, Redis answers and every component loaded.
+    /// `Ok` when NATS is connected, Redis answers, every stream consumer
+    /// pulls and every component loaded.
     pub fn readiness(&self) -> Result<(), NotReady> {
         let mut reasons = Vec::new();
         if let Some(n) = &self.nats {
@@ -83,6 +97,14 @@ impl Observed {
             && r.is_failing()
         {
             reasons.push("Redis is failing (circuit open)".into());
+        }
+        for f in &self.flows {
+            if let (Some(stream), Some(e)) = (&f.stream, f.stats.pull_error()) {
+                reasons.push(format!(
+                    "component {} cannot pull from stream {stream} ({}): {e}",
+                    f.component, f.subject
+                ));
+            }
         }
         if self.components.is_empty() {
             reasons.push("no components loaded".into());
