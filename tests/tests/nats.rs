@@ -655,6 +655,12 @@ async fn readyz_names_a_stream_consumer_that_cannot_pull() {
         body.contains("component sma-crossover cannot pull from stream TRADE (TRADE.trade.>)"),
         "{body}"
     );
+    let (_, d) = http_get(&addr, "/api/dashboard").await.unwrap();
+    let d: serde_json::Value = serde_json::from_str(&d).unwrap();
+    let sma = &d["components"][0];
+    assert_eq!(sma["state"], "stalled", "{sma}");
+    assert_eq!(sma["subscriptions"][0]["stream"], "TRADE", "{sma}");
+    assert!(sma["subscriptions"][0]["pull_error"].is_string(), "{sma}");
     assert_eq!(http_get(&addr, "/healthz").await.unwrap().0, 200);
     host.shutdown(Duration::from_secs(2)).await;
 }

@@ -52,7 +52,25 @@ pub async fn document(o: &Observed, since: Option<u64>) -> Value {
                 .as_ref()
                 .and_then(|s| s.components.iter().find(|(n, _)| n == name))
                 .map(|(_, c)| c.clone());
+            let subscriptions: Vec<Value> = o
+                .flows
+                .iter()
+                .filter(|f| &f.component == name)
+                .map(|f| {
+                    json!({
+                        "subject": f.subject,
+                        "stream": f.stream,
+                        "received": super::load(&f.stats.received),
+                        "handled": super::load(&f.stats.handled),
+                        "failed": super::load(&f.stats.failed),
+                        "pending": f.stream.as_ref().map(|_| super::load(&f.stats.pending)),
+                        "pull_error": f.stats.pull_error(),
+                    })
+                })
+                .collect();
+            let stalled = subscriptions.iter().any(|s| !s["pull_error"].is_null());
             let state = match &now {
+                _ if stalled => "stalled",
                 Some(c) if c.traps > 0 || c.failed_per_s > 0.0 => "failing",
                 Some(c) if c.received_per_s > 0.0 || c.in_flight > 0 => "busy",
                 _ => "idle",
@@ -64,6 +82,7 @@ pub async fn document(o: &Observed, since: Option<u64>) -> Value {
                 "now": now,
                 "p50_ms": stats.latency.quantile(0.5) as f64 / 1e6,
                 "p99_ms": stats.latency.quantile(0.99) as f64 / 1e6,
+                "subscriptions": subscriptions,
             })
         })
         .collect();
