@@ -88,6 +88,15 @@ async fn dashboard_shows_live_numbers_in_chromium_without_console_errors() {
         )
         .await;
     assert_eq!(rows, serde_json::json!(["price-alert", "sma-crossover"]));
+    // Every panel fits the 1400 px window: nothing cut off or scrolled sideways.
+    let overflowing = page
+        .eval("[...document.querySelectorAll('.panel')].filter(p => p.scrollWidth > p.clientWidth).map(p => p.querySelector('h2').textContent)")
+        .await;
+    assert_eq!(
+        overflowing,
+        serde_json::json!([]),
+        "panels wider than the page"
+    );
     let hit = page
         .eval("document.getElementById('kpi-hit').textContent")
         .await;
