@@ -165,3 +165,41 @@ pub fn sample_messages(limit: usize) -> Vec<BusMessage> {
         .map(|l| weir::feed::parse_line(l).unwrap())
         .collect()
 }
+
+/// Polls `GET /readyz` on a host's HTTP address until it answers `code` or
+/// `timeout` passes, running `each` before every poll (to make traffic);
+/// returns the last answer.
+pub async fn readyz_until<F, Fut>(
+    addr: &str,
+    code: u16,
+    timeout: Duration,
+    mut each: F,
+) -> (u16, String)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let until = tokio::time::Instant::now() + timeout;
+    loop {
+        each().await;
+        let got = weir::observe::http_get(addr, "/readyz").await.unwrap();
+        if got.0 == code || tokio::time::Instant::now() > until {
+            return got;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Manifest text for a well-behaved component (`hostile` with behaviour
+/// `ok`: counts its messages in the cache) subscribed to `subject`.
+pub fn ok_component(name: &str, subject: &str) -> String {
+    format!(
+        r#"
+[components.{name}]
+wasm = "{{hostile}}"
+subscribe = [{{ subject = "{subject}" }}]
+grants = {{ subscribe = ["{subject}"], cache = "{name}" }}
+config = {{ behaviour = "ok" }}
+"#
+    )
+}

@@ -17,8 +17,8 @@ use weir::cache::{
     RedisStore, l3,
 };
 use weir::manifest::NatsSettings;
-use weir_tests::root;
 use weir_tests::servers::{NatsServer, RedisServer};
+use weir_tests::{readyz_until, root};
 
 const MIN: Duration = Duration::from_secs(60);
 
@@ -575,4 +575,57 @@ async fn concurrent_misses_on_one_key_make_one_redis_read() {
     }
     let l2 = reader.l2().unwrap().layer_stats();
     assert_eq!(l2.hits + l2.misses, 1, "single flight: {l2:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_and_dashboard_say_when_redis_is_failing_and_recover() {
+    use weir::observe::http_get;
+    let mut redis = RedisServer::start();
+    let m = weir_tests::manifest(&format!(
+        r#"
+[host]
+http = "127.0.0.1:0"
+
+[redis]
+url = "{}"
+{}"#,
+        redis.url(),
+        weir_tests::ok_component("writer", "poke.*")
+    ));
+    let host = weir::Host::start(&m).await.unwrap();
+    let addr = host.http_addr().unwrap().to_string();
+    let bus = host.bus();
+    // Cache traffic (each message writes a count) until /readyz answers `code`.
+    let poke = || {
+        let bus = bus.clone();
+        async move {
+            let msg = weir::bus::BusMessage::new("poke.1", "{}");
+            bus.publish(msg).await.unwrap();
+        }
+    };
+    let poke_until = |code: u16| readyz_until(&addr, code, Duration::from_secs(20), poke);
+    assert_eq!(poke_until(200).await.0, 200);
+
+    redis.kill();
+    let (code, body) = poke_until(503).await;
+    assert_eq!(code, 503, "{body}");
+    assert_eq!(body, "not ready: Redis is failing (circuit open)\n");
+    let (_, d) = http_get(&addr, "/api/dashboard").await.unwrap();
+    let d: serde_json::Value = serde_json::from_str(&d).unwrap();
+    assert_eq!(d["connections"]["redis"], "failing", "{d}");
+    assert!(d["system_metrics"]["error"].is_string(), "{d}");
+    // The component kept handling on L1 meanwhile.
+    assert_eq!(host.component_stats()[0].1.dead_lettered, 0);
+
+    redis.restart();
+    let (code, body) = poke_until(200).await;
+    assert_eq!((code, body.as_str()), (200, "ready\n"));
+    let (_, d) = http_get(&addr, "/api/dashboard").await.unwrap();
+    let d: serde_json::Value = serde_json::from_str(&d).unwrap();
+    assert_eq!(d["system_metrics"]["source"], "redis", "{d}");
+    assert!(
+        d["system_metrics"]["used_memory"].as_u64().unwrap() > 0,
+        "{d}"
+    );
+    host.shutdown(Duration::from_secs(2)).await;
 }

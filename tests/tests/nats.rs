@@ -13,6 +13,7 @@ use weir::Host;
 use weir::bus::{Bus, BusMessage, NatsBus};
 use weir::manifest::NatsSettings;
 use weir::streams::{self, Definition};
+use weir_tests::readyz_until;
 use weir_tests::reference::{self, Signal};
 use weir_tests::servers::NatsServer;
 use weir_tests::{Collector, manifest, root, sample_messages};
@@ -575,14 +576,9 @@ http = "127.0.0.1:0"
 [nats]
 url = "{}"
 reconnect_wait_ms = 100
-
-[components.hostile]
-wasm = "{{hostile}}"
-subscribe = [{{ subject = "work.*" }}]
-grants = {{ subscribe = ["work.*"], cache = "hostile" }}
-config = {{ behaviour = "ok" }}
-"#,
-        server.url()
+{}"#,
+        server.url(),
+        weir_tests::ok_component("hostile", "work.*")
     );
     let host = Host::start(&manifest(&text)).await.unwrap();
     let addr = host.http_addr().unwrap().to_string();
@@ -590,22 +586,8 @@ config = {{ behaviour = "ok" }}
         http_get(&addr, "/readyz").await.unwrap(),
         (200, "ready\n".to_owned())
     );
-    let ready_until = |code: u16, secs: u64| {
-        let addr = addr.clone();
-        async move {
-            let until = tokio::time::Instant::now() + Duration::from_secs(secs);
-            loop {
-                let got = http_get(&addr, "/readyz").await.unwrap();
-                if got.0 == code || tokio::time::Instant::now() > until {
-                    return got;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }
-    };
-
     server.kill();
-    let (code, body) = ready_until(503, 10).await;
+    let (code, body) = readyz_until(&addr, 503, Duration::from_secs(10), || async {}).await;
     assert_eq!(code, 503, "{body}");
     assert!(body.starts_with("not ready: NATS is "), "{body}");
     let (_, metrics) = http_get(&addr, "/metrics").await.unwrap();
@@ -618,7 +600,7 @@ config = {{ behaviour = "ok" }}
     assert_eq!(http_get(&addr, "/healthz").await.unwrap().0, 200);
 
     server.restart();
-    let (code, body) = ready_until(200, 30).await;
+    let (code, body) = readyz_until(&addr, 200, Duration::from_secs(30), || async {}).await;
     assert_eq!((code, body.as_str()), (200, "ready\n"));
     let (_, metrics) = http_get(&addr, "/metrics").await.unwrap();
     assert!(metrics.contains("nats_connection_status 1"), "{metrics}");
@@ -642,14 +624,7 @@ async fn readyz_names_a_stream_consumer_that_cannot_pull() {
 
     // Someone deletes the stream under the running consumer.
     js.delete_stream("TRADE").await.unwrap();
-    let until = tokio::time::Instant::now() + Duration::from_secs(15);
-    let (code, body) = loop {
-        let got = http_get(&addr, "/readyz").await.unwrap();
-        if got.0 == 503 || tokio::time::Instant::now() > until {
-            break got;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let (code, body) = readyz_until(&addr, 503, Duration::from_secs(15), || async {}).await;
     assert_eq!(code, 503, "{body}");
     assert!(
         body.contains("component sma-crossover cannot pull from stream TRADE (TRADE.trade.>)"),
