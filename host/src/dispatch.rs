@@ -67,32 +67,6 @@ pub struct Workers {
     flow: Arc<FlowStats>,
 }
 
-/// Where one message's outcome is counted: its component and its subscription.
-#[derive(Clone, Copy)]
-struct Counts<'a> {
-    component: &'a ComponentStats,
-    flow: &'a FlowStats,
-}
-
-impl Counts<'_> {
-    fn handled(self) {
-        ComponentStats::bump(&self.component.handled);
-        ComponentStats::bump(&self.flow.handled);
-    }
-    fn failed(self) {
-        ComponentStats::bump(&self.component.failed);
-        ComponentStats::bump(&self.flow.failed);
-    }
-    fn retried(self) {
-        ComponentStats::bump(&self.component.retried);
-        ComponentStats::bump(&self.flow.retried);
-    }
-    fn dead_lettered(self) {
-        ComponentStats::bump(&self.component.dead_lettered);
-        ComponentStats::bump(&self.flow.dead_lettered);
-    }
-}
-
 impl Workers {
     /// Starts the component's instance workers.
     pub fn spawn(
@@ -110,20 +84,21 @@ impl Workers {
         Workers {
             senders: Arc::new(senders),
             hasher: Default::default(),
+            flow: template.ctx.stats.add_flow(),
             stats: template.ctx.stats.clone(),
-            flow: Arc::default(),
         }
     }
 
     /// The counters of the subscription this handle feeds from.
-    pub fn flow(&self) -> &FlowStats {
+    pub fn flow(&self) -> &Arc<FlowStats> {
         &self.flow
     }
 
-    /// A handle for one subscription: its messages are also counted in `flow`.
-    pub fn for_subscription(&self, flow: Arc<FlowStats>) -> Workers {
+    /// A handle for one more subscription, with its own counters (which
+    /// count in the component's totals too).
+    pub fn for_subscription(&self) -> Workers {
         Workers {
-            flow,
+            flow: self.stats.add_flow(),
             ..self.clone()
         }
     }
@@ -131,7 +106,6 @@ impl Workers {
     /// Hands a job to the worker that owns its subject; false once workers are gone.
     pub async fn dispatch(&self, job: Job) -> bool {
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-        ComponentStats::bump(&self.stats.received);
         ComponentStats::bump(&self.flow.received);
         let worker =
             &self.senders[(self.hasher.hash_one(&job.msg.subject) as usize) % self.senders.len()];
@@ -166,10 +140,6 @@ async fn worker(
 ) {
     let mut instance: Option<Instance> = None;
     while let Some((job, flow)) = rx.recv().await {
-        let counts = Counts {
-            component: &template.ctx.stats,
-            flow: &flow,
-        };
         let start = std::time::Instant::now();
         // A span per event (at debug level, so it costs nothing unless asked
         // for with RUST_LOG=weir=debug): logs inside carry these fields.
@@ -187,17 +157,15 @@ async fn worker(
         }
         let work = async {
             match job.stream {
-                None => deliver(&template, counts, index, &mut instance, &job.msg, &*bus).await,
+                None => deliver(&template, &flow, index, &mut instance, &job.msg, &*bus).await,
                 Some(s) => {
                     let slot = &mut instance;
-                    deliver_stream(&template, counts, index, slot, &job.msg, s, &*bus).await
+                    deliver_stream(&template, &flow, index, slot, &job.msg, s, &*bus).await
                 }
             }
         };
         work.instrument(span).await;
-        let took = start.elapsed();
-        template.ctx.stats.latency.record(took);
-        flow.latency.record(took);
+        flow.latency.record(start.elapsed());
         template.ctx.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
@@ -274,7 +242,7 @@ enum Verdict {
 /// the next attempt gets a fresh one).
 fn judge(
     template: &ComponentTemplate,
-    counts: Counts<'_>,
+    flow: &FlowStats,
     index: usize,
     slot: &mut Option<Instance>,
     msg: &BusMessage,
@@ -283,11 +251,11 @@ fn judge(
 ) -> Result<(), Verdict> {
     let stats = &template.ctx.stats;
     if !matches!(outcome, HandleOutcome::Handled) {
-        counts.failed();
+        ComponentStats::bump(&flow.failed);
     }
     match outcome {
         HandleOutcome::Handled => {
-            counts.handled();
+            ComponentStats::bump(&flow.handled);
             Ok(())
         }
         HandleOutcome::Reject(reason) => {
@@ -316,7 +284,7 @@ fn judge(
 /// succeeded; a dead letter is stored before the message is terminated.
 async fn deliver_stream(
     template: &ComponentTemplate,
-    counts: Counts<'_>,
+    flow: &FlowStats,
     index: usize,
     slot: &mut Option<Instance>,
     msg: &BusMessage,
@@ -332,10 +300,10 @@ async fn deliver_stream(
         job.attempt,
     )
     .await;
-    let settle = match judge(template, counts, index, slot, msg, job.attempt, outcome) {
+    let settle = match judge(template, flow, index, slot, msg, job.attempt, outcome) {
         Ok(()) => job.acker.ack().await,
         Err(Verdict::Retry(_)) if job.attempt < template.ctx.limits.max_deliver => {
-            counts.retried();
+            ComponentStats::bump(&flow.retried);
             job.acker
                 .ack_with(AckKind::Nak(Some(backoff(job.attempt))))
                 .await
@@ -349,7 +317,7 @@ async fn deliver_stream(
                 Some(job.stream.clone()),
                 Some(job.sequence),
             );
-            if let Err(e) = publish_dead_letter(template, counts, letter, bus).await {
+            if let Err(e) = publish_dead_letter(template, flow, letter, bus).await {
                 // Stored nowhere: leave the message to the server's redelivery.
                 tracing::error!(component = template.name(), stream = %job.stream, sequence = job.sequence, "dead letter not stored ({e}); the message will be redelivered");
                 return;
@@ -365,7 +333,7 @@ async fn deliver_stream(
 /// Delivers a core message until it is handled or dead-lettered.
 async fn deliver(
     template: &ComponentTemplate,
-    counts: Counts<'_>,
+    flow: &FlowStats,
     index: usize,
     slot: &mut Option<Instance>,
     msg: &BusMessage,
@@ -375,19 +343,19 @@ async fn deliver(
     let mut attempt = 1;
     loop {
         let outcome = attempt_once(template, slot, msg, None, attempt).await;
-        let reason = match judge(template, counts, index, slot, msg, attempt, outcome) {
+        let reason = match judge(template, flow, index, slot, msg, attempt, outcome) {
             Ok(()) => return,
             Err(Verdict::Reject(reason)) => {
-                dead_letter(template, counts, msg, reason, attempt, bus).await;
+                dead_letter(template, flow, msg, reason, attempt, bus).await;
                 return;
             }
             Err(Verdict::Retry(reason)) => reason,
         };
         if attempt >= max {
-            dead_letter(template, counts, msg, reason, attempt, bus).await;
+            dead_letter(template, flow, msg, reason, attempt, bus).await;
             return;
         }
-        counts.retried();
+        ComponentStats::bump(&flow.retried);
         tokio::time::sleep(backoff(attempt)).await;
         attempt += 1;
     }
@@ -397,11 +365,11 @@ async fn deliver(
 /// subjects (confirmed), else as a core publish.
 async fn publish_dead_letter(
     template: &ComponentTemplate,
-    counts: Counts<'_>,
+    flow: &FlowStats,
     letter: DeadLetter,
     bus: &dyn Bus,
 ) -> Result<(), BusError> {
-    counts.dead_lettered();
+    ComponentStats::bump(&flow.dead_lettered);
     let subject = letter.subject();
     tracing::warn!(component = template.name(), %subject, attempts = letter.attempts, error = %letter.error, "dead-lettered");
     match bus.stream_for_subject(&subject).await {
@@ -415,14 +383,14 @@ async fn publish_dead_letter(
 
 async fn dead_letter(
     template: &ComponentTemplate,
-    counts: Counts<'_>,
+    flow: &FlowStats,
     msg: &BusMessage,
     error: String,
     attempts: u32,
     bus: &dyn Bus,
 ) {
     let letter = DeadLetter::new(msg, template.name(), error, attempts, None, None);
-    if let Err(e) = publish_dead_letter(template, counts, letter, bus).await {
+    if let Err(e) = publish_dead_letter(template, flow, letter, bus).await {
         tracing::error!(component = template.name(), subject = %msg.subject, "could not publish the dead letter: {e}");
     }
 }

@@ -23,7 +23,7 @@ use crate::dispatch::{self, Workers};
 use crate::manifest::Manifest;
 use crate::observe::{Flow, Observed, Timeline};
 use crate::runtime::{ComponentTemplate, Runtime, RuntimeConfig};
-use crate::stats::{ComponentSnapshot, FlowStats};
+use crate::stats::ComponentSnapshot;
 
 /// Where a component's messages come from.
 enum Source {
@@ -169,14 +169,13 @@ impl Host {
             .collect();
         let mut flows = Vec::new();
         for (i, sub, source) in sources {
-            let flow = Arc::new(FlowStats::default());
+            let w = workers[i].for_subscription();
             flows.push(Flow {
                 component: components[i].name().to_owned(),
                 subject: sub.subject.clone(),
                 stream: sub.stream.clone(),
-                stats: flow.clone(),
+                stats: w.flow().clone(),
             });
-            let w = workers[i].for_subscription(flow);
             match source {
                 Source::Core(sub) => tasks.spawn(dispatch::route(sub, w, shutdown_rx.clone())),
                 Source::Stream(c) => tasks.spawn(consumer::route(

@@ -431,10 +431,11 @@ mod tests {
     #[tokio::test]
     async fn status_screen_shows_components_counters_and_readiness() {
         let busy = Arc::new(ComponentStats::default());
+        let flow = busy.add_flow();
         for _ in 0..7 {
-            ComponentStats::bump(&busy.handled);
+            ComponentStats::bump(&flow.handled);
         }
-        ComponentStats::bump(&busy.dead_lettered);
+        ComponentStats::bump(&flow.dead_lettered);
         let o = weir::observe::Observed::new(
             "h1",
             vec![

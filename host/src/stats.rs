@@ -1,24 +1,16 @@
 //! Counters per component, shared by its instances and the dispatcher.
 
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 
-use crate::latency::Histogram;
+use crate::latency::{self, Counts, Histogram};
 
 /// Event and failure counters of one component since start.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub struct ComponentStats {
-    /// Wall time of each handled delivery (`handle` plus settling), seconds.
-    pub latency: Histogram,
-    /// Messages taken from its subscriptions.
-    pub received: AtomicU64,
-    /// Messages it handled successfully.
-    pub handled: AtomicU64,
-    /// Delivery attempts that did not end handled (error, retry, reject, trap).
-    pub failed: AtomicU64,
-    /// Deliveries that ended in a retry.
-    pub retried: AtomicU64,
-    /// Messages given up on and sent to the dead-letter subject.
-    pub dead_lettered: AtomicU64,
+    /// Message counters, one set per subscription (registered at start);
+    /// the component's own message figures are their sums.
+    flows: RwLock<Vec<Arc<FlowStats>>>,
     /// Instances that trapped (including deadline and memory limit hits).
     pub traps: AtomicU64,
     /// `handle` calls stopped by the per-event deadline.
@@ -42,15 +34,15 @@ pub struct ComponentStats {
 /// A plain copy of [`ComponentStats`] at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ComponentSnapshot {
-    /// See [`ComponentStats::received`].
+    /// See [`FlowStats::received`], summed over subscriptions.
     pub received: u64,
-    /// See [`ComponentStats::handled`].
+    /// See [`FlowStats::handled`], summed over subscriptions.
     pub handled: u64,
-    /// See [`ComponentStats::failed`].
+    /// See [`FlowStats::failed`], summed over subscriptions.
     pub failed: u64,
-    /// See [`ComponentStats::retried`].
+    /// See [`FlowStats::retried`], summed over subscriptions.
     pub retried: u64,
-    /// See [`ComponentStats::dead_lettered`].
+    /// See [`FlowStats::dead_lettered`], summed over subscriptions.
     pub dead_lettered: u64,
     /// See [`ComponentStats::traps`].
     pub traps: u64,
@@ -72,43 +64,42 @@ pub struct ComponentSnapshot {
     pub log_dropped: u64,
 }
 
-impl Default for ComponentStats {
-    fn default() -> Self {
-        ComponentStats {
-            latency: Histogram::default(),
-            received: AtomicU64::new(0),
-            handled: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            retried: AtomicU64::new(0),
-            dead_lettered: AtomicU64::new(0),
-            traps: AtomicU64::new(0),
-            deadline_hits: AtomicU64::new(0),
-            restarts: AtomicU64::new(0),
-            published: AtomicU64::new(0),
-            denied: AtomicU64::new(0),
-            limited: AtomicU64::new(0),
-            in_flight: AtomicU64::new(0),
-            log_lines: AtomicU64::new(0),
-            log_dropped: AtomicU64::new(0),
-        }
-    }
-}
-
 impl ComponentStats {
     /// Adds one to a counter.
     pub fn bump(counter: &AtomicU64) {
         counter.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Counters for one more subscription, counted in this component's totals.
+    pub fn add_flow(&self) -> Arc<FlowStats> {
+        let flow = Arc::new(FlowStats::default());
+        self.flows
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(flow.clone());
+        flow
+    }
+
+    /// Handler latency counts over all its subscriptions.
+    pub fn latency_counts(&self) -> Counts {
+        let flows = self.flows.read().unwrap_or_else(|e| e.into_inner());
+        flows.iter().fold([0; latency::BUCKETS], |sum, f| {
+            let c = f.latency.counts();
+            std::array::from_fn(|i| sum[i] + c[i])
+        })
+    }
+
     /// Reads every counter.
     pub fn snapshot(&self) -> ComponentSnapshot {
         let l = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let flows = self.flows.read().unwrap_or_else(|e| e.into_inner());
+        let sum = |f: fn(&FlowStats) -> &AtomicU64| flows.iter().map(|x| l(f(x))).sum();
         ComponentSnapshot {
-            received: l(&self.received),
-            handled: l(&self.handled),
-            failed: l(&self.failed),
-            retried: l(&self.retried),
-            dead_lettered: l(&self.dead_lettered),
+            received: sum(|f| &f.received),
+            handled: sum(|f| &f.handled),
+            failed: sum(|f| &f.failed),
+            retried: sum(|f| &f.retried),
+            dead_lettered: sum(|f| &f.dead_lettered),
             traps: l(&self.traps),
             deadline_hits: l(&self.deadline_hits),
             restarts: l(&self.restarts),
@@ -122,7 +113,7 @@ impl ComponentStats {
     }
 }
 
-/// Counters of one subscription of one component: the `subject` label of
+/// Message counters of one subscription of one component: the `subject` label of
 /// the per-message metrics (the subscription's subject, so the label's
 /// values stay few however many concrete subjects flow through it).
 #[derive(Debug, Default)]

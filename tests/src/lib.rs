@@ -166,6 +166,15 @@ pub fn sample_messages(limit: usize) -> Vec<BusMessage> {
         .collect()
 }
 
+/// The trades among the first `limit` sample messages (envelopes for
+/// other subjects left out).
+pub fn sample_trade_messages(limit: usize) -> Vec<BusMessage> {
+    sample_messages(limit)
+        .into_iter()
+        .filter(|m| m.subject.starts_with("TRADE."))
+        .collect()
+}
+
 /// Polls `GET /readyz` on a host's HTTP address until it answers `code` or
 /// `timeout` passes, running `each` before every poll (to make traffic);
 /// returns the last answer.

@@ -16,7 +16,7 @@ use weir::streams::{self, Definition};
 use weir_tests::readyz_until;
 use weir_tests::reference::{self, Signal};
 use weir_tests::servers::NatsServer;
-use weir_tests::{Collector, manifest, root, sample_messages};
+use weir_tests::{Collector, manifest, root, sample_trade_messages};
 
 /// File-backed streams for the tests (so they survive a server restart).
 async fn make_streams(server: &NatsServer, names: &[(&str, &str)]) -> jetstream::Context {
@@ -129,10 +129,7 @@ async fn jetstream_pipeline_survives_a_server_restart_with_exact_signals() {
     let m = manifest(&strategy_manifest(&server.url(), r#""TRADE", "SIGNALS""#));
     let host = Host::start(&m).await.unwrap();
 
-    let trades: Vec<BusMessage> = sample_messages(3000)
-        .into_iter()
-        .filter(|m| m.subject.starts_with("TRADE."))
-        .collect();
+    let trades = sample_trade_messages(3000);
     let expected = reference::sma_signals(&trades, 5, 20);
     let expected_count: usize = expected.values().map(Vec::len).sum();
     let publisher = server.client().await;
@@ -319,11 +316,7 @@ async fn msg_id_deduplicates_and_stream_grants_are_enforced() {
     let m = manifest(&strategy_manifest(&server.url(), r#""TRADE""#));
     let host = Host::start(&m).await.unwrap();
     let pjs = jetstream::new(server.client().await);
-    for (i, t) in sample_messages(400)
-        .iter()
-        .filter(|m| m.subject.starts_with("TRADE."))
-        .enumerate()
-    {
+    for (i, t) in sample_trade_messages(400).iter().enumerate() {
         publish_durably(&pjs, t, &format!("t-{i}")).await;
     }
     wait_for_stream(&js, "DLQ", 1, Duration::from_secs(30)).await;
@@ -489,10 +482,7 @@ async fn graceful_shutdown_mid_stream_loses_nothing() {
         ],
     )
     .await;
-    let trades: Vec<BusMessage> = sample_messages(2000)
-        .into_iter()
-        .filter(|m| m.subject.starts_with("TRADE."))
-        .collect();
+    let trades = sample_trade_messages(2000);
     let expected = reference::sma_signals(&trades, 5, 20);
     let expected_count: usize = expected.values().map(Vec::len).sum();
     let pjs = jetstream::new(server.client().await);

@@ -51,6 +51,17 @@ pub enum Layer {
     L3,
 }
 
+impl Layer {
+    /// `l1`, `l2` or `l3`: its name in reports, metrics and status.
+    pub fn name(self) -> &'static str {
+        match self {
+            Layer::L1 => "l1",
+            Layer::L2 => "l2",
+            Layer::L3 => "l3",
+        }
+    }
+}
+
 /// Counters of one layer since start.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LayerStats {
@@ -107,6 +118,28 @@ impl LayerStats {
         } else {
             self.hits as f64 / reads as f64
         }
+    }
+}
+
+/// What components saw over all layers: (reads, hits). Reads are L1's; an
+/// L1 miss that L2 answered is a hit.
+pub fn reads_and_hits(layers: &[LayerStats]) -> (u64, u64) {
+    let of = |layer: Layer| layers.iter().find(|l| l.layer == layer);
+    let reads = of(Layer::L1).map_or(0, |l| l.hits + l.misses);
+    let hits = of(Layer::L1).map_or(0, |l| l.hits) + of(Layer::L2).map_or(0, |l| l.hits);
+    (reads, hits.min(reads))
+}
+
+/// Hits over reads; `None` without reads.
+pub fn hit_ratio(reads: u64, hits: u64) -> Option<f64> {
+    (reads > 0).then(|| hits.min(reads) as f64 / reads as f64)
+}
+
+/// L1's bytes as a fraction of its budget (0 without a budget or an L1).
+pub fn memory_usage(layers: &[LayerStats], max_l1_bytes: u64) -> f64 {
+    match layers.iter().find(|l| l.layer == Layer::L1) {
+        Some(l) if max_l1_bytes > 0 => l.bytes as f64 / max_l1_bytes as f64,
+        _ => 0.0,
     }
 }
 

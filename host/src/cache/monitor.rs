@@ -11,7 +11,7 @@ use std::time::SystemTime;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use super::{Layer, LayerStats};
+use super::{Layer, LayerStats, hit_ratio, memory_usage, reads_and_hits};
 
 /// Subject of breaches.
 pub const ALERT: &str = "cache.alert";
@@ -143,8 +143,13 @@ impl CacheMonitor {
             let before = prev.iter().find(|l| l.layer == layer).map_or(0, f);
             now.saturating_sub(before)
         };
-        let reads = delta(Layer::L1, |l| l.hits + l.misses);
-        let hits = delta(Layer::L1, |l| l.hits) + delta(Layer::L2, |l| l.hits);
+        let (reads, hits) = {
+            let (now, before) = (reads_and_hits(layers), reads_and_hits(&prev));
+            (
+                now.0.saturating_sub(before.0),
+                now.1.saturating_sub(before.1),
+            )
+        };
         let ops = reads + delta(Layer::L1, |l| l.sets + l.deletes);
         let errors: u64 = [Layer::L1, Layer::L2, Layer::L3]
             .into_iter()
@@ -152,25 +157,12 @@ impl CacheMonitor {
             .sum();
         *prev = layers.to_vec();
         drop(prev);
-        let l1 = layers
-            .iter()
-            .find(|l| l.layer == Layer::L1)
-            .copied()
-            .unwrap_or(LayerStats::empty(Layer::L1));
         let response = layers
             .iter()
             .find(|l| l.layer == Layer::L2)
             .map_or(0.0, |l| l.latency_p99_ns as f64 / 1e9);
-        let memory = if max_l1_bytes == 0 {
-            0.0
-        } else {
-            l1.bytes as f64 / max_l1_bytes as f64
-        };
-        let hit_rate = if reads == 0 {
-            None
-        } else {
-            Some(hits.min(reads) as f64 / reads as f64)
-        };
+        let memory = memory_usage(layers, max_l1_bytes);
+        let hit_rate = hit_ratio(reads, hits);
         let error_rate = if ops == 0 {
             0.0
         } else {

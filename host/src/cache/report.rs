@@ -29,18 +29,12 @@ pub fn reports(
         .copied()
         .unwrap_or(LayerStats::empty(Layer::L1));
     let l2 = layers.iter().find(|l| l.layer == Layer::L2);
-    // What components saw: an L1 miss that L2 answered is a hit.
-    let hits = l1.hits + l2.map_or(0, |l| l.hits);
-    let reads = l1.hits + l1.misses;
-    let hit_rate = if reads == 0 {
-        0.0
-    } else {
-        hits as f64 / reads as f64
-    };
+    let (reads, hits) = super::reads_and_hits(layers);
+    let hit_rate = super::hit_ratio(reads, hits).unwrap_or(0.0);
     let per_layer: serde_json::Map<String, serde_json::Value> = layers
         .iter()
         .map(|l| {
-            let name = format!("{:?}", l.layer).to_lowercase();
+            let name = l.layer.name().to_owned();
             let v = json!({
                 "hits": l.hits, "misses": l.misses, "sets": l.sets, "deletes": l.deletes,
                 "errors": l.errors, "evictions": l.evictions, "entries": l.entries, "bytes": l.bytes,
@@ -52,7 +46,7 @@ pub fn reports(
     let stats = json!({
         "host": host,
         "hits": hits,
-        "misses": reads - hits.min(reads),
+        "misses": reads - hits,
         "sets": l1.sets,
         "deletes": l1.deletes,
         "errors": layers.iter().map(|l| l.errors).sum::<u64>(),
@@ -62,11 +56,8 @@ pub fn reports(
         "timestamp": timestamp,
     });
     let avg_response = l2.map_or(0.0, |l| l.latency_p50_ns as f64 / 1e9);
-    let memory_usage = if max_l1_bytes == 0 {
-        0.0
-    } else {
-        l1.bytes as f64 * 100.0 / max_l1_bytes as f64
-    };
+    // The seed's cache.performance gives memory use in percent.
+    let memory_usage = super::memory_usage(layers, max_l1_bytes) * 100.0;
     let performance = json!({
         "host": host,
         "avg_response_time": avg_response,

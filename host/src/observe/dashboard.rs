@@ -6,24 +6,19 @@
 use serde_json::{Value, json};
 
 use super::Observed;
-use crate::cache::Layer;
+use crate::cache::{self, Layer};
+use crate::latency;
 
 /// Builds the document; asks Redis for `INFO` when Redis is configured.
 /// `since` (ms) limits the timeline to newer samples.
 pub async fn document(o: &Observed, since: Option<u64>) -> Value {
     let history = o.monitor.as_ref().map(|m| m.history()).unwrap_or_default();
     let layers = o.cache.as_ref().map(|c| c.stats()).unwrap_or_default();
-    let l1 = layers.iter().find(|l| l.layer == Layer::L1);
     let l2 = layers.iter().find(|l| l.layer == Layer::L2);
-
     // Since start, for when the monitor has no point yet (or is off).
-    let reads = l1.map_or(0, |l| l.hits + l.misses);
-    let hits = l1.map_or(0, |l| l.hits) + l2.map_or(0, |l| l.hits);
-    let overall_hit_rate = (reads > 0).then(|| hits.min(reads) as f64 / reads as f64);
-    let memory = match (l1, o.max_l1_bytes) {
-        (Some(l), max) if max > 0 => l.bytes as f64 / max as f64,
-        _ => 0.0,
-    };
+    let (reads, hits) = cache::reads_and_hits(&layers);
+    let overall_hit_rate = cache::hit_ratio(reads, hits);
+    let memory = cache::memory_usage(&layers, o.max_l1_bytes);
     let response = l2.map_or(0.0, |l| l.latency_p99_ns as f64 / 1e9);
     let latest = history.last();
     let current = json!({
@@ -68,6 +63,7 @@ pub async fn document(o: &Observed, since: Option<u64>) -> Value {
                     })
                 })
                 .collect();
+            let counts = stats.latency_counts();
             let stalled = subscriptions.iter().any(|s| !s["pull_error"].is_null());
             let state = match &now {
                 _ if stalled => "stalled",
@@ -80,8 +76,8 @@ pub async fn document(o: &Observed, since: Option<u64>) -> Value {
                 "state": state,
                 "counters": super::Counters::from(stats.snapshot()),
                 "now": now,
-                "p50_ms": stats.latency.quantile(0.5) as f64 / 1e6,
-                "p99_ms": stats.latency.quantile(0.99) as f64 / 1e6,
+                "p50_ms": latency::quantile(&counts, 0.5) as f64 / 1e6,
+                "p99_ms": latency::quantile(&counts, 0.99) as f64 / 1e6,
                 "subscriptions": subscriptions,
             })
         })

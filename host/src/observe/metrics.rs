@@ -3,11 +3,13 @@
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 use super::{Observed, load};
+use crate::cache::LayerStats;
 use crate::stats::{ComponentStats, FlowStats};
 
 #[derive(Debug)]
@@ -26,52 +28,45 @@ impl std::fmt::Debug for ObservedDebug {
 
 type Labels = Vec<(&'static str, String)>;
 
+/// One metric family: a row per label set (a lone row without labels is
+/// written `name value`, not `name{} value`).
+fn family<M: EncodeMetric>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    kind: MetricType,
+    rows: Vec<(Labels, M)>,
+) -> std::fmt::Result {
+    let mut m = enc.encode_descriptor(name, help, None, kind)?;
+    if let [(labels, v)] = rows.as_slice()
+        && labels.is_empty()
+    {
+        return v.encode(m);
+    }
+    for (labels, v) in &rows {
+        v.encode(m.encode_family(labels)?)?;
+    }
+    Ok(())
+}
+
 fn counter(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    rows: &[(Labels, u64)],
+    rows: Vec<(Labels, u64)>,
 ) -> std::fmt::Result {
-    let mut m = enc.encode_descriptor(
-        name,
-        help,
-        None,
-        prometheus_client::metrics::MetricType::Counter,
-    )?;
-    // One row without labels: `name value`, not `name{} value`.
-    if let [(labels, v)] = rows
-        && labels.is_empty()
-    {
-        return ConstCounter::new(*v).encode(m);
-    }
-    for (labels, v) in rows {
-        ConstCounter::new(*v).encode(m.encode_family(labels)?)?;
-    }
-    Ok(())
+    let rows = rows.into_iter().map(|(l, v)| (l, ConstCounter::new(v)));
+    family(enc, name, help, MetricType::Counter, rows.collect())
 }
 
 fn gauge(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    rows: &[(Labels, i64)],
+    rows: Vec<(Labels, i64)>,
 ) -> std::fmt::Result {
-    let mut m = enc.encode_descriptor(
-        name,
-        help,
-        None,
-        prometheus_client::metrics::MetricType::Gauge,
-    )?;
-    // One row without labels: `name value`, not `name{} value`.
-    if let [(labels, v)] = rows
-        && labels.is_empty()
-    {
-        return ConstGauge::new(*v).encode(m);
-    }
-    for (labels, v) in rows {
-        ConstGauge::new(*v).encode(m.encode_family(labels)?)?;
-    }
-    Ok(())
+    let rows = rows.into_iter().map(|(l, v)| (l, ConstGauge::new(v)));
+    family(enc, name, help, MetricType::Gauge, rows.collect())
 }
 
 /// A per-component counter: metric name, help, and how to read it.
@@ -143,6 +138,36 @@ const FLOW_COUNTERS: [FlowCounter; 5] = [
     ),
 ];
 
+/// A per-layer cache counter: metric name, help, and how to read it.
+type CacheCounter = (&'static str, &'static str, fn(&LayerStats) -> u64);
+
+/// Per cache layer (`{layer="l1"|"l2"|"l3"}`).
+const CACHE_COUNTERS: [CacheCounter; 7] = [
+    ("weir_cache_hits", "Cache reads that found a value", |l| {
+        l.hits
+    }),
+    ("weir_cache_misses", "Cache reads that found nothing", |l| {
+        l.misses
+    }),
+    ("weir_cache_sets", "Cache writes", |l| l.sets),
+    (
+        "weir_cache_deletes",
+        "Cache deletes and invalidations",
+        |l| l.deletes,
+    ),
+    ("weir_cache_errors", "Failed cache operations", |l| l.errors),
+    (
+        "weir_cache_evictions",
+        "Entries evicted to stay in bounds",
+        |l| l.evictions,
+    ),
+    (
+        "weir_cache_compression_saved_bytes",
+        "Bytes saved by compression",
+        |l| l.bytes_saved,
+    ),
+];
+
 impl Collector for HostCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let o = &self.observed.0;
@@ -153,7 +178,7 @@ impl Collector for HostCollector {
                 .iter()
                 .map(|(n, s)| (label(n), field(s)))
                 .collect();
-            counter(&mut enc, metric, help, &rows)?;
+            counter(&mut enc, metric, help, rows)?;
         }
         let in_flight: Vec<(Labels, i64)> = o
             .components
@@ -164,7 +189,7 @@ impl Collector for HostCollector {
             &mut enc,
             "weir_messages_in_flight",
             "Messages queued or being handled",
-            &in_flight,
+            in_flight,
         )?;
         let flow_label = |c: &str, subject: &str| {
             vec![("component", c.to_owned()), ("subject", subject.to_owned())]
@@ -175,7 +200,7 @@ impl Collector for HostCollector {
                 .iter()
                 .map(|f| (flow_label(&f.component, &f.subject), field(&f.stats)))
                 .collect();
-            counter(&mut enc, metric, help, &rows)?;
+            counter(&mut enc, metric, help, rows)?;
         }
         let lag: Vec<(Labels, i64)> = o
             .flows
@@ -191,14 +216,14 @@ impl Collector for HostCollector {
                 &mut enc,
                 "nats_consumer_pending",
                 "Stream messages not yet delivered to the component's consumer (as of its last delivery)",
-                &lag,
+                lag,
             )?;
         }
         let mut m = enc.encode_descriptor(
             "nats_message_processing_seconds",
             "Wall time per delivery (handle plus settling)",
             None,
-            prometheus_client::metrics::MetricType::Histogram,
+            MetricType::Histogram,
         )?;
         for f in &o.flows {
             let (sum, count, buckets) = f.stats.latency.prometheus();
@@ -211,75 +236,39 @@ impl Collector for HostCollector {
                 &mut enc,
                 "nats_connection_status",
                 "NATS connection status (1=connected, 0=disconnected)",
-                &[(vec![], up)],
+                vec![(vec![], up)],
             )?;
             counter(
                 &mut enc,
                 "nats_reconnects",
                 "Reconnections to NATS",
-                &[(vec![], n.reconnect_count())],
+                vec![(vec![], n.reconnect_count())],
             )?;
         }
         if let Some(c) = &o.cache {
             let layers = c.stats();
-            let name = |l: &crate::cache::LayerStats| {
-                vec![("layer", format!("{:?}", l.layer).to_lowercase())]
+            let rows = |f: fn(&LayerStats) -> u64| {
+                layers
+                    .iter()
+                    .map(|l| (vec![("layer", l.layer.name().to_owned())], f(l)))
+                    .collect::<Vec<_>>()
             };
-            let rows = |f: fn(&crate::cache::LayerStats) -> u64| -> Vec<(Labels, u64)> {
-                layers.iter().map(|l| (name(l), f(l))).collect()
-            };
-            counter(
-                &mut enc,
-                "weir_cache_hits",
-                "Cache reads that found a value",
-                &rows(|l| l.hits),
-            )?;
-            counter(
-                &mut enc,
-                "weir_cache_misses",
-                "Cache reads that found nothing",
-                &rows(|l| l.misses),
-            )?;
-            counter(
-                &mut enc,
-                "weir_cache_sets",
-                "Cache writes",
-                &rows(|l| l.sets),
-            )?;
-            counter(
-                &mut enc,
-                "weir_cache_deletes",
-                "Cache deletes and invalidations",
-                &rows(|l| l.deletes),
-            )?;
-            counter(
-                &mut enc,
-                "weir_cache_errors",
-                "Failed cache operations",
-                &rows(|l| l.errors),
-            )?;
-            counter(
-                &mut enc,
-                "weir_cache_evictions",
-                "Entries evicted to stay in bounds",
-                &rows(|l| l.evictions),
-            )?;
-            counter(
-                &mut enc,
-                "weir_cache_compression_saved_bytes",
-                "Bytes saved by compression",
-                &rows(|l| l.bytes_saved),
-            )?;
-            let g = |f: fn(&crate::cache::LayerStats) -> u64| -> Vec<(Labels, i64)> {
-                layers.iter().map(|l| (name(l), f(l) as i64)).collect()
+            for (metric, help, field) in CACHE_COUNTERS {
+                counter(&mut enc, metric, help, rows(field))?;
+            }
+            let as_gauge = |rows: Vec<(Labels, u64)>| {
+                rows.into_iter()
+                    .map(|(l, v)| (l, i64::try_from(v).unwrap_or(i64::MAX)))
+                    .collect()
             };
             gauge(
                 &mut enc,
                 "weir_cache_entries",
                 "Entries held",
-                &g(|l| l.entries),
+                as_gauge(rows(|l| l.entries)),
             )?;
-            gauge(&mut enc, "weir_cache_bytes", "Bytes held", &g(|l| l.bytes))?;
+            let bytes = as_gauge(rows(|l| l.bytes));
+            gauge(&mut enc, "weir_cache_bytes", "Bytes held", bytes)?;
         }
         Ok(())
     }

@@ -13,7 +13,7 @@ use serde::Serialize;
 
 use crate::bus::NatsBus;
 use crate::cache::monitor::CacheMonitor;
-use crate::cache::{CacheStore, Layer, LayerStats, RedisStore};
+use crate::cache::{CacheStore, LayerStats, RedisStore};
 use crate::stats::{ComponentSnapshot, ComponentStats, FlowStats};
 
 pub use dashboard::document as dashboard;
@@ -165,12 +165,7 @@ impl Status {
         layers
             .iter()
             .map(|l| CacheStatus {
-                layer: match l.layer {
-                    Layer::L1 => "l1",
-                    Layer::L2 => "l2",
-                    Layer::L3 => "l3",
-                }
-                .to_owned(),
+                layer: l.layer.name().to_owned(),
                 hits: l.hits,
                 misses: l.misses,
                 hit_rate: l.hit_rate(),

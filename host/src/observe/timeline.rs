@@ -10,7 +10,6 @@ use serde::Serialize;
 use tokio::sync::watch;
 
 use super::Observed;
-use crate::cache::Layer;
 use crate::latency::{self, Counts};
 use crate::stats::ComponentSnapshot;
 
@@ -121,7 +120,7 @@ fn sample(o: &Observed, before: &mut Before, elapsed: Duration) -> Sample {
         .iter()
         .map(|(name, stats)| {
             let now = stats.snapshot();
-            let counts = stats.latency.counts();
+            let counts = stats.latency_counts();
             let (then, then_counts) = before
                 .components
                 .insert(name.clone(), (now, counts))
@@ -142,12 +141,7 @@ fn sample(o: &Observed, before: &mut Before, elapsed: Duration) -> Sample {
         })
         .collect();
     let layers = o.cache.as_ref().map(|c| c.stats()).unwrap_or_default();
-    let count = |layer: Layer, f: fn(&crate::cache::LayerStats) -> u64| {
-        layers.iter().find(|l| l.layer == layer).map_or(0, f)
-    };
-    // What components saw: an L1 miss that L2 answered is a hit.
-    let reads = count(Layer::L1, |l| l.hits + l.misses);
-    let hits = count(Layer::L1, |l| l.hits) + count(Layer::L2, |l| l.hits);
+    let (reads, hits) = crate::cache::reads_and_hits(&layers);
     let (d_reads, d_hits) = (
         reads.saturating_sub(before.cache_reads),
         hits.saturating_sub(before.cache_hits),
@@ -159,7 +153,7 @@ fn sample(o: &Observed, before: &mut Before, elapsed: Duration) -> Sample {
             .map_or(0, |d| d.as_millis() as u64),
         components,
         cache_reads_per_s: d_reads as f64 / secs,
-        cache_hit_rate: (d_reads > 0).then(|| d_hits.min(d_reads) as f64 / d_reads as f64),
+        cache_hit_rate: crate::cache::hit_ratio(d_reads, d_hits),
     }
 }
 
@@ -174,9 +168,10 @@ mod tests {
         let observed = Observed::new("h", vec![("c".into(), stats.clone())]);
         let mut before = Before::default();
         sample(&observed, &mut before, Duration::from_secs(1));
+        let flow = stats.add_flow();
         for _ in 0..10 {
-            ComponentStats::bump(&stats.handled);
-            stats.latency.record(Duration::from_micros(3));
+            ComponentStats::bump(&flow.handled);
+            flow.latency.record(Duration::from_micros(3));
         }
         let s = sample(&observed, &mut before, Duration::from_secs(2));
         let c = &s.components[0].1;
