@@ -33,6 +33,9 @@ enum Source {
     Stream(Box<async_nats::jetstream::consumer::PullConsumer>),
 }
 
+/// The least time given to the last flush to NATS at shutdown.
+const FINAL_FLUSH: Duration = Duration::from_millis(500);
+
 /// How often the dashboard's timeline takes a sample.
 const TIMELINE_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -319,9 +322,13 @@ impl Host {
     }
 
     /// Stops taking messages, lets in-flight ones finish, and stops.
+    /// The whole stop, final flush included, takes at most `grace` (plus a
+    /// moment): a flush to an unreachable NATS would otherwise wait for a
+    /// reconnect that may never come.
     pub async fn shutdown(mut self, grace: Duration) {
+        let until = tokio::time::Instant::now() + grace;
         let _ = self.shutdown.send(true);
-        let drained = tokio::time::timeout(grace, async {
+        let drained = tokio::time::timeout_at(until, async {
             while self.tasks.join_next().await.is_some() {}
         })
         .await;
@@ -329,10 +336,18 @@ impl Host {
             tracing::warn!("shutdown grace of {grace:?} passed; aborting remaining tasks");
             self.tasks.abort_all();
         }
-        if let Some(nats) = &self.nats
-            && let Err(e) = nats.client().flush().await
-        {
-            tracing::warn!("could not flush the last acknowledgements to NATS: {e}");
+        if let Some(nats) = &self.nats {
+            let flush_until = until.max(tokio::time::Instant::now() + FINAL_FLUSH);
+            match tokio::time::timeout_at(flush_until, nats.client().flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!("could not flush the last acknowledgements to NATS: {e}");
+                }
+                Err(_) => tracing::warn!(
+                    "NATS is {}: stopped without flushing; unacknowledged messages will be redelivered",
+                    nats.state()
+                ),
+            }
         }
     }
 }

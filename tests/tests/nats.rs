@@ -629,3 +629,36 @@ async fn readyz_names_a_stream_consumer_that_cannot_pull() {
     assert_eq!(http_get(&addr, "/healthz").await.unwrap().0, 200);
     host.shutdown(Duration::from_secs(2)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_with_nats_gone_finishes_within_its_grace() {
+    let mut server = NatsServer::start();
+    let text = format!(
+        "[nats]\nurl = \"{}\"\nreconnect_wait_ms = 100\n{}",
+        server.url(),
+        weir_tests::ok_component("hostile", "work.*")
+    );
+    let host = Host::start(&manifest(&text)).await.unwrap();
+    let client = server.client().await;
+    for i in 0..50 {
+        client
+            .publish(format!("work.{i}"), "{}".into())
+            .await
+            .unwrap();
+    }
+    client.flush().await.unwrap();
+    server.kill();
+    // A flush to a dead server waits for a reconnect; shutdown must not.
+    let took = std::time::Instant::now();
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        host.shutdown(Duration::from_secs(2)),
+    )
+    .await
+    .expect("shutdown hung with NATS gone");
+    assert!(
+        took.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        took.elapsed()
+    );
+}
