@@ -20,8 +20,13 @@ build: build-components
 run *ARGS: build
     cargo run -q -p weir -- run examples/demo.toml --feed examples/data/trades.ndjson --rate 400 --stay --tap 'signals.>' --tap 'alerts.triggered' {{ARGS}}
 
+# Python tools the tests use: the Prometheus project's OpenMetrics parser, in target/py.
+pytools:
+    test -x target/py/bin/python || python3 -m venv target/py
+    target/py/bin/python -c 'import prometheus_client' 2>/dev/null || target/py/bin/pip install --quiet --disable-pip-version-check 'prometheus_client>=0.20'
+
 # Run every test (unit, integration with real components).
-test: build-components
+test: build-components pytools
     cargo test --workspace --exclude sma-crossover --exclude price-alert --exclude hostile
 
 # Benchmarks (criterion); ratios against native baselines are printed.

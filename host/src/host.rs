@@ -431,6 +431,7 @@ async fn build_cache(
         },
     );
     layered.adopt_dictionaries().await;
+    tasks.spawn(layered.clone().watch_l2(shutdown.clone()));
     let mut monitor = None;
     if settings.monitoring {
         let every = Duration::from_secs(settings.stats_interval_secs.max(1));

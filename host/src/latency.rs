@@ -48,23 +48,34 @@ impl Histogram {
         quantile(&self.counts(), q)
     }
 
-    /// Prometheus buckets from 1 µs to about 4 s: (upper bound in seconds,
-    /// cumulative count), then `+Inf`; with the sum (s) and count.
+    /// Prometheus buckets from 1 µs to about 4 s, as prometheus-client's
+    /// `encode_histogram` takes them: (upper bound in seconds, count in
+    /// this bucket alone; the encoder makes them cumulative), then `+Inf`
+    /// with everything past the last bound; with the sum (s) and count,
+    /// all from one reading so that `+Inf` equals the count.
     pub fn prometheus(&self) -> (f64, u64, Vec<(f64, u64)>) {
         let counts = self.counts();
         let mut out = Vec::new();
-        let mut seen = 0;
+        let mut pending = 0;
         for (i, c) in counts.iter().enumerate() {
-            seen += c;
-            if (9..32).contains(&i) {
-                out.push(((1u64 << (i + 1)) as f64 / 1e9, seen));
+            pending += c;
+            if (FIRST_EXPORTED..=LAST_EXPORTED).contains(&i) {
+                out.push(((1u64 << (i + 1)) as f64 / 1e9, pending));
+                pending = 0;
             }
         }
-        out.push((f64::INFINITY, seen));
+        out.push((f64::INFINITY, pending));
+        let total = counts.iter().sum();
         let sum = self.sum_ns.load(Ordering::Relaxed) as f64 / 1e9;
-        (sum, seen, out)
+        (sum, total, out)
     }
 }
+
+/// First bucket with its own Prometheus bound: `le` 2^10 ns, about 1 µs
+/// (faster latencies count in it too).
+const FIRST_EXPORTED: usize = 9;
+/// Last bucket with its own Prometheus bound: `le` 2^32 ns, about 4.3 s.
+const LAST_EXPORTED: usize = 31;
 
 /// Bucket-wise `now - before`: the latencies recorded in between.
 pub fn delta(now: &Counts, before: &Counts) -> Counts {
@@ -124,24 +135,26 @@ mod tests {
     }
 
     #[test]
-    fn prometheus_buckets_are_cumulative_and_end_in_inf() {
+    fn prometheus_buckets_are_per_bucket_for_the_encoder() {
         let h = Histogram::default();
+        h.record(Duration::from_nanos(10));
+        h.record(Duration::from_micros(3));
         h.record(Duration::from_micros(3));
         h.record(Duration::from_secs(100));
         let (sum, count, buckets) = h.prometheus();
-        assert_eq!(count, 2);
-        assert!((sum - 100.000_003).abs() < 1e-6);
-        assert!(
-            buckets
-                .windows(2)
-                .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1)
-        );
-        assert_eq!(buckets.first().map(|b| b.1), Some(0), "nothing under 1 µs");
+        assert_eq!(count, 4);
+        assert!((sum - 100.000_006).abs() < 1e-6);
+        assert!(buckets.windows(2).all(|w| w[0].0 < w[1].0));
         assert_eq!(
-            buckets[buckets.len() - 2].1,
-            1,
+            buckets.iter().map(|b| b.1).sum::<u64>(),
+            count,
+            "per-bucket counts add up to the count"
+        );
+        assert_eq!(buckets[0].1, 1, "under 1 µs lands in the first bucket");
+        assert_eq!(
+            buckets.last(),
+            Some(&(f64::INFINITY, 1)),
             "100 s is past the last bound"
         );
-        assert_eq!(buckets.last(), Some(&(f64::INFINITY, 2)));
     }
 }

@@ -20,6 +20,8 @@
 //! - `cache-escape`: tries to read and wipe other namespaces' keys, rejects
 //!   with how many foreign values it saw
 //! - `cache-get`: reads key `hot` from the cache `loops` times (benchmarks)
+//! - `echo`: an ordinary request answerer: publishes the payload back to
+//!   the message's reply-to; a refused reply rejects with the refusal
 //! - `ok`: handles everything (counts messages in the cache under `seen`)
 
 #![allow(unsafe_code)] // the ABI glue that wit-bindgen generates is unsafe
@@ -49,7 +51,7 @@ fn recurse(depth: u64, limit: u64) -> u64 {
 struct Hostile;
 
 impl Guest for Hostile {
-    fn handle(_msg: Message, delivery: Delivery) -> Result<(), HandleError> {
+    fn handle(msg: Message, delivery: Delivery) -> Result<(), HandleError> {
         match config::get("behaviour").as_deref().unwrap_or("ok") {
             "trap" => core::arch::wasm32::unreachable(),
             "panic" => panic!("hostile component panicked on purpose"),
@@ -150,6 +152,13 @@ impl Guest for Hostile {
                 Ok(())
             }
             "trap-first" if delivery.attempt <= 1 => core::arch::wasm32::unreachable(),
+            "echo" => {
+                let Some(reply_to) = msg.reply_to else {
+                    return Err(HandleError::Reject("no reply-to to answer".into()));
+                };
+                messaging::publish(&reply_to, &msg.payload, &[])
+                    .map_err(|e| HandleError::Reject(format!("reply refused: {e:?}")))
+            }
             _ => {
                 let seen = cache::get("seen")
                     .ok()

@@ -16,6 +16,9 @@ pub use embedded::EmbeddedBus;
 pub use nats::NatsBus;
 pub(crate) use nats::from_header_map;
 
+/// NATS's default prefix of reply inboxes.
+pub const DEFAULT_INBOX_PREFIX: &str = "_INBOX";
+
 /// A message on the bus.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BusMessage {
@@ -98,6 +101,13 @@ pub trait Bus: Send + Sync + 'static {
 
     /// The JetStream stream that stores `subject`, if any.
     async fn stream_for_subject(&self, subject: &str) -> Result<Option<String>, BusError>;
+
+    /// Prefix of the reply inboxes this bus creates for requests (`_INBOX`
+    /// unless configured): a reply-to under it is a reply, not a subject
+    /// of someone's choosing.
+    fn inbox_prefix(&self) -> &str {
+        DEFAULT_INBOX_PREFIX
+    }
 
     /// Largest payload the bus accepts, in bytes.
     fn max_payload(&self) -> usize;

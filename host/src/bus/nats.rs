@@ -30,6 +30,8 @@ pub struct NatsBus {
     streams: Arc<RwLock<HashMap<String, String>>>,
     /// Bumped on every (re)connect: L1 caches flush on it.
     connects: watch::Receiver<u64>,
+    /// The prefix of this connection's request inboxes.
+    inbox_prefix: Arc<str>,
 }
 
 impl NatsBus {
@@ -67,6 +69,15 @@ impl NatsBus {
         opts = opts.reconnect_delay_callback(
             move |attempt| if attempt <= 1 { Duration::ZERO } else { wait },
         );
+        let inbox_prefix: Arc<str> = Arc::from(
+            settings
+                .inbox_prefix
+                .as_deref()
+                .unwrap_or(super::DEFAULT_INBOX_PREFIX),
+        );
+        if settings.inbox_prefix.is_some() {
+            opts = opts.custom_inbox_prefix(&*inbox_prefix);
+        }
         if let (Some(user), Some(password)) = (&settings.user, &settings.password) {
             opts = opts.user_and_password(user.clone(), password.clone());
         }
@@ -113,6 +124,7 @@ impl NatsBus {
             url: settings.url.clone(),
             streams: Arc::default(),
             connects,
+            inbox_prefix,
         })
     }
 
@@ -316,6 +328,10 @@ impl Bus for NatsBus {
             }
             Err(e) => Err(unavailable(e)),
         }
+    }
+
+    fn inbox_prefix(&self) -> &str {
+        &self.inbox_prefix
     }
 
     fn max_payload(&self) -> usize {

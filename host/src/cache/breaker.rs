@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 const THRESHOLD: u32 = 3;
 /// First open period; doubles while probes keep failing.
 const BASE: Duration = Duration::from_millis(500);
-/// Longest open period.
-const MAX: Duration = Duration::from_secs(15);
+/// Longest open period. The host pings Redis itself at the end of each
+/// period (`RedisStore::check_health`), so this bounds how long readiness
+/// lags behind a Redis that came back.
+const MAX: Duration = Duration::from_secs(2);
 
 #[derive(Debug)]
 enum State {

@@ -17,6 +17,8 @@ use crate::latency::Histogram;
 
 /// Keys SCAN returns per round trip during pattern invalidation.
 const SCAN_COUNT: usize = 500;
+/// An idle host pings Redis when it has not answered for this long.
+pub const IDLE_PING: Duration = Duration::from_secs(1);
 /// Prefix of shared zstd dictionaries in Redis.
 pub const DICT_PREFIX: &str = "weir:dict:";
 
@@ -42,6 +44,11 @@ struct Inner {
     errors: AtomicU64,
     bytes_saved: AtomicU64,
     latency: Histogram,
+    /// When this store was made: the origin of `last_answer_ns`.
+    born: Instant,
+    /// When Redis last answered (ns since `born`): an idle host pings
+    /// only when nothing else told it Redis is there.
+    last_answer_ns: AtomicU64,
 }
 
 impl RedisStore {
@@ -77,6 +84,8 @@ impl RedisStore {
                 errors: AtomicU64::new(0),
                 bytes_saved: AtomicU64::new(0),
                 latency: Histogram::default(),
+                born: Instant::now(),
+                last_answer_ns: AtomicU64::new(0),
             }),
         })
     }
@@ -120,14 +129,63 @@ impl RedisStore {
             ))),
         };
         // A refused command is not the server's health.
-        inner.breaker.record(!matches!(
+        let answered = !matches!(
             out,
             Err(CacheError::Unavailable(_) | CacheError::Timeout(_))
-        ));
+        );
+        inner.breaker.record(answered);
+        if answered {
+            self.answered_now();
+        }
         if out.is_err() {
             inner.errors.fetch_add(1, Ordering::Relaxed);
         }
         out
+    }
+
+    fn answered_now(&self) {
+        let ns = u64::try_from(self.inner.born.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.inner.last_answer_ns.store(ns, Ordering::Relaxed);
+    }
+
+    fn since_last_answer(&self) -> Duration {
+        let last = Duration::from_nanos(self.inner.last_answer_ns.load(Ordering::Relaxed));
+        self.inner.born.elapsed().saturating_sub(last)
+    }
+
+    /// One step of the host's own watch over Redis, so that health is not
+    /// learned from traffic alone. While the circuit is open it sends a
+    /// `PING` each time the breaker lets a probe through; while closed, a
+    /// `PING` when Redis has not answered anything for [`IDLE_PING`]. Each
+    /// is bounded by the Redis timeout and counts as a probe (not as a
+    /// cache error). Returns true when Redis answered after a failure.
+    pub async fn check_health(&self) -> bool {
+        let breaker = &self.inner.breaker;
+        let was_open = breaker.is_open();
+        if was_open {
+            if breaker.allow().is_err() {
+                return false;
+            }
+        } else if self.since_last_answer() < IDLE_PING {
+            return false;
+        }
+        let mut conn = self.conn();
+        let cmd = redis::cmd("PING");
+        let ping = cmd.query_async::<()>(&mut conn);
+        let ok = matches!(
+            tokio::time::timeout(self.inner.timeout, ping).await,
+            Ok(Ok(()))
+        );
+        breaker.record(ok);
+        if ok {
+            self.answered_now();
+            if was_open {
+                tracing::info!(url = %self.inner.url, "Redis answers again; circuit closed");
+            }
+        } else if !was_open && breaker.is_open() {
+            tracing::warn!(url = %self.inner.url, "Redis does not answer PING; circuit open");
+        }
+        was_open && ok
     }
 
     fn conn(&self) -> ConnectionManager {

@@ -10,6 +10,7 @@
 //!   errors are counted and a circuit breaker probes Redis back.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -25,6 +26,8 @@ use super::{CacheError, CacheStore, LayerStats, MemoryStore};
 
 type Flight = Shared<BoxFuture<'static, Result<Option<(Bytes, Option<Duration>)>, CacheError>>>;
 
+/// How often the L2 health watch looks at the breaker.
+const HEALTH_TICK: Duration = Duration::from_millis(100);
 /// Samples collected per prefix before a dictionary is trained.
 const DICT_SAMPLES: usize = 256;
 /// Dictionary size.
@@ -48,6 +51,8 @@ struct Inner {
     flights: Mutex<HashMap<String, Flight>>,
     /// Key prefixes that get a trained dictionary, with samples so far.
     training: Mutex<Vec<(String, Vec<Vec<u8>>)>>,
+    /// Writes Redis did not take (kept in L1 only), for the warning.
+    l1_only_writes: AtomicU64,
 }
 
 /// How the layers are put together.
@@ -83,6 +88,7 @@ impl LayeredCache {
                 l1_max_ttl: config.l1_max_ttl,
                 flights: Mutex::default(),
                 training: Mutex::new(training),
+                l1_only_writes: AtomicU64::new(0),
             }),
         }
     }
@@ -197,12 +203,39 @@ impl LayeredCache {
         result
     }
 
+    /// Watches Redis's health without waiting for traffic (see
+    /// [`RedisStore::check_health`]); once it answers again, adopts the
+    /// dictionaries other hosts trained meanwhile. Runs until shutdown.
+    pub async fn watch_l2(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+        let Some(l2) = self.inner.l2.clone() else {
+            return;
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.wait_for(|stop| *stop) => return,
+                _ = tokio::time::sleep(HEALTH_TICK) => {}
+            }
+            if l2.check_health().await {
+                self.adopt_dictionaries().await;
+            }
+        }
+    }
+
     async fn write(&self, entries: Vec<(String, Bytes)>, ttl: Duration) -> Result<(), CacheError> {
         if let Some(l2) = &self.inner.l2 {
             match l2.set_many(&entries, ttl).await {
                 Ok(()) => {}
                 Err(e) if self.inner.l2_required => return Err(e),
-                Err(e) => tracing::debug!("L2 write skipped: {e}"),
+                Err(e) => {
+                    // Never silent: other hosts will not see this value.
+                    let n = self.inner.l1_only_writes.fetch_add(1, Ordering::Relaxed) + 1;
+                    if n.is_power_of_two() {
+                        tracing::warn!(
+                            writes = n,
+                            "cache write kept in this host's L1 only (other hosts will not see it): {e}"
+                        );
+                    }
+                }
             }
         }
         for (k, v) in &entries {

@@ -7,7 +7,7 @@ use bytes::Bytes;
 
 use super::bindings::weir::host::messaging::{Host, Message, PublishAck};
 use super::{Capabilities, GuestError};
-use crate::bus::{BusError, BusMessage};
+use crate::bus::{BusError, BusMessage, DEFAULT_INBOX_PREFIX};
 use crate::stats::ComponentStats;
 use crate::subject;
 
@@ -44,13 +44,16 @@ impl Capabilities {
         headers: Vec<(String, String)>,
     ) -> Result<BusMessage, GuestError> {
         self.spend()?;
-        let is_reply = self.reply_to.as_deref() == Some(subject_.as_str());
-        if !is_reply {
+        let (grants, what) = match verb {
+            Verb::Publish => (&self.ctx.grants.publish, "publish"),
+            Verb::Request => (&self.ctx.grants.request, "request"),
+        };
+        let is_reply =
+            matches!(verb, Verb::Publish) && self.reply_to.as_deref() == Some(subject_.as_str());
+        if is_reply {
+            self.check_reply(&subject_)?;
+        } else {
             subject::validate_publish(&subject_).map_err(|e| GuestError::Invalid(e.to_string()))?;
-            let (grants, what) = match verb {
-                Verb::Publish => (&self.ctx.grants.publish, "publish"),
-                Verb::Request => (&self.ctx.grants.request, "request"),
-            };
             if !grants.iter().any(|g| subject::matches(g, &subject_)) {
                 return Err(self.denied(format!(
                     "component {} may not {what} on {subject_}: not covered by grants.{what} {grants:?}",
@@ -97,6 +100,43 @@ impl Capabilities {
             headers,
             payload: Bytes::from(payload),
         })
+    }
+}
+
+impl Capabilities {
+    /// A reply to the message being handled. Its reply-to was chosen by
+    /// whoever published that message, and the reply goes out under the
+    /// host's NATS identity, so it needs no grant only while it looks like
+    /// a reply: an inbox (`_INBOX.>` or this connection's inbox prefix).
+    /// Anywhere else it needs a publish grant like any other subject (the
+    /// model is NATS's `allow_responses`, which also limits replies to
+    /// the inboxes of requests actually received).
+    fn check_reply(&self, reply_to: &str) -> Result<(), GuestError> {
+        let name = &self.ctx.name;
+        if let Err(e) = subject::validate_publish(reply_to) {
+            return Err(self.denied(format!(
+                "component {name} may not reply on {reply_to:?}: {e}; the message's reply-to is not a valid reply subject"
+            )));
+        }
+        let prefix = self.ctx.bus.inbox_prefix();
+        let in_inbox = |p: &str| {
+            reply_to
+                .strip_prefix(p)
+                .is_some_and(|rest| rest.len() > 1 && rest.starts_with('.'))
+        };
+        let granted = self
+            .ctx
+            .grants
+            .publish
+            .iter()
+            .any(|g| subject::matches(g, reply_to));
+        if in_inbox(DEFAULT_INBOX_PREFIX) || in_inbox(prefix) || granted {
+            return Ok(());
+        }
+        Err(self.denied(format!(
+            "component {name} may not reply on {reply_to}: a reply needs no grant only to an inbox ({DEFAULT_INBOX_PREFIX}.> or {prefix}.>), and grants.publish {:?} does not cover it",
+            self.ctx.grants.publish
+        )))
     }
 }
 

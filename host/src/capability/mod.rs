@@ -128,7 +128,7 @@ pub struct Capabilities {
     /// Host calls left in the current event.
     calls_left: u32,
     /// Reply subject of the message being handled: publishing to it needs
-    /// no grant (like NATS's `allow_responses`).
+    /// no grant while it is an inbox (see `messaging::check_reply`).
     reply_to: Option<String>,
 }
 

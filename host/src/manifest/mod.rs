@@ -130,6 +130,11 @@ pub struct NatsSettings {
     /// JetStream publish acknowledgements in flight at once.
     #[serde(default = "defaults::ack_window")]
     pub ack_window: usize,
+    /// Prefix of this connection's reply inboxes (default `_INBOX`); set
+    /// it where NATS permissions confine inboxes to a per-user prefix.
+    /// Components may reply into it without a publish grant.
+    #[serde(default)]
+    pub inbox_prefix: Option<String>,
 }
 
 /// TLS towards NATS.
@@ -166,6 +171,7 @@ impl NatsSettings {
             max_reconnects: None,
             ping_interval_secs: defaults::ping_interval_secs(),
             ack_window: defaults::ack_window(),
+            inbox_prefix: None,
         }
     }
 }

@@ -27,6 +27,12 @@ pub(super) fn check(m: &Manifest, text: &str, file: &Path) -> Result<(), Manifes
             "must be between 1 and 1000".into(),
         ));
     }
+    if let Some(prefix) = m.nats.as_ref().and_then(|n| n.inbox_prefix.as_ref()) {
+        // Replies into this prefix need no grant: it must be a plain
+        // subject prefix, never a `$` namespace.
+        subject::validate_publish(prefix)
+            .map_err(|e| fail(0, "nats.inbox_prefix".into(), e.to_string()))?;
+    }
     for (name, spec) in &m.components {
         let table_line = component_line(text, name);
         let field = |f: &str| format!("components.{name}.{f}");
