@@ -1,26 +1,32 @@
-//! Runs a component's messages through its instances.
+//! Runs a component's deliveries through its instances, with one policy
+//! for every transport.
 //!
-//! Ordering rule: messages are assigned to instances by a hash of their
+//! Ordering rule: deliveries are assigned to instances by a hash of their
 //! subject, so all events of one subject (one symbol) are handled by one
 //! instance, one at a time, in arrival order — with any number of
-//! instances. On a core subject a retried message is retried before the
-//! next one of its subject, so order holds through retries too. On a
-//! JetStream consumer a retry is a nak with backoff: the server redelivers
-//! it after messages that arrived meanwhile (set the consumer's
-//! `max_ack_pending` to 1 where strict order matters more than speed).
+//! instances. A retried message is retried in place, after a backoff,
+//! before the next one of its subject, so order holds through retries on
+//! every transport (a JetStream message is kept `in progress` meanwhile,
+//! so the server does not redeliver it behind later ones).
+//!
+//! Policy: handled → ack; `retry` or a failed instance → again after
+//! [`backoff`], up to `limits.max_deliver` deliveries; `reject` or the last
+//! delivery → dead letter on `dlq.<subject>`, then term. A dead letter
+//! that cannot be stored leaves the message to its transport's redelivery
+//! (JetStream) or is logged as lost (core: at most once).
 
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use futures::StreamExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use crate::bus::{Bus, BusError, BusMessage, Subscription};
-use crate::dlq::DeadLetter;
+use crate::bus::dlq::DeadLetter;
+use crate::bus::{Bus, BusError, BusMessage};
+use crate::delivery::{Delivery, Meta, SettleError};
 use crate::runtime::{ComponentTemplate, FailureKind, HandleOutcome, Instance};
 use crate::stats::{ComponentStats, FlowStats};
 
@@ -33,28 +39,8 @@ pub fn backoff(attempt: u32) -> Duration {
         .min(Duration::from_secs(1))
 }
 
-/// One message for a worker.
-pub struct Job {
-    /// The message.
-    pub msg: BusMessage,
-    /// Set when it came from a JetStream consumer.
-    pub stream: Option<StreamJob>,
-}
-
-/// Where a JetStream message came from, and how to settle it.
-pub struct StreamJob {
-    /// Stream name.
-    pub stream: String,
-    /// Stream sequence.
-    pub sequence: u64,
-    /// Delivery count from the server (1 on first delivery).
-    pub attempt: u32,
-    /// Acknowledges, naks or terminates this delivery.
-    pub acker: async_nats::jetstream::message::Acker,
-}
-
-/// A job in a worker's queue, with the counters of the subscription it came from.
-type Queued = (Job, Arc<FlowStats>);
+/// A delivery in a worker's queue, with the counters of the subscription it came from.
+type Queued = (Delivery, Arc<FlowStats>);
 
 /// The instance workers of one component; routers feed them.
 #[derive(Clone)]
@@ -103,31 +89,17 @@ impl Workers {
         }
     }
 
-    /// Hands a job to the worker that owns its subject; false once workers are gone.
-    pub async fn dispatch(&self, job: Job) -> bool {
+    /// Hands a delivery to the worker that owns its subject; false once workers are gone.
+    pub async fn dispatch(&self, delivery: Delivery) -> bool {
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         ComponentStats::bump(&self.flow.received);
-        let worker =
-            &self.senders[(self.hasher.hash_one(&job.msg.subject) as usize) % self.senders.len()];
-        if worker.send((job, self.flow.clone())).await.is_err() {
+        let subject = &delivery.msg.subject;
+        let worker = &self.senders[(self.hasher.hash_one(subject) as usize) % self.senders.len()];
+        if worker.send((delivery, self.flow.clone())).await.is_err() {
             self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
             return false;
         }
         true
-    }
-}
-
-/// Moves messages from a core subscription to the workers until shutdown.
-pub async fn route(mut sub: Subscription, workers: Workers, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        let msg = tokio::select! {
-            biased;
-            _ = shutdown.wait_for(|stop| *stop) => break,
-            msg = sub.next() => match msg { Some(m) => m, None => break },
-        };
-        if !workers.dispatch(Job { msg, stream: None }).await {
-            break;
-        }
     }
 }
 
@@ -139,32 +111,26 @@ async fn worker(
     bus: Arc<dyn Bus>,
 ) {
     let mut instance: Option<Instance> = None;
-    while let Some((job, flow)) = rx.recv().await {
+    while let Some((delivery, flow)) = rx.recv().await {
         let start = std::time::Instant::now();
         // A span per event (at debug level, so it costs nothing unless asked
         // for with RUST_LOG=weir=debug): logs inside carry these fields.
         let span = tracing::debug_span!(
             "event",
             component = template.name(),
-            subject = %job.msg.subject,
-            sequence = job.stream.as_ref().map(|s| s.sequence),
+            subject = %delivery.msg.subject,
+            sequence = delivery.meta.sequence,
             correlation_id = tracing::field::Empty,
         );
         if !span.is_disabled()
-            && let Some(id) = correlation_id(&job.msg)
+            && let Some(id) = correlation_id(&delivery.msg)
         {
             span.record("correlation_id", id.as_str());
         }
-        let work = async {
-            match job.stream {
-                None => deliver(&template, &flow, index, &mut instance, &job.msg, &*bus).await,
-                Some(s) => {
-                    let slot = &mut instance;
-                    deliver_stream(&template, &flow, index, slot, &job.msg, s, &*bus).await
-                }
-            }
-        };
-        work.instrument(span).await;
+        let slot = &mut instance;
+        deliver(&template, &flow, index, slot, delivery, &*bus)
+            .instrument(span)
+            .await;
         flow.latency.record(start.elapsed());
         template.ctx.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
@@ -192,7 +158,7 @@ async fn attempt_once(
     template: &ComponentTemplate,
     slot: &mut Option<Instance>,
     msg: &BusMessage,
-    stream: Option<(&str, u64)>,
+    meta: &Meta,
     attempt: u32,
 ) -> HandleOutcome {
     let limit = template.ctx.limits.max_payload_bytes;
@@ -203,7 +169,6 @@ async fn attempt_once(
             msg.payload.len()
         ));
     }
-    let (name, seq) = stream.map_or((None, None), |(n, s)| (Some(n), Some(s)));
     let inst = match slot {
         Some(inst) => inst,
         None => match template.instantiate().await {
@@ -211,7 +176,9 @@ async fn attempt_once(
             Err(failure) => return HandleOutcome::Failed(failure),
         },
     };
-    inst.handle(template, msg, name, seq, attempt).await
+    let stream = meta.stream.as_deref();
+    inst.handle(template, msg, stream, meta.sequence, attempt)
+        .await
 }
 
 /// Longest reason kept from a guest (it lands in logs and dead letters).
@@ -279,85 +246,62 @@ fn judge(
     }
 }
 
-/// Delivers a JetStream message once: ack, nak with backoff, or dead-letter
-/// and terminate. The ack goes out only after `handle` and its publishes
-/// succeeded; a dead letter is stored before the message is terminated.
-async fn deliver_stream(
-    template: &ComponentTemplate,
-    flow: &FlowStats,
-    index: usize,
-    slot: &mut Option<Instance>,
-    msg: &BusMessage,
-    job: StreamJob,
-    bus: &dyn Bus,
-) {
-    use async_nats::jetstream::AckKind;
-    let outcome = attempt_once(
-        template,
-        slot,
-        msg,
-        Some((&job.stream, job.sequence)),
-        job.attempt,
-    )
-    .await;
-    let settle = match judge(template, flow, index, slot, msg, job.attempt, outcome) {
-        Ok(()) => job.acker.ack().await,
-        Err(Verdict::Retry(_)) if job.attempt < template.ctx.limits.max_deliver => {
-            ComponentStats::bump(&flow.retried);
-            job.acker
-                .ack_with(AckKind::Nak(Some(backoff(job.attempt))))
-                .await
-        }
-        Err(Verdict::Retry(reason) | Verdict::Reject(reason)) => {
-            let letter = DeadLetter::new(
-                msg,
-                template.name(),
-                reason,
-                job.attempt,
-                Some(job.stream.clone()),
-                Some(job.sequence),
-            );
-            if let Err(e) = publish_dead_letter(template, flow, letter, bus).await {
-                // Stored nowhere: leave the message to the server's redelivery.
-                tracing::error!(component = template.name(), stream = %job.stream, sequence = job.sequence, "dead letter not stored ({e}); the message will be redelivered");
-                return;
-            }
-            job.acker.ack_with(AckKind::Term).await
-        }
-    };
-    if let Err(e) = settle {
-        tracing::warn!(component = template.name(), stream = %job.stream, sequence = job.sequence, "could not settle the message (it will be redelivered): {e}");
-    }
-}
-
-/// Delivers a core message until it is handled or dead-lettered.
+/// Delivers until handled or dead-lettered, then settles: the one policy
+/// (see the module's documentation).
 async fn deliver(
     template: &ComponentTemplate,
     flow: &FlowStats,
     index: usize,
     slot: &mut Option<Instance>,
-    msg: &BusMessage,
+    delivery: Delivery,
     bus: &dyn Bus,
 ) {
+    let Delivery { msg, meta, settle } = delivery;
     let max = template.ctx.limits.max_deliver;
-    let mut attempt = 1;
-    loop {
-        let outcome = attempt_once(template, slot, msg, None, attempt).await;
-        let reason = match judge(template, flow, index, slot, msg, attempt, outcome) {
-            Ok(()) => return,
-            Err(Verdict::Reject(reason)) => {
-                dead_letter(template, flow, msg, reason, attempt, bus).await;
-                return;
-            }
-            Err(Verdict::Retry(reason)) => reason,
-        };
-        if attempt >= max {
-            dead_letter(template, flow, msg, reason, attempt, bus).await;
-            return;
+    let mut attempt = meta.attempt.max(1);
+    let reason = loop {
+        let outcome = attempt_once(template, slot, &msg, &meta, attempt).await;
+        match judge(template, flow, index, slot, &msg, attempt, outcome) {
+            Ok(()) => return settled(template, &meta, "ack", settle.ack().await),
+            Err(Verdict::Reject(reason)) => break reason,
+            Err(Verdict::Retry(reason)) if attempt >= max => break reason,
+            Err(Verdict::Retry(_)) => {}
         }
         ComponentStats::bump(&flow.retried);
+        // Keep the transport from redelivering it behind later messages.
+        let _ = settle.in_progress().await;
         tokio::time::sleep(backoff(attempt)).await;
         attempt += 1;
+    };
+    let letter = DeadLetter::new(
+        &msg,
+        template.name(),
+        reason,
+        attempt,
+        meta.stream.clone(),
+        meta.sequence,
+    );
+    match publish_dead_letter(template, flow, letter, bus).await {
+        Ok(()) => settled(template, &meta, "term", settle.term().await),
+        // Stored nowhere: leave the message to its transport's redelivery.
+        Err(e) if settle.redelivers() => {
+            tracing::error!(component = template.name(), subject = %msg.subject, stream = meta.stream, sequence = meta.sequence, "dead letter not stored ({e}); the message will be redelivered");
+        }
+        Err(e) => {
+            tracing::error!(component = template.name(), subject = %msg.subject, "could not publish the dead letter: {e}");
+        }
+    }
+}
+
+/// Logs a failed settle: the transport will deliver the message again.
+fn settled(template: &ComponentTemplate, meta: &Meta, what: &str, r: Result<(), SettleError>) {
+    if let Err(e) = r {
+        tracing::warn!(
+            component = template.name(),
+            stream = meta.stream,
+            sequence = meta.sequence,
+            "could not {what} the message (it will be redelivered): {e}"
+        );
     }
 }
 
@@ -378,20 +322,6 @@ async fn publish_dead_letter(
             .await
             .map(|_| ()),
         _ => bus.publish(letter.to_message()).await,
-    }
-}
-
-async fn dead_letter(
-    template: &ComponentTemplate,
-    flow: &FlowStats,
-    msg: &BusMessage,
-    error: String,
-    attempts: u32,
-    bus: &dyn Bus,
-) {
-    let letter = DeadLetter::new(msg, template.name(), error, attempts, None, None);
-    if let Err(e) = publish_dead_letter(template, flow, letter, bus).await {
-        tracing::error!(component = template.name(), subject = %msg.subject, "could not publish the dead letter: {e}");
     }
 }
 

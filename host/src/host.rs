@@ -6,41 +6,20 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::bus::{Bus, EmbeddedBus, NatsBus, Subscription};
-use crate::cache::codec::{Codec, Codecs};
-use crate::cache::monitor::CacheMonitor;
-use crate::cache::{
-    CacheStore, Coherence, LayerStats, LayeredCache, LayeredConfig, MemoryStore, MemoryStoreConfig,
-    RedisStore, l3, report,
-};
-use crate::capability::ComponentContext;
-use crate::consumer;
-use crate::dispatch::{self, Workers};
+use crate::bus::{Bus, EmbeddedBus, NatsBus};
+use crate::cache::{self, CacheStore, LayerStats};
+use crate::dispatch::Workers;
 use crate::manifest::Manifest;
 use crate::observe::{Flow, Observed, Timeline};
 use crate::runtime::{ComponentTemplate, Runtime, RuntimeConfig};
 use crate::stats::ComponentSnapshot;
 
-/// Where a component's messages come from.
-enum Source {
-    /// A core subscription.
-    Core(Subscription),
-    /// A JetStream durable pull consumer.
-    Stream(Box<async_nats::jetstream::consumer::PullConsumer>),
-}
-
 /// The least time given to the last flush to NATS at shutdown.
 const FINAL_FLUSH: Duration = Duration::from_millis(500);
-
-/// How often the dashboard's timeline takes a sample.
-const TIMELINE_INTERVAL: Duration = Duration::from_secs(1);
-
-/// How often expired L1 entries are swept.
-const PURGE_INTERVAL: Duration = Duration::from_secs(1);
 
 /// A started host. Cheap accessors; [`Host::shutdown`] stops it.
 pub struct Host {
@@ -56,9 +35,9 @@ pub struct Host {
     cache: Option<Arc<dyn CacheStore>>,
     /// Loaded components, in manifest order.
     components: Vec<Arc<ComponentTemplate>>,
-    /// Routers, workers and housekeeping.
+    /// Sources, workers and every capability's housekeeping.
     tasks: JoinSet<()>,
-    /// Tells routers to stop taking messages.
+    /// Tells sources to stop taking messages.
     shutdown: watch::Sender<bool>,
     /// What `/metrics` and friends read.
     observed: Observed,
@@ -93,78 +72,23 @@ impl Host {
     ) -> anyhow::Result<Host> {
         let mut tasks = JoinSet::new();
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let (cache, redis_layer, monitor) = if manifest.cache.enabled {
-            let (layered, monitor) =
-                build_cache(manifest, &id, &bus, nats.as_ref(), &shutdown_rx, &mut tasks).await?;
-            let redis = layered.l2().cloned();
-            (
-                Some(Arc::new(layered) as Arc<dyn CacheStore>),
-                redis,
-                monitor,
-            )
-        } else {
-            (None, None, None)
-        };
+        let cache =
+            cache::start(manifest, &id, &bus, nats.as_ref(), &shutdown_rx, &mut tasks).await?;
+        let runtime = Runtime::new(&RuntimeConfig::for_manifest(manifest))
+            .context("cannot build the WebAssembly engine")?;
+        let components = runtime.load_manifest(manifest, cache.store.clone(), bus.clone())?;
 
-        let specs = &manifest.components;
-        let runtime = Runtime::new(&RuntimeConfig {
-            epoch_tick: Duration::from_millis(manifest.host.epoch_tick_ms),
-            max_memory_bytes: specs
-                .values()
-                .map(|s| s.limits.memory_mb)
-                .max()
-                .unwrap_or(64)
-                * 1024
-                * 1024,
-            // Room for every instance plus a replacement for each.
-            max_instances: (specs.values().map(|s| s.limits.instances).sum::<usize>() * 2 + 4)
-                as u32,
-            fuel: specs.values().any(|s| s.limits.fuel_per_event.is_some()),
-        })
-        .context("cannot build the WebAssembly engine")?;
-
-        // Load everything and open every subscription before any message
-        // flows, so a missing stream or bad component stops the start.
-        let mut components = Vec::new();
+        // Open every subscription before any message flows, so a missing
+        // stream or a refused subscription stops the start.
         let mut sources = Vec::new();
-        for (name, spec) in specs {
-            let ctx = ComponentContext::new(
-                name.clone(),
-                spec.grants.clone(),
-                spec.limits.clone(),
-                spec.config_strings(),
-                cache.clone(),
-                &manifest.cache,
-                bus.clone(),
-            );
-            let mut ctx = ctx;
-            ctx.data_dir = spec
-                .grants
-                .data_dir
-                .as_ref()
-                .map(|d| manifest.base_dir.join(d));
-            let sha = spec.sha256.as_ref().map(|s| s.get_ref().as_str());
-            let template = Arc::new(runtime.load(Arc::new(ctx), &manifest.wasm_path(spec), sha)?);
+        for (i, spec) in manifest.components.values().enumerate() {
+            let name = components[i].name();
             for sub in &spec.subscribe {
                 let sub = sub.get_ref();
-                let source = match (&sub.stream, &nats) {
-                    (Some(stream), None) => bail!(
-                        "component {name} consumes stream {stream}: JetStream needs a NATS server (set [nats] url or NATS_URL)"
-                    ),
-                    (Some(_), Some(nats)) => Source::Stream(Box::new(
-                        consumer::open(nats.jetstream(), name, sub, &spec.limits).await?,
-                    )),
-                    (None, _) => Source::Core(
-                        bus.subscribe(&sub.subject, sub.queue_group.as_deref())
-                            .await
-                            .with_context(|| {
-                                format!("component {name}: cannot subscribe to {}", sub.subject)
-                            })?,
-                    ),
-                };
-                sources.push((components.len(), sub, source));
+                let source =
+                    crate::bus::open_source(&bus, nats.as_ref(), name, sub, &spec.limits).await?;
+                sources.push((i, sub, source));
             }
-            components.push(template);
         }
         let workers: Vec<Workers> = components
             .iter()
@@ -179,20 +103,13 @@ impl Host {
                 stream: sub.stream.clone(),
                 stats: w.flow().clone(),
             });
-            match source {
-                Source::Core(sub) => tasks.spawn(dispatch::route(sub, w, shutdown_rx.clone())),
-                Source::Stream(c) => tasks.spawn(consumer::route(
-                    *c,
-                    w,
-                    components[i].name().to_owned(),
-                    shutdown_rx.clone(),
-                )),
-            };
+            tasks.spawn(source.run(w, shutdown_rx.clone()));
         }
-        for (name, spec) in specs {
+        for (name, spec) in &manifest.components {
             tracing::info!(component = %name, subscriptions = spec.subscribe.len(), instances = spec.limits.instances, "component ready");
         }
         let layers: Vec<String> = cache
+            .store
             .iter()
             .flat_map(|c| c.stats())
             .map(|l| format!("{:?}", l.layer))
@@ -205,39 +122,16 @@ impl Host {
                 .map(|c| (c.name().to_owned(), c.ctx.stats.clone()))
                 .collect(),
             flows,
-            cache: cache.clone(),
+            cache: cache.store.clone(),
             nats: nats.clone(),
-            redis: redis_layer,
-            monitor,
+            redis: cache.redis,
+            monitor: cache.monitor,
             max_l1_bytes: (manifest.cache.max_mb * 1024 * 1024) as u64,
             timeline: Timeline::default(),
             started: Instant::now(),
         };
-        tasks.spawn(crate::observe::sample_every(
-            observed.clone(),
-            observed.timeline.clone(),
-            TIMELINE_INTERVAL,
-            shutdown_rx.clone(),
-        ));
-        let http_addr = match &manifest.host.http {
-            None => None,
-            Some(addr) => {
-                let listener = tokio::net::TcpListener::bind(addr)
-                    .await
-                    .with_context(|| format!("cannot listen for HTTP on {addr} (host.http)"))?;
-                let local = listener.local_addr().ok();
-                let mut stop = shutdown_rx.clone();
-                let done = async move {
-                    let _ = stop.wait_for(|s| *s).await;
-                };
-                tasks.spawn(crate::observe::serve(listener, observed.clone(), done));
-                tracing::info!(
-                    "dashboard on http://{0}/ (metrics on http://{0}/metrics)",
-                    local.map(|a| a.to_string()).unwrap_or_default()
-                );
-                local
-            }
-        };
+        let http = manifest.host.http.as_deref();
+        let http_addr = crate::observe::start(&observed, http, &shutdown_rx, &mut tasks).await?;
         Ok(Host {
             id,
             bus,
@@ -245,7 +139,7 @@ impl Host {
             nats,
             observed,
             http_addr,
-            cache,
+            cache: cache.store,
             components,
             tasks,
             shutdown,
@@ -357,113 +251,6 @@ pub async fn run(host: Host, shutdown: impl Future) {
     shutdown.await;
     tracing::info!(host = host.id(), "shutting down");
     host.shutdown(Duration::from_secs(10)).await;
-}
-
-/// L1, plus L2 when Redis is configured, plus L3 when the cache is
-/// distributed and the bus is NATS; with its housekeeping tasks.
-async fn build_cache(
-    manifest: &Manifest,
-    id: &str,
-    bus: &Arc<dyn Bus>,
-    nats: Option<&NatsBus>,
-    shutdown: &watch::Receiver<bool>,
-    tasks: &mut JoinSet<()>,
-) -> anyhow::Result<(LayeredCache, Option<CacheMonitor>)> {
-    let settings = &manifest.cache;
-    let max_l1_bytes = settings.max_mb * 1024 * 1024;
-    let l1 = MemoryStore::new(MemoryStoreConfig {
-        max_entries: settings.max_entries,
-        max_bytes: max_l1_bytes,
-    });
-    tasks.spawn(purge_expired(l1.clone(), shutdown.clone()));
-    let l2 = match &manifest.redis {
-        None => None,
-        Some(redis) => {
-            let codec = if settings.compression {
-                settings.codec
-            } else {
-                Codec::None
-            };
-            let codecs = Codecs::new(
-                settings.compress_threshold_bytes,
-                codec,
-                settings.max_value_bytes,
-            )
-            .map_err(|e| anyhow::anyhow!("cannot set up cache codecs: {e}"))?;
-            let timeout = Duration::from_millis(settings.redis_timeout_ms);
-            Some(RedisStore::new(&redis.url, Arc::new(codecs), timeout)?)
-        }
-    };
-    // Coherence keeps L1 copies of a shared store honest; without Redis each
-    // host's L1 is the only copy, and dropping it on a peer's word (or on
-    // a reconnect) would lose data.
-    let l3 = match nats {
-        Some(nats) if settings.distributed && l2.is_some() => {
-            let l3 = Coherence::new(bus.clone(), id.to_owned());
-            let updates = bus
-                .subscribe(l3::UPDATE, None)
-                .await
-                .context("cannot subscribe to cache.update")?;
-            let invalidations = bus
-                .subscribe(l3::INVALIDATE, None)
-                .await
-                .context("cannot subscribe to cache.invalidate")?;
-            tasks.spawn(l3.clone().run(
-                l1.clone(),
-                updates,
-                invalidations,
-                Some(nats.reconnects()),
-                shutdown.clone(),
-            ));
-            Some(l3)
-        }
-        _ => None,
-    };
-    let shared = l2.is_some() || l3.is_some();
-    let layered = LayeredCache::new(
-        l1,
-        l2,
-        l3,
-        LayeredConfig {
-            l2_required: settings.l2_required,
-            l1_max_ttl: shared.then(|| Duration::from_secs(settings.l1_max_ttl_secs)),
-            dictionary_prefixes: settings.dictionaries.clone(),
-        },
-    );
-    layered.adopt_dictionaries().await;
-    tasks.spawn(layered.clone().watch_l2(shutdown.clone()));
-    let mut monitor = None;
-    if settings.monitoring {
-        let every = Duration::from_secs(settings.stats_interval_secs.max(1));
-        let cache = Arc::new(layered.clone()) as Arc<dyn CacheStore>;
-        let checks = CacheMonitor::new(id, settings.monitor);
-        monitor = Some(checks.clone());
-        tasks.spawn(report::serve_thresholds(
-            checks.clone(),
-            bus.clone(),
-            shutdown.clone(),
-        ));
-        tasks.spawn(report::run(
-            id.to_owned(),
-            cache,
-            bus.clone(),
-            checks,
-            every,
-            max_l1_bytes as u64,
-            shutdown.clone(),
-        ));
-    }
-    Ok((layered, monitor))
-}
-
-async fn purge_expired(l1: MemoryStore, mut shutdown: watch::Receiver<bool>) {
-    let mut every = tokio::time::interval(PURGE_INTERVAL);
-    loop {
-        tokio::select! {
-            _ = shutdown.wait_for(|stop| *stop) => return,
-            _ = every.tick() => { l1.purge_expired(); }
-        }
-    }
 }
 
 fn default_host_id() -> String {

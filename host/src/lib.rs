@@ -8,10 +8,9 @@
 pub mod bus;
 pub mod cache;
 pub mod capability;
-pub mod consumer;
+pub mod delivery;
 pub mod digest;
 pub mod dispatch;
-pub mod dlq;
 pub mod feed;
 pub mod host;
 pub mod latency;
@@ -19,8 +18,9 @@ pub mod manifest;
 pub mod observe;
 pub mod runtime;
 pub mod stats;
-pub mod streams;
 pub mod subject;
 
+pub use bus::dlq;
+pub use bus::nats::streams;
 pub use host::Host;
 pub use manifest::{EnvOverrides, Manifest};

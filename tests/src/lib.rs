@@ -212,3 +212,21 @@ config = {{ behaviour = "ok" }}
 "#
     )
 }
+
+/// A durable consumer's `(num_pending, num_ack_pending)`: `(0, 0)` once
+/// every message was delivered and acknowledged.
+pub async fn consumer_backlog(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    consumer: &str,
+) -> (u64, usize) {
+    let mut c = js
+        .get_stream(stream)
+        .await
+        .unwrap()
+        .get_consumer::<async_nats::jetstream::consumer::pull::Config>(consumer)
+        .await
+        .unwrap();
+    let info = c.info().await.unwrap();
+    (info.num_pending, info.num_ack_pending)
+}

@@ -187,15 +187,10 @@ async fn jetstream_pipeline_survives_a_server_restart_with_exact_signals() {
     host.shutdown(Duration::from_secs(5)).await;
 
     // All acknowledged: nothing left pending on the durable consumer.
-    let mut c = js
-        .get_stream("TRADE")
-        .await
-        .unwrap()
-        .get_consumer::<jetstream::consumer::pull::Config>("sma")
-        .await
-        .unwrap();
-    let info = c.info().await.unwrap();
-    assert_eq!((info.num_pending, info.num_ack_pending), (0, 0), "{info:?}");
+    assert_eq!(
+        weir_tests::consumer_backlog(&js, "TRADE", "sma").await,
+        (0, 0)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -22,6 +22,9 @@
 //! - `cache-get`: reads key `hot` from the cache `loops` times (benchmarks)
 //! - `echo`: an ordinary request answerer: publishes the payload back to
 //!   the message's reply-to; a refused reply rejects with the refusal
+//! - `order`: appends each payload to the cache key `order` (comma after
+//!   each); a payload containing `fail-once` asks for a retry on its first
+//!   delivery (tests that order holds through retries)
 //! - `ok`: handles everything (counts messages in the cache under `seen`)
 
 #![allow(unsafe_code)] // the ABI glue that wit-bindgen generates is unsafe
@@ -152,6 +155,20 @@ impl Guest for Hostile {
                 Ok(())
             }
             "trap-first" if delivery.attempt <= 1 => core::arch::wasm32::unreachable(),
+            "order" => {
+                let text = String::from_utf8_lossy(&msg.payload).into_owned();
+                if text.contains("fail-once") && delivery.attempt <= 1 {
+                    return Err(HandleError::Retry("first delivery fails on purpose".into()));
+                }
+                let mut seen = cache::get("order")
+                    .map_err(|e| HandleError::Retry(format!("{e:?}")))?
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .unwrap_or_default();
+                seen.push_str(&text);
+                seen.push(',');
+                cache::set("order", seen.as_bytes(), None)
+                    .map_err(|e| HandleError::Retry(format!("{e:?}")))
+            }
             "echo" => {
                 let Some(reply_to) = msg.reply_to else {
                     return Err(HandleError::Reject("no reply-to to answer".into()));

@@ -13,6 +13,7 @@ pub mod l3;
 mod layered;
 pub mod monitor;
 pub mod report;
+mod service;
 mod sketch;
 
 use std::time::Duration;
@@ -25,6 +26,7 @@ pub use l1::{MemoryStore, MemoryStoreConfig};
 pub use l2::RedisStore;
 pub use l3::Coherence;
 pub use layered::{LayeredCache, LayeredConfig};
+pub use service::{CacheService, start};
 
 /// Why a cache operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

@@ -21,6 +21,41 @@ pub use http::serve;
 pub use metrics::render;
 pub use timeline::{Sample, Timeline, run as sample_every};
 
+/// Starts the timeline's sampling and, when `http` is set, the HTTP
+/// endpoints; both stop on `shutdown`. Returns where HTTP listens.
+pub async fn start(
+    observed: &Observed,
+    http: Option<&str>,
+    shutdown: &tokio::sync::watch::Receiver<bool>,
+    tasks: &mut tokio::task::JoinSet<()>,
+) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    use anyhow::Context as _;
+    tasks.spawn(sample_every(
+        observed.clone(),
+        observed.timeline.clone(),
+        TIMELINE_INTERVAL,
+        shutdown.clone(),
+    ));
+    let Some(addr) = http else { return Ok(None) };
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {addr} (host.http)"))?;
+    let local = listener.local_addr().ok();
+    let mut stop = shutdown.clone();
+    let done = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    tasks.spawn(serve(listener, observed.clone(), done));
+    tracing::info!(
+        "dashboard on http://{0}/ (metrics on http://{0}/metrics)",
+        local.map(|a| a.to_string()).unwrap_or_default()
+    );
+    Ok(local)
+}
+
+/// How often the dashboard's timeline takes a sample.
+const TIMELINE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// What the observability endpoints read: cheap to clone, never blocks the host.
 #[derive(Clone)]
 pub struct Observed {

@@ -33,6 +33,27 @@ pub struct RuntimeConfig {
     pub fuel: bool,
 }
 
+impl RuntimeConfig {
+    /// Sizes the engine for a manifest's components.
+    pub fn for_manifest(manifest: &crate::Manifest) -> RuntimeConfig {
+        let specs = &manifest.components;
+        RuntimeConfig {
+            epoch_tick: Duration::from_millis(manifest.host.epoch_tick_ms),
+            max_memory_bytes: specs
+                .values()
+                .map(|s| s.limits.memory_mb)
+                .max()
+                .unwrap_or(64)
+                * 1024
+                * 1024,
+            // Room for every instance plus a replacement for each.
+            max_instances: (specs.values().map(|s| s.limits.instances).sum::<usize>() * 2 + 4)
+                as u32,
+            fuel: specs.values().any(|s| s.limits.fuel_per_event.is_some()),
+        }
+    }
+}
+
 /// Why a component could not be loaded.
 #[derive(Debug, Error)]
 pub enum LoadError {
@@ -140,6 +161,38 @@ impl Runtime {
     }
 
     /// Reads, checks, compiles and pre-instantiates a component.
+    /// Compiles every component of a manifest, in manifest order, each with
+    /// its context (grants, limits, config, the cache and the bus).
+    pub fn load_manifest(
+        &self,
+        manifest: &crate::Manifest,
+        cache: Option<Arc<dyn crate::cache::CacheStore>>,
+        bus: Arc<dyn crate::bus::Bus>,
+    ) -> Result<Vec<Arc<ComponentTemplate>>, LoadError> {
+        let mut out = Vec::new();
+        for (name, spec) in &manifest.components {
+            let mut ctx = ComponentContext::new(
+                name.clone(),
+                spec.grants.clone(),
+                spec.limits.clone(),
+                spec.config_strings(),
+                cache.clone(),
+                &manifest.cache,
+                bus.clone(),
+            );
+            ctx.data_dir = spec
+                .grants
+                .data_dir
+                .as_ref()
+                .map(|d| manifest.base_dir.join(d));
+            let sha = spec.sha256.as_ref().map(|s| s.get_ref().as_str());
+            let wasm = manifest.wasm_path(spec);
+            out.push(Arc::new(self.load(Arc::new(ctx), &wasm, sha)?));
+        }
+        Ok(out)
+    }
+
+    /// Compiles one component with its context.
     pub fn load(
         &self,
         ctx: Arc<ComponentContext>,

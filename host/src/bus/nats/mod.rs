@@ -1,5 +1,8 @@
-//! The NATS backend: core pub/sub and request/reply, JetStream publish.
-//! Durable consumers for stream subscriptions live in `crate::jetstream`.
+//! The NATS backend: core pub/sub and request/reply, JetStream publish;
+//! durable consumers ([`consumer`]) and stream definitions ([`streams`]).
+
+pub mod consumer;
+pub mod streams;
 
 use std::collections::HashMap;
 use std::path::Path;

@@ -1,17 +1,60 @@
-//! JetStream durable pull consumers for stream subscriptions.
+//! JetStream durable pull consumers for stream subscriptions: a
+//! [`DeliverySource`] whose deliveries settle with JetStream acks.
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
-use async_nats::jetstream::{self, ErrorCode, context::GetStreamErrorKind};
+use async_nats::jetstream::message::Acker;
+use async_nats::jetstream::{self, AckKind, ErrorCode, context::GetStreamErrorKind};
+use async_trait::async_trait;
 use futures::StreamExt;
 use tokio::sync::watch;
 
 use crate::bus::BusMessage;
-use crate::dispatch::{Job, StreamJob, Workers};
+use crate::delivery::{Delivery, DeliverySource, Meta, Settle, SettleError};
+use crate::dispatch::Workers;
 use crate::manifest::{Limits, Subscription};
+
+/// A durable pull consumer feeding one component subscription.
+pub struct PullSource {
+    consumer: PullConsumer,
+    /// For logs.
+    component: String,
+}
+
+/// Settles a JetStream delivery with its ack subject.
+struct JetStreamSettle(Acker);
+
+fn settle_error(e: impl std::fmt::Display) -> SettleError {
+    SettleError(format!("JetStream: {e}"))
+}
+
+#[async_trait]
+impl Settle for JetStreamSettle {
+    async fn ack(&self) -> Result<(), SettleError> {
+        self.0.ack().await.map_err(settle_error)
+    }
+    async fn nak(&self, delay: Duration) -> Result<(), SettleError> {
+        self.0
+            .ack_with(AckKind::Nak(Some(delay)))
+            .await
+            .map_err(settle_error)
+    }
+    async fn term(&self) -> Result<(), SettleError> {
+        self.0.ack_with(AckKind::Term).await.map_err(settle_error)
+    }
+    async fn in_progress(&self) -> Result<(), SettleError> {
+        self.0
+            .ack_with(AckKind::Progress)
+            .await
+            .map_err(settle_error)
+    }
+    fn redelivers(&self) -> bool {
+        true
+    }
+}
 
 /// Opens (or creates) the durable consumer a subscription names. The
 /// stream must exist: weir never creates streams at run time.
@@ -20,7 +63,7 @@ pub async fn open(
     component: &str,
     sub: &Subscription,
     limits: &Limits,
-) -> anyhow::Result<PullConsumer> {
+) -> anyhow::Result<PullSource> {
     let (Some(stream_name), Some(durable)) = (&sub.stream, &sub.consumer) else {
         bail!(
             "component {component}: subscription to {} names no stream and consumer",
@@ -44,9 +87,12 @@ pub async fn open(
             }
         },
     };
-    if let Ok(existing) = stream.get_consumer::<pull::Config>(durable).await {
+    if let Ok(consumer) = stream.get_consumer::<pull::Config>(durable).await {
         tracing::info!(component, stream = %stream_name, consumer = %durable, "using existing durable consumer");
-        return Ok(existing);
+        return Ok(PullSource {
+            consumer,
+            component: component.to_owned(),
+        });
     }
     let deadline = Duration::from_millis(limits.time_per_event_ms);
     let config = pull::Config {
@@ -68,7 +114,10 @@ pub async fn open(
         format!("cannot create durable consumer {durable} on stream {stream_name}")
     })?;
     tracing::info!(component, stream = %stream_name, consumer = %durable, filter = %sub.subject, "created durable consumer");
-    Ok(consumer)
+    Ok(PullSource {
+        consumer,
+        component: component.to_owned(),
+    })
 }
 
 /// Messages asked for per pull request.
@@ -76,12 +125,23 @@ const BATCH: usize = 256;
 /// How long a pull request waits for messages to arrive.
 const BATCH_WAIT: Duration = Duration::from_millis(500);
 
-/// Pulls messages from a consumer into the workers until shutdown.
+/// Pulls messages from the consumer into the workers until shutdown.
 ///
 /// Pulls are explicit batches: at shutdown the batch in hand is finished
 /// (handled and acked) and no new one is requested, so no message is left
 /// stranded until its ack wait runs out.
-pub async fn route(
+#[async_trait]
+impl DeliverySource for PullSource {
+    async fn run(self: Box<Self>, workers: Workers, shutdown: watch::Receiver<bool>) {
+        let PullSource {
+            consumer,
+            component,
+        } = *self;
+        route(consumer, workers, component, shutdown).await;
+    }
+}
+
+async fn route(
     consumer: PullConsumer,
     workers: Workers,
     component: String,
@@ -130,14 +190,18 @@ pub async fn route(
                     continue;
                 }
             };
-            let (stream, sequence, attempt) = match msg.info() {
+            let meta = match msg.info() {
                 Ok(i) => {
                     workers.flow().pending.store(i.pending, Ordering::Relaxed);
-                    (
-                        i.stream.to_owned(),
-                        i.stream_sequence,
-                        u32::try_from(i.delivered).unwrap_or(u32::MAX).max(1),
-                    )
+                    let nanos = i.published.unix_timestamp_nanos();
+                    Meta {
+                        stream: Some(i.stream.to_owned()),
+                        sequence: Some(i.stream_sequence),
+                        attempt: u32::try_from(i.delivered).unwrap_or(u32::MAX).max(1),
+                        time: u64::try_from(nanos)
+                            .ok()
+                            .map(|n| SystemTime::UNIX_EPOCH + Duration::from_nanos(n)),
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(%component, "message without JetStream metadata skipped: {e}");
@@ -145,20 +209,15 @@ pub async fn route(
                 }
             };
             let (m, acker) = msg.split();
-            let bus_msg = BusMessage {
-                subject: m.subject.to_string(),
-                reply_to: None,
-                headers: crate::bus::from_header_map(m.headers.as_ref()),
-                payload: m.payload,
-            };
-            let job = Job {
-                msg: bus_msg,
-                stream: Some(StreamJob {
-                    stream,
-                    sequence,
-                    attempt,
-                    acker,
-                }),
+            let job = Delivery {
+                msg: BusMessage {
+                    subject: m.subject.to_string(),
+                    reply_to: None,
+                    headers: crate::bus::from_header_map(m.headers.as_ref()),
+                    payload: m.payload,
+                },
+                meta,
+                settle: Box::new(JetStreamSettle(acker)),
             };
             if !workers.dispatch(job).await {
                 return;
