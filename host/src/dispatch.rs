@@ -247,8 +247,9 @@ fn judge(
 }
 
 /// Delivers until handled or dead-lettered, then settles: the one policy
-/// (see the module's documentation).
-async fn deliver(
+/// (see the module's documentation). Workers call it for live traffic,
+/// the replay for recorded events.
+pub(crate) async fn deliver(
     template: &ComponentTemplate,
     flow: &FlowStats,
     index: usize,
@@ -270,10 +271,11 @@ async fn deliver(
         ComponentStats::bump(&flow.retried);
         // Keep the transport from redelivering it behind later messages.
         let _ = settle.in_progress().await;
-        tokio::time::sleep(backoff(attempt)).await;
+        template.ctx.clock.sleep(backoff(attempt)).await;
         attempt += 1;
     };
     let letter = DeadLetter::new(
+        template.ctx.clock.now(),
         &msg,
         template.name(),
         reason,

@@ -12,10 +12,11 @@ use tokio::task::JoinSet;
 
 use crate::bus::{Bus, EmbeddedBus, NatsBus};
 use crate::cache::{self, CacheStore, LayerStats};
+use crate::clock::Clock;
 use crate::dispatch::Workers;
 use crate::manifest::Manifest;
 use crate::observe::{Flow, Observed, Timeline};
-use crate::runtime::{ComponentTemplate, Runtime, RuntimeConfig};
+use crate::runtime::{ComponentTemplate, Parts, Runtime, RuntimeConfig};
 use crate::stats::ComponentSnapshot;
 
 /// The least time given to the last flush to NATS at shutdown.
@@ -76,7 +77,12 @@ impl Host {
             cache::start(manifest, &id, &bus, nats.as_ref(), &shutdown_rx, &mut tasks).await?;
         let runtime = Runtime::new(&RuntimeConfig::for_manifest(manifest))
             .context("cannot build the WebAssembly engine")?;
-        let components = runtime.load_manifest(manifest, cache.store.clone(), bus.clone())?;
+        let components = runtime.load_manifest(manifest, |_| Parts {
+            cache: cache.store.clone(),
+            bus: bus.clone(),
+            clock: Clock::System,
+            seed: 0,
+        })?;
 
         // Open every subscription before any message flows, so a missing
         // stream or a refused subscription stops the start.

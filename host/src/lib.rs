@@ -8,6 +8,7 @@
 pub mod bus;
 pub mod cache;
 pub mod capability;
+pub mod clock;
 pub mod delivery;
 pub mod digest;
 pub mod dispatch;
@@ -16,6 +17,7 @@ pub mod host;
 pub mod latency;
 pub mod manifest;
 pub mod observe;
+pub mod replay;
 pub mod runtime;
 pub mod stats;
 pub mod subject;

@@ -6,6 +6,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
+
+mod cmd_replay;
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
 use weir::bus::NatsBus;
@@ -62,6 +64,25 @@ enum Command {
         /// The host's `host.http` address.
         #[arg(long, default_value = "127.0.0.1:9464")]
         addr: String,
+    },
+    /// Runs the manifest's components over recorded events on a virtual
+    /// clock; writes every publish, cache write, dead letter and settle, in
+    /// order, as NDJSON (same input, same bytes). Nothing goes live.
+    Replay(cmd_replay::ReplayArgs),
+    /// Records live NATS traffic in the format `weir replay --from` reads.
+    Record {
+        /// Subjects (wildcards allowed).
+        #[arg(required = true)]
+        subjects: Vec<String>,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// NATS server URL.
+        #[arg(long, env = "NATS_URL", default_value = "nats://127.0.0.1:4222")]
+        server: String,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<u64>,
     },
     /// Replays an NDJSON file of market events onto a NATS server.
     Feed {
@@ -161,6 +182,21 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
                 Ok(())
             }
             Command::Status { addr } => print_status(&addr).await,
+            Command::Replay(args) => {
+                init_logging_at(LogFormat::Human, "warn");
+                cmd_replay::replay(args).await
+            }
+            Command::Record {
+                subjects,
+                out,
+                server,
+                count,
+            } => {
+                init_logging_at(LogFormat::Human, "warn");
+                cmd_replay::record(&server, &subjects, &out, count, shutdown_signal())
+                    .await
+                    .map(|_| ())
+            }
             Command::Feed { file, server, rate } => {
                 init_logging_at(LogFormat::Human, "warn");
                 let nats = NatsBus::connect(

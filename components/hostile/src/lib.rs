@@ -25,6 +25,9 @@
 //! - `order`: appends each payload to the cache key `order` (comma after
 //!   each); a payload containing `fail-once` asks for a retry on its first
 //!   delivery (tests that order holds through retries)
+//! - `probe`: publishes on `probe.out` what the guest sees: wall-clock
+//!   ms, 8 random bytes (hex) and the cache key `k`; a payload `set`
+//!   first caches `k` for 1 s (tests the replay's virtual clock)
 //! - `ok`: handles everything (counts messages in the cache under `seen`)
 
 #![allow(unsafe_code)] // the ABI glue that wit-bindgen generates is unsafe
@@ -168,6 +171,30 @@ impl Guest for Hostile {
                 seen.push(',');
                 cache::set("order", seen.as_bytes(), None)
                     .map_err(|e| HandleError::Retry(format!("{e:?}")))
+            }
+            "probe" => {
+                if msg.payload == b"set" {
+                    cache::set("k", b"v", Some(1000))
+                        .map_err(|e| HandleError::Retry(format!("{e:?}")))?;
+                }
+                let now_ms = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_millis());
+                let mut bytes = [0u8; 8];
+                for b in &mut bytes {
+                    // A fresh std RandomState draws from wasi:random.
+                    *b = std::hash::BuildHasher::hash_one(
+                        &std::collections::hash_map::RandomState::new(),
+                        0u8,
+                    ) as u8;
+                }
+                let random: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+                let cached = cache::get("k")
+                    .map_err(|e| HandleError::Retry(format!("{e:?}")))?
+                    .is_some();
+                let out = format!(r#"{{"now_ms":{now_ms},"random":"{random}","cached":{cached}}}"#);
+                messaging::publish("probe.out", out.as_bytes(), &[])
+                    .map_err(|e| HandleError::Reject(format!("{e:?}")))
             }
             "echo" => {
                 let Some(reply_to) = msg.reply_to else {

@@ -40,8 +40,9 @@ pub struct DeadLetter {
 }
 
 impl DeadLetter {
-    /// Builds the envelope for a message.
+    /// Builds the envelope for a message, given up on at `time`.
     pub fn new(
+        time: std::time::SystemTime,
         msg: &BusMessage,
         component: &str,
         error: String,
@@ -49,19 +50,13 @@ impl DeadLetter {
         stream: Option<String>,
         sequence: Option<u64>,
     ) -> Self {
-        let (payload, payload_base64) = match std::str::from_utf8(&msg.payload) {
-            Ok(text) => (Some(text.to_owned()), None),
-            Err(_) => (
-                None,
-                Some(base64::engine::general_purpose::STANDARD.encode(&msg.payload)),
-            ),
-        };
+        let (payload, payload_base64) = super::text_or_base64(&msg.payload);
         DeadLetter {
             original_subject: msg.subject.clone(),
             component: component.to_owned(),
             error,
             attempts,
-            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            time: humantime::format_rfc3339_millis(time).to_string(),
             stream,
             sequence,
             headers: msg.headers.clone(),
@@ -107,7 +102,15 @@ mod tests {
     fn round_trips_text_and_binary_payloads() {
         for payload in [&b"{\"a\":1}"[..], &[0xff, 0x00, 0x80][..]] {
             let msg = BusMessage::new("TRADE.trade.X", payload.to_vec());
-            let dl = DeadLetter::new(&msg, "c", "boom".into(), 5, Some("TRADE".into()), Some(9));
+            let dl = DeadLetter::new(
+                std::time::SystemTime::now(),
+                &msg,
+                "c",
+                "boom".into(),
+                5,
+                Some("TRADE".into()),
+                Some(9),
+            );
             let out = dl.to_message();
             assert_eq!(out.subject, "dlq.TRADE.trade.X");
             let back: DeadLetter = serde_json::from_slice(&out.payload).unwrap();

@@ -52,6 +52,19 @@ pub async fn open_source(
     }
 }
 
+/// Bytes as JSON carries them: `(Some(text), None)` when they are UTF-8,
+/// else `(None, Some(base64))` (dead letters, recordings, replay output).
+pub fn text_or_base64(bytes: &[u8]) -> (Option<String>, Option<String>) {
+    use base64::Engine as _;
+    match std::str::from_utf8(bytes) {
+        Ok(text) => (Some(text.to_owned()), None),
+        Err(_) => (
+            None,
+            Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        ),
+    }
+}
+
 /// A message on the bus.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BusMessage {

@@ -8,10 +8,10 @@
 //! entries are dropped when read and by [`MemoryStore::purge_expired`],
 //! which the host runs periodically.
 
-use std::hash::BuildHasher;
+use std::hash::{BuildHasher, Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -19,6 +19,7 @@ use lru::LruCache;
 
 use super::sketch::FrequencySketch;
 use super::{CacheError, CacheStore, Layer, LayerStats, glob};
+use crate::clock::Clock;
 
 /// Bounds of an L1 cache.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,8 +55,12 @@ struct Inner {
     shards: Vec<Mutex<Shard>>,
     /// Per-shard share of the byte bound.
     shard_max_bytes: usize,
-    /// Picks the shard from the key.
-    hasher: std::collections::hash_map::RandomState,
+    /// Seeds the key hash that picks the shard and counts frequencies:
+    /// random per process, fixed on a virtual clock (so evictions replay
+    /// the same way).
+    seed: u64,
+    /// TTLs count on this clock.
+    clock: Clock,
     hits: AtomicU64,
     misses: AtomicU64,
     sets: AtomicU64,
@@ -73,7 +78,8 @@ struct Shard {
 
 struct Entry {
     value: Bytes,
-    expires_at: Instant,
+    /// On the store's clock (`Clock::mono_ns`).
+    expires_at: u64,
 }
 
 fn charge(key: &str, value: &Bytes) -> usize {
@@ -81,8 +87,13 @@ fn charge(key: &str, value: &Bytes) -> usize {
 }
 
 impl MemoryStore {
-    /// An empty cache with these bounds.
+    /// An empty cache with these bounds, on the system clock.
     pub fn new(config: MemoryStoreConfig) -> Self {
+        Self::with_clock(config, Clock::System)
+    }
+
+    /// An empty cache whose TTLs count on `clock`.
+    pub fn with_clock(config: MemoryStoreConfig, clock: Clock) -> Self {
         let per_shard = config.max_entries.div_ceil(SHARDS).max(1);
         let cap = std::num::NonZeroUsize::new(per_shard).unwrap_or(std::num::NonZeroUsize::MIN);
         let shards = (0..SHARDS)
@@ -98,7 +109,12 @@ impl MemoryStore {
             inner: Arc::new(Inner {
                 shards,
                 shard_max_bytes: (config.max_bytes / SHARDS).max(1),
-                hasher: Default::default(),
+                seed: if clock.is_virtual() {
+                    0
+                } else {
+                    std::collections::hash_map::RandomState::new().hash_one(0u8)
+                },
+                clock,
                 hits: AtomicU64::new(0),
                 misses: AtomicU64::new(0),
                 sets: AtomicU64::new(0),
@@ -108,9 +124,26 @@ impl MemoryStore {
         }
     }
 
+    fn hash(&self, key: &str) -> u64 {
+        // SipHash with fixed keys; the seed does the rest.
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.inner.seed.hash(&mut h);
+        key.hash(&mut h);
+        h.finish()
+    }
+
+    fn now(&self) -> u64 {
+        self.inner.clock.mono_ns()
+    }
+
+    fn expiry(&self, ttl: Duration) -> u64 {
+        self.now()
+            .saturating_add(u64::try_from(ttl.as_nanos()).unwrap_or(u64::MAX))
+    }
+
     /// The key's hash and its locked shard.
     fn locate(&self, key: &str) -> (u64, MutexGuard<'_, Shard>) {
-        let hash = self.inner.hasher.hash_one(key);
+        let hash = self.hash(key);
         // A poisoned shard only means a panic elsewhere mid-update of plain
         // data; the map itself is still consistent.
         let shard = self.inner.shards[(hash as usize) % SHARDS]
@@ -128,10 +161,7 @@ impl MemoryStore {
     fn admit(&self, shard: &Shard, hash: u64) -> bool {
         match shard.map.peek_lru() {
             Some((victim, _)) => {
-                shard.sketch.estimate(hash)
-                    > shard
-                        .sketch
-                        .estimate(self.inner.hasher.hash_one(victim.as_str()))
+                shard.sketch.estimate(hash) > shard.sketch.estimate(self.hash(victim.as_str()))
             }
             None => true,
         }
@@ -139,7 +169,7 @@ impl MemoryStore {
 
     /// Reads a live value without going through the async trait.
     pub fn get_now(&self, key: &str) -> Option<Bytes> {
-        let now = Instant::now();
+        let now = self.now();
         let (hash, mut shard) = self.locate(key);
         shard.sketch.increment(hash);
         let found = match shard.map.get(key) {
@@ -172,7 +202,7 @@ impl MemoryStore {
                 self.inner.shard_max_bytes
             )));
         }
-        let expires_at = Instant::now() + ttl;
+        let expires_at = self.expiry(ttl);
         let (hash, mut shard) = self.locate(key);
         shard.sketch.increment(hash);
         let mut evicted = 0;
@@ -228,7 +258,7 @@ impl MemoryStore {
         let live = match removed {
             Some((k, e)) => {
                 shard.bytes -= charge(&k, &e.value);
-                e.expires_at > Instant::now()
+                e.expires_at > self.now()
             }
             None => false,
         };
@@ -241,7 +271,7 @@ impl MemoryStore {
 
     /// Removes every key matching the glob; how many live keys went.
     pub fn invalidate_pattern_now(&self, pattern: &str) -> u64 {
-        let now = Instant::now();
+        let now = self.now();
         let mut removed = 0;
         for shard in &self.inner.shards {
             let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
@@ -276,7 +306,7 @@ impl MemoryStore {
 
     /// Drops expired entries; how many.
     pub fn purge_expired(&self) -> usize {
-        let now = Instant::now();
+        let now = self.now();
         let mut purged = 0;
         for shard in &self.inner.shards {
             let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());

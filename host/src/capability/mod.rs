@@ -15,12 +15,13 @@ pub use output::GuestOutput;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use wasmtime::component::{HasSelf, Linker};
 
 use crate::bus::Bus;
 use crate::cache::CacheStore;
+use crate::clock::Clock;
 use crate::manifest::{Grants, Limits};
 use crate::stats::ComponentStats;
 
@@ -70,6 +71,14 @@ pub struct ComponentContext {
     log_budget: Arc<Mutex<TokenBucket>>,
     /// Publishes allowed per second, when limited.
     publish_budget: Option<Mutex<TokenBucket>>,
+    /// Time as the component sees it (WASI clocks), its backoffs and its
+    /// rate limits count; virtual in a replay.
+    pub clock: Clock,
+    /// Seeds WASI random on a virtual clock (each instance gets its own
+    /// stream, derived from this, the name and the instance's number).
+    random_seed: u64,
+    /// Instances made so far, numbering their random streams.
+    instances_made: std::sync::atomic::AtomicU64,
 }
 
 impl ComponentContext {
@@ -85,7 +94,7 @@ impl ComponentContext {
         bus: Arc<dyn Bus>,
     ) -> Self {
         let cache = if grants.cache.is_some() { cache } else { None };
-        let publish_budget = limits_publish(&limits);
+        let publish_budget = limits_publish(&limits, &Clock::System);
         ComponentContext {
             name,
             grants,
@@ -98,9 +107,33 @@ impl ComponentContext {
             bus,
             stats: Arc::new(ComponentStats::default()),
             data_dir: None,
-            log_budget: Arc::new(Mutex::new(TokenBucket::new(200.0, 400.0))),
+            log_budget: Arc::new(Mutex::new(log_bucket(&Clock::System))),
             publish_budget,
+            clock: Clock::System,
+            random_seed: 0,
+            instances_made: Default::default(),
         }
+    }
+
+    /// Runs the component on `clock`; on a virtual clock WASI random comes
+    /// from `seed` and rate limits count virtual time, so runs repeat.
+    pub fn on_clock(mut self, clock: Clock, seed: u64) -> Self {
+        self.log_budget = Arc::new(Mutex::new(log_bucket(&clock)));
+        self.publish_budget = limits_publish(&self.limits, &clock);
+        self.clock = clock;
+        self.random_seed = seed;
+        self
+    }
+
+    /// The seed of the next instance's random stream (virtual clock only).
+    pub(crate) fn next_random_seed(&self) -> u64 {
+        use std::hash::{Hash, Hasher};
+        let n = self
+            .instances_made
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        (self.random_seed, &self.name, n).hash(&mut h);
+        h.finish()
     }
 
     /// The component's stdout or stderr, for its WASI context.
@@ -115,10 +148,19 @@ impl ComponentContext {
 }
 
 /// A token bucket for `limits.publish_per_sec` (burst: one second's worth).
-fn limits_publish(limits: &Limits) -> Option<Mutex<TokenBucket>> {
-    limits
-        .publish_per_sec
-        .map(|r| Mutex::new(TokenBucket::new(f64::from(r), f64::from(r.max(1)))))
+fn limits_publish(limits: &Limits, clock: &Clock) -> Option<Mutex<TokenBucket>> {
+    limits.publish_per_sec.map(|r| {
+        Mutex::new(TokenBucket::new(
+            f64::from(r),
+            f64::from(r.max(1)),
+            clock.clone(),
+        ))
+    })
+}
+
+/// Log and stdout/stderr lines: 200 a second, bursts of 400.
+fn log_bucket(clock: &Clock) -> TokenBucket {
+    TokenBucket::new(200.0, 400.0, clock.clone())
 }
 
 /// The per-instance state the generated host traits are implemented on.
@@ -188,29 +230,31 @@ pub fn add_to_linker<T: Send + 'static>(
 }
 
 /// A token bucket: `rate` tokens per second, holding at most `burst`.
-#[derive(Debug)]
 pub(crate) struct TokenBucket {
     rate: f64,
     burst: f64,
     tokens: f64,
-    last: Instant,
+    /// When tokens were last added, on `clock` (ns).
+    last: u64,
+    clock: Clock,
 }
 
 impl TokenBucket {
-    fn new(rate: f64, burst: f64) -> Self {
+    fn new(rate: f64, burst: f64, clock: Clock) -> Self {
         TokenBucket {
             rate,
             burst,
             tokens: burst,
-            last: Instant::now(),
+            last: clock.mono_ns(),
+            clock,
         }
     }
 
     /// Takes a token if one is there.
     fn take(&mut self) -> bool {
-        let now = Instant::now();
-        self.tokens =
-            (self.tokens + now.duration_since(self.last).as_secs_f64() * self.rate).min(self.burst);
+        let now = self.clock.mono_ns();
+        let elapsed = now.saturating_sub(self.last) as f64 / 1e9;
+        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
         self.last = now;
         if self.tokens >= 1.0 {
             self.tokens -= 1.0;

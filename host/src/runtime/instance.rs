@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::clock::{Clock, WasiMonotonicClock, WasiWallClock};
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
@@ -50,6 +51,16 @@ impl InstanceState {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false);
+        if let Clock::Virtual(v) = &ctx.clock {
+            // Replay: time is the event's, random is seeded, so runs repeat.
+            use rand::SeedableRng as _;
+            let seed = ctx.next_random_seed();
+            wasi.wall_clock(WasiWallClock(v.clone()))
+                .monotonic_clock(WasiMonotonicClock(v.clone()))
+                .secure_random(rand::rngs::StdRng::seed_from_u64(seed))
+                .insecure_random(rand::rngs::StdRng::seed_from_u64(!seed))
+                .insecure_random_seed(u128::from(seed));
+        }
         if let Some(dir) = &ctx.data_dir {
             wasi.preopened_dir(dir, "/data", FsPerms::ReadOnly)
                 .map_err(|e| format!("cannot mount {} at /data: {e}", dir.display()))?;

@@ -33,6 +33,18 @@ pub struct RuntimeConfig {
     pub fuel: bool,
 }
 
+/// What a component is wired to, besides its manifest entry.
+pub struct Parts {
+    /// The cache, when enabled.
+    pub cache: Option<Arc<dyn crate::cache::CacheStore>>,
+    /// Where it publishes.
+    pub bus: Arc<dyn crate::bus::Bus>,
+    /// Its time.
+    pub clock: crate::clock::Clock,
+    /// Its random seed (used on a virtual clock).
+    pub seed: u64,
+}
+
 impl RuntimeConfig {
     /// Sizes the engine for a manifest's components.
     pub fn for_manifest(manifest: &crate::Manifest) -> RuntimeConfig {
@@ -162,24 +174,31 @@ impl Runtime {
 
     /// Reads, checks, compiles and pre-instantiates a component.
     /// Compiles every component of a manifest, in manifest order, each with
-    /// its context (grants, limits, config, the cache and the bus).
+    /// its context: grants, limits and config from the manifest, the cache,
+    /// bus and clock from `parts` (given the component's name).
     pub fn load_manifest(
         &self,
         manifest: &crate::Manifest,
-        cache: Option<Arc<dyn crate::cache::CacheStore>>,
-        bus: Arc<dyn crate::bus::Bus>,
+        parts: impl Fn(&str) -> Parts,
     ) -> Result<Vec<Arc<ComponentTemplate>>, LoadError> {
         let mut out = Vec::new();
         for (name, spec) in &manifest.components {
+            let Parts {
+                cache,
+                bus,
+                clock,
+                seed,
+            } = parts(name);
             let mut ctx = ComponentContext::new(
                 name.clone(),
                 spec.grants.clone(),
                 spec.limits.clone(),
                 spec.config_strings(),
-                cache.clone(),
+                cache,
                 &manifest.cache,
-                bus.clone(),
-            );
+                bus,
+            )
+            .on_clock(clock, seed);
             ctx.data_dir = spec
                 .grants
                 .data_dir

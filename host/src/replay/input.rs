@@ -1,0 +1,295 @@
+//! Recorded events for a replay: an NDJSON file (the feed's formats or
+//! `weir record`'s), or a JetStream stream read in order by an ephemeral
+//! ordered consumer (no durable consumer is created).
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime};
+
+use anyhow::Context as _;
+use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig};
+use base64::Engine as _;
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+
+use crate::bus::BusMessage;
+
+/// One recorded event.
+#[derive(Debug, Clone)]
+pub struct Event {
+    /// Its sequence: the stream sequence, or its number in the file (from 1).
+    pub seq: u64,
+    /// When it happened: the time the replay's clock moves to.
+    pub time: Option<SystemTime>,
+    /// The message.
+    pub msg: BusMessage,
+}
+
+/// Where a replay starts or ends: a sequence or a time (RFC 3339).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bound {
+    /// An event sequence (inclusive).
+    Seq(u64),
+    /// An event time (inclusive).
+    Time(SystemTime),
+}
+
+impl FromStr for Bound {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if let Ok(n) = s.parse::<u64>() {
+            return Ok(Bound::Seq(n));
+        }
+        humantime::parse_rfc3339_weak(s)
+            .map(Bound::Time)
+            .map_err(|e| format!("{s:?} is neither a sequence nor an RFC 3339 time: {e}"))
+    }
+}
+
+impl Bound {
+    fn before(&self, e: &Event) -> bool {
+        match self {
+            Bound::Seq(n) => e.seq < *n,
+            Bound::Time(t) => e.time.is_some_and(|et| et < *t),
+        }
+    }
+    fn after(&self, e: &Event) -> bool {
+        match self {
+            Bound::Seq(n) => e.seq > *n,
+            Bound::Time(t) => e.time.is_some_and(|et| et > *t),
+        }
+    }
+}
+
+/// A line as `weir record` writes it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecordedLine {
+    /// The subject it was published on.
+    pub subject: String,
+    /// When it was received (RFC 3339).
+    pub time: String,
+    /// Headers, in order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<(String, String)>,
+    /// Payload, when it is UTF-8 text.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload: Option<String>,
+    /// Payload as base64, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_base64: Option<String>,
+}
+
+impl RecordedLine {
+    /// The line for a message received at `time`.
+    pub fn new(msg: &BusMessage, time: SystemTime) -> Self {
+        let (payload, payload_base64) = crate::bus::text_or_base64(&msg.payload);
+        RecordedLine {
+            subject: msg.subject.clone(),
+            time: humantime::format_rfc3339_nanos(time).to_string(),
+            headers: msg.headers.clone(),
+            payload,
+            payload_base64,
+        }
+    }
+}
+
+/// A time field: RFC 3339 text, or milliseconds since the epoch.
+fn time_of(v: &Value) -> Option<SystemTime> {
+    match v {
+        Value::String(s) => humantime::parse_rfc3339_weak(s).ok(),
+        Value::Number(n) => n
+            .as_u64()
+            .map(|ms| SystemTime::UNIX_EPOCH + Duration::from_millis(ms)),
+        _ => None,
+    }
+}
+
+/// Reads one line: `weir record`'s format, a `{subject, data, time?}`
+/// envelope or a trade (timed by its `ts`, `T` or `timestamp`).
+pub fn parse_line(line: &str) -> Result<(BusMessage, Option<SystemTime>), String> {
+    let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
+    if v.get("subject").is_some()
+        && (v.get("payload").is_some() || v.get("payload_base64").is_some())
+    {
+        let r: RecordedLine =
+            serde_json::from_value(v).map_err(|e| format!("bad recorded line: {e}"))?;
+        let payload = match (r.payload, r.payload_base64) {
+            (Some(t), _) => t.into_bytes(),
+            (None, Some(b)) => base64::engine::general_purpose::STANDARD
+                .decode(b)
+                .map_err(|e| format!("bad payload_base64: {e}"))?,
+            (None, None) => Vec::new(),
+        };
+        let time = humantime::parse_rfc3339_weak(&r.time)
+            .map_err(|e| format!("bad time {:?}: {e}", r.time))?;
+        let mut msg = BusMessage::new(r.subject, payload);
+        msg.headers = r.headers;
+        return Ok((msg, Some(time)));
+    }
+    let msg = crate::feed::parse_line(line)?;
+    let time = ["time", "ts", "T", "timestamp"]
+        .iter()
+        .find_map(|k| v.get(k).or_else(|| v.get("data")?.get(k)))
+        .and_then(time_of);
+    Ok((msg, time))
+}
+
+/// Where events come from.
+pub enum Input {
+    /// Lines of a file.
+    File {
+        /// For messages.
+        name: String,
+        lines: Lines<BufReader<tokio::fs::File>>,
+        /// Line number, for messages.
+        line: u64,
+        /// Events read so far (their sequence).
+        seq: u64,
+    },
+    /// A stream, in sequence order.
+    Stream {
+        messages: Box<jetstream::consumer::pull::Ordered>,
+        /// The stream's last sequence when the replay started.
+        last: u64,
+    },
+}
+
+/// Lines that could not be read: (where, why).
+pub type Skipped = Vec<(String, String)>;
+
+impl Input {
+    /// Opens a file.
+    pub async fn file(path: &Path) -> anyhow::Result<Input> {
+        let f = tokio::fs::File::open(path)
+            .await
+            .with_context(|| format!("cannot open {}", path.display()))?;
+        Ok(Input::File {
+            name: path.display().to_string(),
+            lines: BufReader::new(f).lines(),
+            line: 0,
+            seq: 0,
+        })
+    }
+
+    /// Opens an ordered, ephemeral read of a stream from `start`.
+    pub async fn stream(
+        js: &jetstream::Context,
+        name: &str,
+        start: Option<Bound>,
+    ) -> anyhow::Result<Input> {
+        let mut stream = js
+            .get_stream(name)
+            .await
+            .with_context(|| format!("cannot open stream {name}"))?;
+        let last = stream
+            .info()
+            .await
+            .with_context(|| format!("cannot read stream {name}"))?
+            .state
+            .last_sequence;
+        let deliver_policy = match start {
+            None => DeliverPolicy::All,
+            Some(Bound::Seq(n)) => DeliverPolicy::ByStartSequence {
+                start_sequence: n.max(1),
+            },
+            Some(Bound::Time(t)) => DeliverPolicy::ByStartTime {
+                start_time: time::OffsetDateTime::from(t),
+            },
+        };
+        let consumer = stream
+            .create_consumer(OrderedConfig {
+                deliver_policy,
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("cannot read stream {name} in order"))?;
+        let messages = consumer
+            .messages()
+            .await
+            .with_context(|| format!("cannot read stream {name}"))?;
+        Ok(Input::Stream {
+            messages: Box::new(messages),
+            last,
+        })
+    }
+
+    /// The next event within `range`, `None` at the end; unreadable lines
+    /// go to `skipped`.
+    pub async fn next(
+        &mut self,
+        start: Option<Bound>,
+        end: Option<Bound>,
+        skipped: &mut Skipped,
+    ) -> anyhow::Result<Option<Event>> {
+        loop {
+            let event = match self {
+                Input::File {
+                    name,
+                    lines,
+                    line,
+                    seq,
+                } => {
+                    let Some(text) = lines
+                        .next_line()
+                        .await
+                        .with_context(|| format!("cannot read {name}"))?
+                    else {
+                        return Ok(None);
+                    };
+                    *line += 1;
+                    if text.trim().is_empty() {
+                        continue;
+                    }
+                    match parse_line(&text) {
+                        Ok((msg, time)) => {
+                            *seq += 1;
+                            Event {
+                                seq: *seq,
+                                time,
+                                msg,
+                            }
+                        }
+                        Err(e) => {
+                            skipped.push((format!("{name}:{line}"), e));
+                            continue;
+                        }
+                    }
+                }
+                Input::Stream { messages, last } => {
+                    if *last == 0 {
+                        return Ok(None);
+                    }
+                    let Some(next) = messages.next().await else {
+                        return Ok(None);
+                    };
+                    let m = next.context("reading the stream")?;
+                    let info = m.info().map_err(|e| anyhow::anyhow!("{e}"))?;
+                    let nanos = u64::try_from(info.published.unix_timestamp_nanos()).ok();
+                    let event = Event {
+                        seq: info.stream_sequence,
+                        time: nanos.map(|n| SystemTime::UNIX_EPOCH + Duration::from_nanos(n)),
+                        msg: BusMessage {
+                            subject: m.subject.to_string(),
+                            reply_to: None,
+                            headers: crate::bus::from_header_map(m.headers.as_ref()),
+                            payload: m.payload.clone(),
+                        },
+                    };
+                    if info.stream_sequence >= *last {
+                        *last = 0; // this is the last one that was there at the start
+                    }
+                    event
+                }
+            };
+            if start.is_some_and(|b| b.before(&event)) {
+                continue;
+            }
+            if end.is_some_and(|b| b.after(&event)) {
+                return Ok(None);
+            }
+            return Ok(Some(event));
+        }
+    }
+}
