@@ -25,6 +25,10 @@ pytools:
     test -x target/py/bin/python || python3 -m venv target/py
     target/py/bin/python -c 'import prometheus_client' 2>/dev/null || target/py/bin/pip install --quiet --disable-pip-version-check 'prometheus_client>=0.20'
 
+# Backtest the demo: replay the sample data on a virtual clock; every effect as NDJSON (stdout or --out FILE).
+replay *ARGS: build
+    cargo run -q -p weir -- replay examples/demo.toml --from examples/data/trades.ndjson {{ARGS}}
+
 # Run every test (unit, integration with real components).
 test: build-components pytools
     cargo test --workspace --exclude sma-crossover --exclude price-alert --exclude hostile

@@ -251,19 +251,34 @@ config = { behaviour = "order" }
     )
     .await;
     let records = lines(&bytes);
-    let settles: Vec<(&str, &str)> = records
+    let timeline: Vec<(&str, &str, &str)> = records
         .iter()
-        .filter(|r| r["kind"] == "settle")
-        .map(|r| (r["time"].as_str().unwrap(), r["outcome"].as_str().unwrap()))
+        .map(|r| {
+            let what = r["outcome"].as_str().or(r["payload"].as_str()).unwrap();
+            (
+                r["time"].as_str().unwrap(),
+                r["kind"].as_str().unwrap(),
+                what,
+            )
+        })
         .collect();
     // The retry waited its 10 ms backoff in virtual time, and the next
     // event (recorded 1 ms later) did not go back in time.
     assert_eq!(
-        settles,
+        timeline,
         [
-            ("2025-07-30T08:00:00.000000000Z", "ack"),
-            ("2025-07-30T08:00:00.015000000Z", "ack"),
-            ("2025-07-30T08:00:00.015000000Z", "ack"),
+            ("2025-07-30T08:00:00.000000000Z", "cache_set", "1,"),
+            ("2025-07-30T08:00:00.005000000Z", "settle", "retry"),
+            (
+                "2025-07-30T08:00:00.015000000Z",
+                "cache_set",
+                "1,2-fail-once,"
+            ),
+            (
+                "2025-07-30T08:00:00.015000000Z",
+                "cache_set",
+                "1,2-fail-once,3,"
+            ),
         ]
     );
     let last = records

@@ -6,8 +6,6 @@
 //! trades, so moving averages cross a realistic number of times. A few
 //! `alerts.created` envelopes are mixed in, as the alert service sends them.
 
-use std::fmt::Write as _;
-
 use serde_json::json;
 
 /// splitmix64: tiny, fast, and the same on every platform and version.
@@ -49,7 +47,17 @@ const START_MS: i64 = 1_753_862_400_000;
 const SEED: u64 = 0x5EED_0F3E;
 const TRADES: usize = 6000;
 
+#[cfg(test)]
 fn generate() -> String {
+    let mut out = Vec::new();
+    let _ = write_trades(&mut out, TRADES);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Writes `trades` trades (the committed sample is the first 6000, with
+/// one `alerts.created` envelope after the 150th), streaming: a million
+/// trades take no more memory than six thousand.
+fn write_trades(out: &mut impl std::io::Write, trades: usize) -> std::io::Result<()> {
     let mut rng = Rng(SEED);
     let mut symbols = [
         Symbol {
@@ -85,9 +93,8 @@ fn generate() -> String {
             next_id: 900_000_000,
         },
     ];
-    let mut out = String::new();
     let mut ts = START_MS;
-    for i in 0..TRADES {
+    for i in 0..trades {
         if i == 150 {
             let alert = json!({
                 "subject": "alerts.created",
@@ -106,7 +113,7 @@ fn generate() -> String {
                     "correlation_id": "req-12345"
                 }
             });
-            let _ = writeln!(out, "{alert}");
+            writeln!(out, "{alert}")?;
         }
         ts += 20 + (rng.unit() * 180.0) as i64;
         let s = &mut symbols[(rng.next_u64() % 4) as usize];
@@ -121,17 +128,26 @@ fn generate() -> String {
         s.next_id += 1;
         let trade =
             json!({"symbol": s.name, "price": price, "qty": qty, "ts": ts, "trade_id": s.next_id});
-        let _ = writeln!(out, "{trade}");
+        writeln!(out, "{trade}")?;
     }
-    out
+    out.flush()
 }
 
+/// `gen-trades [OUT] [TRADES]`: the sample data (6000 trades by default).
 fn main() -> std::io::Result<()> {
-    let out = std::env::args()
-        .nth(1)
+    let mut args = std::env::args().skip(1);
+    let out = args
+        .next()
         .unwrap_or_else(|| "examples/data/trades.ndjson".into());
-    std::fs::write(&out, generate())?;
-    eprintln!("wrote {out}");
+    let n = match args.next() {
+        None => TRADES,
+        Some(n) => n
+            .parse()
+            .map_err(|e| std::io::Error::other(format!("TRADES {n:?}: {e}")))?,
+    };
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&out)?);
+    write_trades(&mut file, n)?;
+    eprintln!("wrote {n} trades to {out}");
     Ok(())
 }
 

@@ -275,15 +275,18 @@ impl CacheStore for RecordingCache {
     }
 }
 
-/// How a replayed delivery ended, on the tape. Nothing redelivers in a
-/// replay: the dispatcher retries in place, on the virtual clock.
+/// How a replayed delivery went, on the tape: a `retry` record before each
+/// further attempt and `term` when it was given up on (after its dead
+/// letter); a plain ack leaves no record (no `term` means handled).
+/// Nothing redelivers in a replay: the dispatcher retries in place, on the
+/// virtual clock.
 pub struct ReplaySettle {
     /// The tape and the component.
     pub world: Arc<World>,
     /// Which component was handling it.
     pub component: Arc<str>,
-    /// Its subject, for the record.
-    pub subject: String,
+    /// Its subject, for the record (shared by the message's deliveries).
+    pub subject: Arc<str>,
 }
 
 impl ReplaySettle {
@@ -301,7 +304,6 @@ impl ReplaySettle {
 #[async_trait]
 impl Settle for ReplaySettle {
     async fn ack(&self) -> Result<(), SettleError> {
-        self.record("ack");
         Ok(())
     }
     async fn nak(&self, _delay: Duration) -> Result<(), SettleError> {
@@ -314,6 +316,8 @@ impl Settle for ReplaySettle {
         Ok(())
     }
     async fn in_progress(&self) -> Result<(), SettleError> {
+        // The dispatcher keeps a message in progress only to retry it.
+        self.record("retry");
         Ok(())
     }
     fn redelivers(&self) -> bool {

@@ -12,7 +12,7 @@ use base64::Engine as _;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
+use std::io::BufRead as _;
 
 use crate::bus::BusMessage;
 
@@ -106,9 +106,54 @@ fn time_of(v: &Value) -> Option<SystemTime> {
     }
 }
 
+/// The fields of a trade line, read without building a JSON tree (the
+/// common case, and the replay's hot path).
+#[derive(Deserialize)]
+struct TradeLine<'a> {
+    #[serde(borrow, default)]
+    symbol: Option<&'a str>,
+    #[serde(borrow, default)]
+    s: Option<&'a str>,
+    #[serde(default)]
+    ts: Option<u64>,
+    #[serde(default, rename = "T")]
+    t: Option<u64>,
+    #[serde(default)]
+    subject: Option<serde::de::IgnoredAny>,
+}
+
 /// Reads one line: `weir record`'s format, a `{subject, data, time?}`
 /// envelope or a trade (timed by its `ts`, `T` or `timestamp`).
 pub fn parse_line(line: &str) -> Result<(BusMessage, Option<SystemTime>), String> {
+    parse_owned_line(line.to_owned())
+}
+
+/// [`parse_line`] for a line the caller gives up: a trade's payload is
+/// the line itself, moved rather than copied.
+fn parse_owned_line(line: String) -> Result<(BusMessage, Option<SystemTime>), String> {
+    if let Ok(TradeLine {
+        symbol,
+        s,
+        ts,
+        t,
+        subject: None,
+    }) = serde_json::from_str::<TradeLine<'_>>(&line)
+        && let Some(symbol) = symbol.or(s)
+        && let Some(ms) = ts.or(t)
+    {
+        let subject = format!("TRADE.trade.{symbol}");
+        let payload = if line.trim().len() == line.len() {
+            line
+        } else {
+            line.trim().to_owned()
+        };
+        let msg = BusMessage::new(subject, payload);
+        return Ok((
+            msg,
+            Some(SystemTime::UNIX_EPOCH + Duration::from_millis(ms)),
+        ));
+    }
+    let line = line.as_str();
     let v: Value = serde_json::from_str(line).map_err(|e| format!("not JSON: {e}"))?;
     if v.get("subject").is_some()
         && (v.get("payload").is_some() || v.get("payload_base64").is_some())
@@ -138,15 +183,13 @@ pub fn parse_line(line: &str) -> Result<(BusMessage, Option<SystemTime>), String
 
 /// Where events come from.
 pub enum Input {
-    /// Lines of a file.
+    /// Lines of a file, read and parsed on a thread of their own (the
+    /// replay itself is one sequential task), in order, in batches.
     File {
-        /// For messages.
-        name: String,
-        lines: Lines<BufReader<tokio::fs::File>>,
-        /// Line number, for messages.
-        line: u64,
-        /// Events read so far (their sequence).
-        seq: u64,
+        /// Batches of parsed lines from the reader thread.
+        batches: tokio::sync::mpsc::Receiver<Vec<Parsed>>,
+        /// The batch being handed out, reversed (popped from the end).
+        batch: Vec<Parsed>,
     },
     /// A stream, in sequence order.
     Stream {
@@ -159,17 +202,67 @@ pub enum Input {
 /// Lines that could not be read: (where, why).
 pub type Skipped = Vec<(String, String)>;
 
+/// A line read by the reader thread: an event, or why it was skipped.
+pub enum Parsed {
+    /// A readable line.
+    Event(Event),
+    /// An unreadable one: (where, why).
+    Skipped(String, String),
+    /// The file could not be read further.
+    Failed(String),
+}
+
+/// Lines per batch sent by the reader thread.
+const BATCH: usize = 256;
+/// Batches the reader may run ahead (bounds the memory a replay takes).
+const AHEAD: usize = 8;
+
+/// Reads and parses `path` line by line into `tx`, until the end or until
+/// the replay stops listening.
+fn read_lines(name: String, file: std::fs::File, tx: tokio::sync::mpsc::Sender<Vec<Parsed>>) {
+    let mut batch = Vec::with_capacity(BATCH);
+    let (mut line, mut seq) = (0u64, 0u64);
+    for text in std::io::BufReader::with_capacity(1 << 16, file).lines() {
+        line += 1;
+        let parsed = match text {
+            Err(e) => Parsed::Failed(format!("cannot read {name}: {e}")),
+            Ok(t) if t.trim().is_empty() => continue,
+            Ok(t) => match parse_owned_line(t) {
+                Ok((msg, time)) => {
+                    seq += 1;
+                    Parsed::Event(Event { seq, time, msg })
+                }
+                Err(e) => Parsed::Skipped(format!("{name}:{line}"), e),
+            },
+        };
+        let failed = matches!(parsed, Parsed::Failed(_));
+        batch.push(parsed);
+        if batch.len() == BATCH || failed {
+            batch.reverse();
+            let full = std::mem::replace(&mut batch, Vec::with_capacity(BATCH));
+            if tx.blocking_send(full).is_err() || failed {
+                return;
+            }
+        }
+    }
+    batch.reverse();
+    let _ = tx.blocking_send(batch);
+}
+
 impl Input {
     /// Opens a file.
     pub async fn file(path: &Path) -> anyhow::Result<Input> {
-        let f = tokio::fs::File::open(path)
-            .await
-            .with_context(|| format!("cannot open {}", path.display()))?;
+        let f =
+            std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+        let (tx, batches) = tokio::sync::mpsc::channel(AHEAD);
+        let name = path.display().to_string();
+        std::thread::Builder::new()
+            .name("weir-replay-input".into())
+            .spawn(move || read_lines(name, f, tx))
+            .context("cannot start the input reader")?;
         Ok(Input::File {
-            name: path.display().to_string(),
-            lines: BufReader::new(f).lines(),
-            line: 0,
-            seq: 0,
+            batches,
+            batch: Vec::new(),
         })
     }
 
@@ -225,36 +318,21 @@ impl Input {
     ) -> anyhow::Result<Option<Event>> {
         loop {
             let event = match self {
-                Input::File {
-                    name,
-                    lines,
-                    line,
-                    seq,
-                } => {
-                    let Some(text) = lines
-                        .next_line()
-                        .await
-                        .with_context(|| format!("cannot read {name}"))?
-                    else {
-                        return Ok(None);
-                    };
-                    *line += 1;
-                    if text.trim().is_empty() {
-                        continue;
-                    }
-                    match parse_line(&text) {
-                        Ok((msg, time)) => {
-                            *seq += 1;
-                            Event {
-                                seq: *seq,
-                                time,
-                                msg,
-                            }
+                Input::File { batches, batch } => {
+                    if batch.is_empty() {
+                        match batches.recv().await {
+                            Some(b) => *batch = b,
+                            None => return Ok(None),
                         }
-                        Err(e) => {
-                            skipped.push((format!("{name}:{line}"), e));
+                    }
+                    match batch.pop() {
+                        None => continue,
+                        Some(Parsed::Event(e)) => e,
+                        Some(Parsed::Skipped(place, why)) => {
+                            skipped.push((place, why));
                             continue;
                         }
+                        Some(Parsed::Failed(why)) => anyhow::bail!(why),
                     }
                 }
                 Input::Stream { messages, last } => {

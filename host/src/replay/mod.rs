@@ -108,6 +108,8 @@ pub struct ReplayReport {
 /// One component and what it listens to.
 struct Subscriber {
     template: Arc<ComponentTemplate>,
+    /// Its name, for the settle records.
+    name: Arc<str>,
     filters: Vec<String>,
     /// One slot per instance; a failed instance is replaced on next use.
     slots: Vec<Option<Instance>>,
@@ -163,6 +165,7 @@ impl Replay {
             .into_iter()
             .zip(manifest.components.values())
             .map(|(template, spec)| Subscriber {
+                name: Arc::from(template.name()),
                 filters: spec
                     .subscribe
                     .iter()
@@ -240,6 +243,7 @@ impl Replay {
     async fn deliver(&mut self, msg: &BusMessage, meta: &Meta) -> u64 {
         let mut n = 0;
         let index_hash = stable_hash(&msg.subject);
+        let subject_: Arc<str> = Arc::from(msg.subject.as_str());
         for s in &mut self.subscribers {
             for filter in &s.filters {
                 if !subject::matches(filter, &msg.subject) {
@@ -249,8 +253,8 @@ impl Replay {
                 let index = (index_hash % s.slots.len() as u64) as usize;
                 let settle = ReplaySettle {
                     world: self.world.clone(),
-                    component: Arc::from(s.template.name()),
-                    subject: msg.subject.clone(),
+                    component: s.name.clone(),
+                    subject: subject_.clone(),
                 };
                 let delivery = Delivery {
                     msg: msg.clone(),

@@ -19,8 +19,8 @@ pub struct Record<'a> {
     pub n: u64,
     /// The input event it descends from (its sequence).
     pub event: u64,
-    /// Virtual time when it happened (RFC 3339, ns).
-    pub time: String,
+    /// Virtual time when it happened (RFC 3339, ns); set by the tape.
+    pub time: &'a str,
     /// The component that did it.
     pub component: &'a str,
     /// `publish`, `jetstream_publish`, `request`, `dead_letter`,
@@ -35,7 +35,8 @@ pub struct Record<'a> {
     /// Time to live of a cache write, ms.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ttl_ms: Option<u64>,
-    /// How a delivery ended: `ack` or `term`; with the attempts it took.
+    /// For `settle` records: `retry` (another attempt follows) or `term`
+    /// (given up on, after its dead letter).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outcome: Option<&'a str>,
     /// Stream and sequence of a JetStream publish (or of a settled delivery).
@@ -85,6 +86,8 @@ struct State {
     event: u64,
     /// The first write error; the replay stops on it.
     error: Option<std::io::Error>,
+    /// The last time formatted (ns, text): it changes once per event.
+    stamp: (u64, String),
 }
 
 impl Tape {
@@ -97,6 +100,7 @@ impl Tape {
                 n: 0,
                 event: 0,
                 error: None,
+                stamp: (u64::MAX, String::new()),
             }),
         }
     }
@@ -111,15 +115,26 @@ impl Tape {
     }
 
     /// Writes one record, numbered and stamped here.
-    pub fn write(&self, mut record: Record<'_>) {
-        let mut s = self.lock();
+    pub fn write(&self, record: Record<'_>) {
+        let mut guard = self.lock();
+        let s = &mut *guard;
         if s.error.is_some() {
             return;
         }
+        let ns = self.clock.ns();
+        if s.stamp.0 != ns {
+            s.stamp = (
+                ns,
+                humantime::format_rfc3339_nanos(self.clock.now()).to_string(),
+            );
+        }
         s.n += 1;
-        record.n = s.n;
-        record.event = s.event;
-        record.time = humantime::format_rfc3339_nanos(self.clock.now()).to_string();
+        let record = Record {
+            n: s.n,
+            event: s.event,
+            time: &s.stamp.1,
+            ..record
+        };
         let result = serde_json::to_writer(&mut s.out, &record)
             .map_err(std::io::Error::from)
             .and_then(|()| s.out.write_all(b"\n"));
