@@ -21,6 +21,7 @@ pub mod replay;
 pub mod runtime;
 pub mod stats;
 pub mod subject;
+pub mod testing;
 
 pub use bus::dlq;
 pub use bus::nats::streams;

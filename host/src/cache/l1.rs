@@ -61,6 +61,9 @@ struct Inner {
     seed: u64,
     /// TTLs count on this clock.
     clock: Clock,
+    /// Bumped by every delete and invalidation (under the shard's lock):
+    /// fills from a shared layer check it (see [`MemoryStore::fill`]).
+    generation: AtomicU64,
     hits: AtomicU64,
     misses: AtomicU64,
     sets: AtomicU64,
@@ -115,6 +118,7 @@ impl MemoryStore {
                     std::collections::hash_map::RandomState::new().hash_one(0u8)
                 },
                 clock,
+                generation: AtomicU64::new(0),
                 hits: AtomicU64::new(0),
                 misses: AtomicU64::new(0),
                 sets: AtomicU64::new(0),
@@ -195,6 +199,33 @@ impl MemoryStore {
     /// Writes a value; evicts least recently used entries to stay in bounds.
     /// A value larger than a shard's byte share is refused.
     pub fn set_now(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), CacheError> {
+        self.set_unless_invalidated(key, value, ttl, None)
+            .map(|_| ())
+    }
+
+    /// The invalidation generation: it changes whenever a key is deleted
+    /// or invalidated. Read it before fetching a value from a shared
+    /// layer, and fill with [`MemoryStore::fill`].
+    pub fn generation(&self) -> u64 {
+        self.inner.generation.load(Ordering::Acquire)
+    }
+
+    /// Stores a value read from a shared layer, unless some key was
+    /// invalidated since `generation` was read: the value may be the one a
+    /// peer just replaced, and keeping it would make this L1 stale. Whether
+    /// it was stored.
+    pub fn fill(&self, key: &str, value: Bytes, ttl: Duration, generation: u64) -> bool {
+        self.set_unless_invalidated(key, value, ttl, Some(generation))
+            .unwrap_or(false)
+    }
+
+    fn set_unless_invalidated(
+        &self,
+        key: &str,
+        value: Bytes,
+        ttl: Duration,
+        generation: Option<u64>,
+    ) -> Result<bool, CacheError> {
         let size = charge(key, &value);
         if size > self.inner.shard_max_bytes {
             return Err(CacheError::Invalid(format!(
@@ -204,6 +235,11 @@ impl MemoryStore {
         }
         let expires_at = self.expiry(ttl);
         let (hash, mut shard) = self.locate(key);
+        // Invalidations bump the generation under their shard's lock, so
+        // checked under this lock it cannot miss one for this key.
+        if generation.is_some_and(|g| g != self.generation()) {
+            return Ok(false);
+        }
         shard.sketch.increment(hash);
         let mut evicted = 0;
         match shard.map.peek(key) {
@@ -220,7 +256,7 @@ impl MemoryStore {
                     drop(shard);
                     self.inner.sets.fetch_add(1, Ordering::Relaxed);
                     self.inner.evictions.fetch_add(1, Ordering::Relaxed);
-                    return Ok(());
+                    return Ok(true);
                 }
             }
         }
@@ -248,12 +284,13 @@ impl MemoryStore {
         if evicted > 0 {
             self.inner.evictions.fetch_add(evicted, Ordering::Relaxed);
         }
-        Ok(())
+        Ok(true)
     }
 
     /// Removes a key; whether it was present and live.
     pub fn delete_now(&self, key: &str) -> bool {
         let mut shard = self.shard(key);
+        self.inner.generation.fetch_add(1, Ordering::AcqRel);
         let removed = shard.map.pop_entry(key);
         let live = match removed {
             Some((k, e)) => {
@@ -275,6 +312,7 @@ impl MemoryStore {
         let mut removed = 0;
         for shard in &self.inner.shards {
             let mut shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            self.inner.generation.fetch_add(1, Ordering::AcqRel);
             let doomed: Vec<String> = shard
                 .map
                 .iter()
@@ -374,6 +412,22 @@ impl CacheStore for MemoryStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fill_after_an_invalidation_is_skipped() {
+        let s = MemoryStore::new(MemoryStoreConfig::default());
+        let ttl = Duration::from_secs(60);
+        let before = s.generation();
+        // A peer's invalidation lands while the value is read from Redis.
+        s.delete_now("k");
+        assert!(!s.fill("k", Bytes::from_static(b"old"), ttl, before));
+        assert_eq!(s.get_now("k"), None, "the possibly stale value is not kept");
+        let now = s.generation();
+        assert!(s.fill("k", Bytes::from_static(b"new"), ttl, now));
+        assert_eq!(s.get_now("k").as_deref(), Some(&b"new"[..]));
+        s.invalidate_pattern_now("x*");
+        assert!(!s.fill("k2", Bytes::from_static(b"v"), ttl, now));
+    }
 
     const HOUR: Duration = Duration::from_secs(3600);
 

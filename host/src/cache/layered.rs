@@ -2,9 +2,12 @@
 //! across hosts by L3 (NATS), behind one [`CacheStore`].
 //!
 //! - get: L1, else L2 (one read per key however many instances miss at
-//!   once: single flight), filling L1 with the remaining TTL.
-//! - set/delete: L2 first; only once Redis confirmed does the call succeed
-//!   (when `l2_required`) — then L1, then a coherence message.
+//!   once: single flight), filling L1 with the remaining TTL — unless an
+//!   invalidation arrived while Redis was read (the value may be stale).
+//! - set: L1, then L2; the call succeeds only once Redis confirmed (when
+//!   `l2_required`; else an L1-only write is logged), then a coherence
+//!   message. L1 goes first so that a peer's message about a later Redis
+//!   write always lands after it. delete: L2, L1, coherence message.
 //! - Redis down: reads are served from L1 (an L1 miss is a miss), writes
 //!   keep L1 current and report `unavailable` only where L2 is required;
 //!   errors are counted and a circuit breaker probes Redis back.
@@ -222,10 +225,23 @@ impl LayeredCache {
     }
 
     async fn write(&self, entries: Vec<(String, Bytes)>, ttl: Duration) -> Result<(), CacheError> {
+        // L1 first: a peer's coherence message about a later write to
+        // Redis is sent after that write, so it arrives after this and
+        // drops the value here; written after Redis, this value could land
+        // after such a message and outlive the value Redis holds.
+        for (k, v) in &entries {
+            self.inner.l1.set_now(k, v.clone(), self.l1_ttl(ttl))?;
+        }
         if let Some(l2) = &self.inner.l2 {
             match l2.set_many(&entries, ttl).await {
                 Ok(()) => {}
-                Err(e) if self.inner.l2_required => return Err(e),
+                Err(e) if self.inner.l2_required => {
+                    // Not written: nothing of it may stay in L1.
+                    for (k, _) in &entries {
+                        self.inner.l1.delete_now(k);
+                    }
+                    return Err(e);
+                }
                 Err(e) => {
                     // Never silent: other hosts will not see this value.
                     let n = self.inner.l1_only_writes.fetch_add(1, Ordering::Relaxed) + 1;
@@ -239,7 +255,6 @@ impl LayeredCache {
             }
         }
         for (k, v) in &entries {
-            self.inner.l1.set_now(k, v.clone(), self.l1_ttl(ttl))?;
             self.sample(k, v);
         }
         if let Some(l3) = &self.inner.l3 {
@@ -259,11 +274,12 @@ impl CacheStore for LayeredCache {
         let Some(l2) = &self.inner.l2 else {
             return Ok(None);
         };
+        let generation = self.inner.l1.generation();
         match self.read_l2(l2, key).await {
             Ok(Some((v, ttl))) => {
                 // An entry without a TTL in Redis still ages out of L1.
                 let ttl = self.l1_ttl(ttl.unwrap_or(Duration::from_secs(60)));
-                let _ = self.inner.l1.set_now(key, v.clone(), ttl);
+                self.inner.l1.fill(key, v.clone(), ttl, generation);
                 Ok(Some(v))
             }
             Ok(None) => Ok(None),
@@ -277,14 +293,12 @@ impl CacheStore for LayeredCache {
         let missing: Vec<usize> = (0..keys.len()).filter(|&i| out[i].is_none()).collect();
         if let (Some(l2), false) = (&self.inner.l2, missing.is_empty()) {
             let wanted: Vec<String> = missing.iter().map(|&i| keys[i].clone()).collect();
+            let generation = self.inner.l1.generation();
             if let Ok(found) = l2.get_many(&wanted).await {
                 for (&i, v) in missing.iter().zip(found) {
                     if let Some(v) = &v {
-                        let _ = self.inner.l1.set_now(
-                            &keys[i],
-                            v.clone(),
-                            self.l1_ttl(Duration::from_secs(60)),
-                        );
+                        let ttl = self.l1_ttl(Duration::from_secs(60));
+                        self.inner.l1.fill(&keys[i], v.clone(), ttl, generation);
                     }
                     out[i] = v;
                 }

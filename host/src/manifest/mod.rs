@@ -395,6 +395,16 @@ impl Manifest {
         Ok(manifest)
     }
 
+    /// A manifest from text (a test's fragment), checked like a file;
+    /// relative paths resolve against `base_dir`; no environment overrides.
+    pub fn from_toml(text: &str, base_dir: &Path) -> Result<Manifest, ManifestError> {
+        let path = base_dir.join("(manifest)");
+        let mut manifest = Self::parse(text, &path)?;
+        manifest.base_dir = base_dir.to_owned();
+        validate::check(&manifest, text, &path)?;
+        Ok(manifest)
+    }
+
     /// Parses manifest text; `path` only names the file in errors.
     pub fn parse(text: &str, path: &Path) -> Result<Manifest, ManifestError> {
         let de = toml::de::Deserializer::parse(text)

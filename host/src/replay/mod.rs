@@ -119,6 +119,8 @@ struct Subscriber {
 /// The components of a manifest set up for a replay writing to `out`.
 pub struct Replay {
     clock: VirtualClock,
+    /// The replay's own L1, when the cache is enabled.
+    l1: Option<Arc<dyn CacheStore>>,
     world: Arc<World>,
     subscribers: Vec<Subscriber>,
     options: ReplayOptions,
@@ -178,6 +180,7 @@ impl Replay {
             .collect();
         Ok(Replay {
             clock,
+            l1,
             world,
             subscribers,
             options,
@@ -207,26 +210,7 @@ impl Replay {
                 time: event.time,
             };
             report.deliveries += self.deliver(&event.msg, &meta).await;
-            let mut cascade = 0;
-            while let Some(msg) = self.world.next_pending() {
-                cascade += 1;
-                if cascade > self.options.max_cascade {
-                    let dropped = self.world.clear_pending() + 1;
-                    tracing::warn!(
-                        event = event.seq,
-                        dropped,
-                        "components kept publishing to each other: the rest of this event's messages were dropped"
-                    );
-                    report.runaways += 1;
-                    break;
-                }
-                let meta = Meta {
-                    attempt: 1,
-                    time: Some(self.clock.now()),
-                    ..Meta::default()
-                };
-                report.deliveries += self.deliver(&msg, &meta).await;
-            }
+            self.cascade(&mut report, event.seq).await;
             report.events += 1;
         }
         self.world
@@ -241,32 +225,99 @@ impl Replay {
     /// Delivers one message to every subscription that matches it, in
     /// manifest order; how many deliveries that made.
     async fn deliver(&mut self, msg: &BusMessage, meta: &Meta) -> u64 {
-        let mut n = 0;
-        let index_hash = stable_hash(&msg.subject);
         let subject_: Arc<str> = Arc::from(msg.subject.as_str());
-        for s in &mut self.subscribers {
-            for filter in &s.filters {
-                if !subject::matches(filter, &msg.subject) {
-                    continue;
+        let targets = self.targets(&msg.subject);
+        for &(c, _) in &targets {
+            let settle = ReplaySettle {
+                world: self.world.clone(),
+                component: self.subscribers[c].name.clone(),
+                subject: subject_.clone(),
+            };
+            self.deliver_to(c, msg.clone(), meta.clone(), Box::new(settle))
+                .await;
+        }
+        targets.len() as u64
+    }
+
+    /// (component, subscription) pairs whose filter matches `subject_`, in
+    /// manifest order.
+    pub(crate) fn targets(&self, subject_: &str) -> Vec<(usize, usize)> {
+        let mut out = Vec::new();
+        for (c, s) in self.subscribers.iter().enumerate() {
+            for (i, f) in s.filters.iter().enumerate() {
+                if subject::matches(f, subject_) {
+                    out.push((c, i));
                 }
-                n += 1;
-                let index = (index_hash % s.slots.len() as u64) as usize;
-                let settle = ReplaySettle {
-                    world: self.world.clone(),
-                    component: s.name.clone(),
-                    subject: subject_.clone(),
-                };
-                let delivery = Delivery {
-                    msg: msg.clone(),
-                    meta: meta.clone(),
-                    settle: Box::new(settle),
-                };
-                let bus = s.template.ctx.bus.clone();
-                let slot = &mut s.slots[index];
-                crate::dispatch::deliver(&s.template, &s.flow, index, slot, delivery, &*bus).await;
             }
         }
-        n
+        out
+    }
+
+    /// Runs one delivery through component `c` (on the instance its
+    /// subject maps to) with the dispatcher's policy.
+    pub(crate) async fn deliver_to(
+        &mut self,
+        c: usize,
+        msg: BusMessage,
+        meta: Meta,
+        settle: Box<dyn crate::delivery::Settle>,
+    ) {
+        let s = &mut self.subscribers[c];
+        let index = (stable_hash(&msg.subject) % s.slots.len() as u64) as usize;
+        let delivery = Delivery { msg, meta, settle };
+        let bus = s.template.ctx.bus.clone();
+        let slot = &mut s.slots[index];
+        crate::dispatch::deliver(&s.template, &s.flow, index, slot, delivery, &*bus).await;
+    }
+
+    /// Delivers what components published to each other during the
+    /// current event; false when it was cut off as a runaway loop.
+    pub(crate) async fn cascade(&mut self, report: &mut ReplayReport, event: u64) {
+        let mut cascade = 0;
+        while let Some(msg) = self.world.next_pending() {
+            cascade += 1;
+            if cascade > self.options.max_cascade {
+                let dropped = self.world.clear_pending() + 1;
+                tracing::warn!(
+                    event,
+                    dropped,
+                    "components kept publishing to each other: the rest of this event's messages were dropped"
+                );
+                report.runaways += 1;
+                return;
+            }
+            let meta = Meta {
+                attempt: 1,
+                time: Some(self.clock.now()),
+                ..Meta::default()
+            };
+            report.deliveries += self.deliver(&msg, &meta).await;
+        }
+    }
+
+    /// The virtual clock.
+    pub(crate) fn clock(&self) -> &VirtualClock {
+        &self.clock
+    }
+
+    /// What the components share: the tape, the pending messages.
+    pub(crate) fn world(&self) -> &Arc<World> {
+        &self.world
+    }
+
+    /// Component `c`'s name and its subscription `i` from the manifest.
+    pub(crate) fn component(&self, c: usize) -> &ComponentTemplate {
+        &self.subscribers[c].template
+    }
+
+    /// The replay's L1 (keys with their namespaces).
+    pub(crate) fn cache(&self) -> Option<&Arc<dyn CacheStore>> {
+        self.l1.as_ref()
+    }
+
+    /// Flushes the output.
+    pub(crate) fn flush(&self) -> std::io::Result<()> {
+        self.world.tape.finish()
     }
 }
 

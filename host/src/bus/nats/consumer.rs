@@ -17,6 +17,22 @@ use crate::delivery::{Delivery, DeliverySource, Meta, Settle, SettleError};
 use crate::dispatch::Workers;
 use crate::manifest::{Limits, Subscription};
 
+/// How long the server waits for an ack before redelivering: the
+/// subscription's `ack_wait_ms`, else twice the deadline and at least 30 s.
+pub fn ack_wait(sub: &Subscription, limits: &Limits) -> Duration {
+    let deadline = Duration::from_millis(limits.time_per_event_ms);
+    sub.ack_wait_ms
+        .map(Duration::from_millis)
+        .unwrap_or_else(|| (deadline * 2).max(Duration::from_secs(30)))
+}
+
+/// The consumer's own delivery limit. weir counts attempts and
+/// dead-letters at `limits.max_deliver`; the server's limit is a backstop
+/// for hosts that die mid-message.
+pub fn server_max_deliver(limits: &Limits) -> u32 {
+    limits.max_deliver.saturating_add(2)
+}
+
 /// A durable pull consumer feeding one component subscription.
 pub struct PullSource {
     consumer: PullConsumer,
@@ -94,19 +110,13 @@ pub async fn open(
             component: component.to_owned(),
         });
     }
-    let deadline = Duration::from_millis(limits.time_per_event_ms);
     let config = pull::Config {
         durable_name: Some(durable.clone()),
         filter_subject: sub.subject.clone(),
         ack_policy: AckPolicy::Explicit,
         deliver_policy: DeliverPolicy::All,
-        ack_wait: sub
-            .ack_wait_ms
-            .map(Duration::from_millis)
-            .unwrap_or_else(|| (deadline * 2).max(Duration::from_secs(30))),
-        // weir counts attempts and dead-letters at limits.max_deliver; the
-        // server's own limit is a backstop for hosts that die mid-message.
-        max_deliver: i64::from(limits.max_deliver) + 2,
+        ack_wait: ack_wait(sub, limits),
+        max_deliver: i64::from(server_max_deliver(limits)),
         max_ack_pending: sub.max_ack_pending.unwrap_or(1000),
         ..Default::default()
     };
