@@ -40,7 +40,7 @@ use crate::bus::dlq::DeadLetter;
 use crate::bus::nats::consumer::{ack_wait, server_max_deliver};
 use crate::delivery::{Meta, Settle, SettleError};
 use crate::manifest::Manifest;
-use crate::replay::{Replay, ReplayOptions, ReplayReport, ReplaySettle};
+use crate::replay::{Replay, ReplayOptions, ReplayReport};
 
 /// How one delivery of a stream message was settled.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -210,7 +210,7 @@ pub struct Published {
 }
 
 impl Published {
-    /// The payload as JSON (panics in the test when it is not).
+    /// The payload as JSON (`Null` when it is not JSON).
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_slice(&self.payload).unwrap_or(serde_json::Value::Null)
     }
@@ -269,19 +269,13 @@ impl Harness {
             let sub = spec.subscribe[i].get_ref().clone();
             match &sub.stream {
                 None => {
-                    let settle = ReplaySettle {
-                        world: self.replay.world().clone(),
-                        component: Arc::from(self.replay.component(c).name()),
-                        subject: Arc::from(msg.subject.as_str()),
-                    };
+                    let settle = self.replay.core_settle(c, Arc::from(msg.subject.as_str()));
                     let meta = Meta {
                         attempt: 1,
                         time: Some(self.now()),
                         ..Meta::default()
                     };
-                    self.replay
-                        .deliver_to(c, msg.clone(), meta, Box::new(settle))
-                        .await;
+                    self.replay.deliver_to(c, msg.clone(), meta, settle).await;
                 }
                 Some(stream) => {
                     seq = {
@@ -307,8 +301,7 @@ impl Harness {
                 }
             }
         }
-        let event = seq;
-        self.replay.cascade(&mut self.report, event).await;
+        self.replay.cascade(&mut self.report, seq).await;
         seq
     }
 
@@ -355,7 +348,6 @@ impl Harness {
             attempt,
         };
         self.replay.deliver_to(c, msg, meta, Box::new(settle)).await;
-        self.replay.cascade(&mut self.report, seq).await;
     }
 
     /// Moves time forward by `d`, redelivering every stream message whose
@@ -375,6 +367,7 @@ impl Harness {
                 .clock()
                 .advance_to(SystemTime::UNIX_EPOCH + Duration::from_nanos(due));
             self.deliver_pending(seq).await;
+            self.replay.cascade(&mut self.report, seq).await;
         }
         self.replay
             .clock()
@@ -390,17 +383,15 @@ impl Harness {
     /// Delivers stream message `seq` again now, as a duplicate (a
     /// redelivery whose earlier ack the server never saw).
     pub async fn redeliver(&mut self, seq: u64) {
-        let known = {
+        {
             let mut cs = self.lock();
-            let known = cs.messages.contains_key(&seq);
-            if known {
-                cs.pending.insert(seq, 0);
+            if !cs.messages.contains_key(&seq) {
+                return;
             }
-            known
-        };
-        if known {
-            self.deliver_pending(seq).await;
+            cs.pending.insert(seq, 0);
         }
+        self.deliver_pending(seq).await;
+        self.replay.cascade(&mut self.report, seq).await;
     }
 
     /// Every settle of stream message `seq`, in order.
@@ -452,16 +443,6 @@ impl Harness {
 }
 
 fn payload_of(r: &serde_json::Value) -> Bytes {
-    match (r["payload"].as_str(), r["payload_base64"].as_str()) {
-        (Some(t), _) => Bytes::from(t.to_owned()),
-        (None, Some(b)) => {
-            use base64::Engine as _;
-            Bytes::from(
-                base64::engine::general_purpose::STANDARD
-                    .decode(b)
-                    .unwrap_or_default(),
-            )
-        }
-        _ => Bytes::new(),
-    }
+    let bytes = crate::bus::bytes_from(r["payload"].as_str(), r["payload_base64"].as_str());
+    Bytes::from(bytes.unwrap_or_default())
 }

@@ -1,7 +1,6 @@
 //! Dead letters: messages weir gave up on, published on `dlq.<subject>`
 //! with everything needed to understand and replay them.
 
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
 use crate::bus::BusMessage;
@@ -72,13 +71,8 @@ impl DeadLetter {
 
     /// The original payload bytes.
     pub fn original_payload(&self) -> Vec<u8> {
-        match (&self.payload, &self.payload_base64) {
-            (Some(text), _) => text.as_bytes().to_vec(),
-            (None, Some(b64)) => base64::engine::general_purpose::STANDARD
-                .decode(b64)
-                .unwrap_or_default(),
-            (None, None) => Vec::new(),
-        }
+        super::bytes_from(self.payload.as_deref(), self.payload_base64.as_deref())
+            .unwrap_or_default()
     }
 
     /// The envelope as a bus message, with headers saying where it came from.

@@ -18,8 +18,7 @@ use crate::subject;
 /// Messages a subscriber may have queued before new ones are dropped.
 const SUBSCRIPTION_CAPACITY: usize = 65_536;
 
-/// NATS's default `max_payload`.
-const MAX_PAYLOAD: usize = 1024 * 1024;
+use super::DEFAULT_MAX_PAYLOAD as MAX_PAYLOAD;
 
 /// A cheap-to-clone handle to one in-process bus.
 #[derive(Clone, Default)]

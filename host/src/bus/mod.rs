@@ -52,6 +52,22 @@ pub async fn open_source(
     }
 }
 
+/// NATS's default `max_payload`: the embedded bus's limit, and a replay's.
+pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;
+
+/// The bytes [`text_or_base64`] made: the text, else the decoded base64,
+/// else nothing.
+pub fn bytes_from(text: Option<&str>, base64: Option<&str>) -> Result<Vec<u8>, String> {
+    use base64::Engine as _;
+    match (text, base64) {
+        (Some(t), _) => Ok(t.as_bytes().to_vec()),
+        (None, Some(b)) => base64::engine::general_purpose::STANDARD
+            .decode(b)
+            .map_err(|e| format!("bad payload_base64: {e}")),
+        (None, None) => Ok(Vec::new()),
+    }
+}
+
 /// Bytes as JSON carries them: `(Some(text), None)` when they are UTF-8,
 /// else `(None, Some(base64))` (dead letters, recordings, replay output).
 pub fn text_or_base64(bytes: &[u8]) -> (Option<String>, Option<String>) {

@@ -189,7 +189,7 @@ impl Bus for CaptureBus {
     }
 
     fn max_payload(&self) -> usize {
-        1024 * 1024
+        crate::bus::DEFAULT_MAX_PAYLOAD
     }
 
     fn describe(&self) -> String {

@@ -8,7 +8,6 @@ use std::time::{Duration, SystemTime};
 
 use anyhow::Context as _;
 use async_nats::jetstream::{self, consumer::DeliverPolicy, consumer::pull::OrderedConfig};
-use base64::Engine as _;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -160,13 +159,7 @@ fn parse_owned_line(line: String) -> Result<(BusMessage, Option<SystemTime>), St
     {
         let r: RecordedLine =
             serde_json::from_value(v).map_err(|e| format!("bad recorded line: {e}"))?;
-        let payload = match (r.payload, r.payload_base64) {
-            (Some(t), _) => t.into_bytes(),
-            (None, Some(b)) => base64::engine::general_purpose::STANDARD
-                .decode(b)
-                .map_err(|e| format!("bad payload_base64: {e}"))?,
-            (None, None) => Vec::new(),
-        };
+        let payload = crate::bus::bytes_from(r.payload.as_deref(), r.payload_base64.as_deref())?;
         let time = humantime::parse_rfc3339_weak(&r.time)
             .map_err(|e| format!("bad time {:?}: {e}", r.time))?;
         let mut msg = BusMessage::new(r.subject, payload);

@@ -228,15 +228,24 @@ impl Replay {
         let subject_: Arc<str> = Arc::from(msg.subject.as_str());
         let targets = self.targets(&msg.subject);
         for &(c, _) in &targets {
-            let settle = ReplaySettle {
-                world: self.world.clone(),
-                component: self.subscribers[c].name.clone(),
-                subject: subject_.clone(),
-            };
-            self.deliver_to(c, msg.clone(), meta.clone(), Box::new(settle))
-                .await;
+            let settle = self.core_settle(c, subject_.clone());
+            self.deliver_to(c, msg.clone(), meta.clone(), settle).await;
         }
         targets.len() as u64
+    }
+
+    /// How component `c`'s delivery of a message on `subject_` settles:
+    /// once, on the tape.
+    pub(crate) fn core_settle(
+        &self,
+        c: usize,
+        subject_: Arc<str>,
+    ) -> Box<dyn crate::delivery::Settle> {
+        Box::new(ReplaySettle {
+            world: self.world.clone(),
+            component: self.subscribers[c].name.clone(),
+            subject: subject_,
+        })
     }
 
     /// (component, subscription) pairs whose filter matches `subject_`, in
@@ -300,12 +309,7 @@ impl Replay {
         &self.clock
     }
 
-    /// What the components share: the tape, the pending messages.
-    pub(crate) fn world(&self) -> &Arc<World> {
-        &self.world
-    }
-
-    /// Component `c`'s name and its subscription `i` from the manifest.
+    /// Component `c`, in manifest order.
     pub(crate) fn component(&self, c: usize) -> &ComponentTemplate {
         &self.subscribers[c].template
     }
