@@ -33,11 +33,19 @@ replay *ARGS: build
 test: build-components pytools
     cargo test --workspace --exclude sma-crossover --exclude price-alert --exclude hostile
 
-# Benchmarks (criterion); ratios against native baselines are printed.
+# Benchmarks (criterion and load runs), then one table: each figure beside its baseline from the same run.
 bench: build-components
-    cargo bench -p weir
-    cargo bench -p weir-tests --bench nats_pipeline
-    cargo bench -p weir-tests --bench cache
+    #!/usr/bin/env bash
+    set -euo pipefail
+    out=target/bench-output.txt
+    mkdir -p target && : > "$out"
+    cargo bench -p weir 2>&1 | tee -a "$out"
+    cargo bench -p weir-tests --bench nats_pipeline 2>&1 | tee -a "$out"
+    cargo bench -p weir-tests --bench cache 2>&1 | tee -a "$out"
+    echo
+    echo "Summary: each figure against a baseline measured in the same run"
+    ( echo "TABLE|benchmark|weir|baseline|ratio|target"; grep '^TABLE|' "$out" ) \
+        | awk -F'|' '{ printf "%-56s %-12s %-30s %-8s %s\n", $2, $3, $4, $5, $6 }'
 
 # Format check and clippy with warnings as errors (host and guests).
 lint:

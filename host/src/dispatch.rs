@@ -111,29 +111,48 @@ async fn worker(
     bus: Arc<dyn Bus>,
 ) {
     let mut instance: Option<Instance> = None;
-    while let Some((delivery, flow)) = rx.recv().await {
-        let start = std::time::Instant::now();
-        // A span per event (at debug level, so it costs nothing unless asked
-        // for with RUST_LOG=weir=debug): logs inside carry these fields.
-        let span = tracing::debug_span!(
-            "event",
-            component = template.name(),
-            subject = %delivery.msg.subject,
-            sequence = delivery.meta.sequence,
-            correlation_id = tracing::field::Empty,
-        );
-        if !span.is_disabled()
-            && let Some(id) = correlation_id(&delivery.msg)
-        {
-            span.record("correlation_id", id.as_str());
+    // Taken from the queue in runs: one wake-up and one queue
+    // synchronisation for every message already waiting, not one each.
+    let mut run = Vec::with_capacity(RUN);
+    while rx.recv_many(&mut run, RUN).await > 0 {
+        for (delivery, flow) in run.drain(..) {
+            handle_one(&template, index, &mut instance, delivery, &flow, &*bus).await;
         }
-        let slot = &mut instance;
-        deliver(&template, &flow, index, slot, delivery, &*bus)
-            .instrument(span)
-            .await;
-        flow.latency.record(start.elapsed());
-        template.ctx.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Messages a worker takes from its queue at once.
+const RUN: usize = 64;
+
+/// Handles one queued delivery, with its span, latency and in-flight count.
+async fn handle_one(
+    template: &ComponentTemplate,
+    index: usize,
+    instance: &mut Option<Instance>,
+    delivery: Delivery,
+    flow: &FlowStats,
+    bus: &dyn Bus,
+) {
+    let start = std::time::Instant::now();
+    // A span per event (at debug level, so it costs nothing unless asked
+    // for with RUST_LOG=weir=debug): logs inside carry these fields.
+    let span = tracing::debug_span!(
+        "event",
+        component = template.name(),
+        subject = %delivery.msg.subject,
+        sequence = delivery.meta.sequence,
+        correlation_id = tracing::field::Empty,
+    );
+    if !span.is_disabled()
+        && let Some(id) = correlation_id(&delivery.msg)
+    {
+        span.record("correlation_id", id.as_str());
+    }
+    deliver(template, flow, index, instance, delivery, bus)
+        .instrument(span)
+        .await;
+    flow.latency.record(start.elapsed());
+    template.ctx.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// The correlation id of a message: a `correlation-id` style header, or the

@@ -440,3 +440,46 @@ async fn fuel_stops_a_loop_deterministically() {
     assert!(e.contains("ran out of fuel"), "{e}");
     assert_eq!((s.traps, s.deadline_hits), (2, 0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_parked_in_a_slow_host_call_is_stopped_by_its_deadline() {
+    // The epoch deadline stops guest code; a guest waiting in a host call
+    // (a request nobody answers, with a 60 s timeout) is stopped by the
+    // timer weir arms once the call parks.
+    let text = r#"
+[components.hostile]
+wasm = "{hostile}"
+subscribe = [{ subject = "poke.*" }]
+grants = { subscribe = ["poke.*"], request = ["stall.*"] }
+limits = { time_per_event_ms = 300, max_deliver = 2 }
+config = { behaviour = "stall" }
+"#;
+    let host = Host::start(&manifest(text)).await.unwrap();
+    // A responder that never answers, so the request waits.
+    let _silent = host.bus().subscribe("stall.wait", None).await.unwrap();
+    let dlq = Collector::start(&*host.bus(), "dlq.>").await;
+    let start = std::time::Instant::now();
+    host.bus()
+        .publish(BusMessage::new("poke.0", "{}"))
+        .await
+        .unwrap();
+    let letters = dlq.wait_for(1, Duration::from_secs(20)).await;
+    let took = start.elapsed();
+    assert_eq!(letters.len(), 1);
+    let letter: serde_json::Value = serde_json::from_slice(&letters[0].payload).unwrap();
+    let error = letter["error"].as_str().unwrap();
+    assert!(
+        error.contains("missed its deadline") && error.contains("waiting in a host call"),
+        "{error}"
+    );
+    // Two attempts of 300 ms each (plus 50 ms grace and a backoff), not
+    // the request's 60 s.
+    assert!(
+        took >= Duration::from_millis(600) && took < Duration::from_secs(15),
+        "{took:?}"
+    );
+    let stats = host.component_stats();
+    let s = stats.iter().find(|(n, _)| n == "hostile").unwrap().1;
+    assert_eq!((s.traps, s.deadline_hits, s.dead_lettered), (2, 2, 1));
+    host.shutdown(Duration::from_secs(5)).await;
+}

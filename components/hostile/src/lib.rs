@@ -196,6 +196,14 @@ impl Guest for Hostile {
                 messaging::publish("probe.out", out.as_bytes(), &[])
                     .map_err(|e| HandleError::Reject(format!("{e:?}")))
             }
+            "stall" => {
+                // Parks in a host call far longer than any deadline: a
+                // request to a responder that never answers.
+                match messaging::request("stall.wait", b"", &[], 60_000) {
+                    Ok(_) => Ok(()),
+                    Err(e) => Err(HandleError::Retry(format!("{e:?}"))),
+                }
+            }
             "echo" => {
                 let Some(reply_to) = msg.reply_to else {
                     return Err(HandleError::Reject("no reply-to to answer".into()));

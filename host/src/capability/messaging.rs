@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::bindings::weir::host::messaging::{Host, Message, PublishAck};
+use super::bindings::weir::host::messaging::{Host, MessageResult as Message, PublishAck};
 use super::{Capabilities, GuestError};
 use crate::bus::{BusError, BusMessage, DEFAULT_INBOX_PREFIX};
 use crate::stats::ComponentStats;

@@ -38,6 +38,9 @@ pub(crate) mod bindings {
             default: async | trappable,
         },
         exports: { default: async },
+        // `handle` borrows the message: lowering copies it into the guest
+        // straight from the host's buffers, with no owned copy in between.
+        ownership: Borrowing { duplicate_if_necessary: true },
     });
 }
 

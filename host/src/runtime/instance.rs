@@ -14,7 +14,7 @@ use super::limiter::{LimitHit, Limiter};
 use crate::bus::BusMessage;
 use crate::capability::bindings::Strategy;
 use crate::capability::bindings::exports::weir::host::handler::{Delivery, HandleError};
-use crate::capability::bindings::weir::host::messaging::Message;
+use crate::capability::bindings::weir::host::messaging::MessageParam;
 use crate::capability::{Capabilities, ComponentContext};
 
 /// Store data of one instance.
@@ -245,25 +245,39 @@ impl Instance {
         {
             return HandleOutcome::Failed(template.failure(e));
         }
-        let message = Message {
-            subject: msg.subject.clone(),
-            reply_to: msg.reply_to.clone(),
-            headers: msg.headers.clone(),
-            payload: msg.payload.to_vec(),
+        let headers: Vec<(&str, &str)> = msg
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let message = MessageParam {
+            subject: &msg.subject,
+            reply_to: msg.reply_to.as_deref(),
+            headers: &headers,
+            payload: &msg.payload,
         };
         let delivery = Delivery {
-            stream: stream.map(str::to_owned),
+            stream,
             sequence,
             attempt,
         };
         let call =
             self.bindings
                 .weir_host_handler()
-                .call_handle(&mut self.store, &message, &delivery);
-        // The epoch deadline stops guest code; this stops a guest parked in
-        // a slow host call (the dropped call leaves the store unusable).
-        let grace = self.deadline + Duration::from_millis(50);
-        match tokio::time::timeout(grace, call).await {
+                .call_handle(&mut self.store, message, delivery);
+        let mut call = std::pin::pin!(call);
+        // Most calls finish in their first poll (guest code and host calls
+        // that do not wait): they need no timer. The epoch deadline stops
+        // guest code; the timer, armed once the call parks in a slow host
+        // call, stops that (the dropped call leaves the store unusable).
+        let result = match futures::poll!(call.as_mut()) {
+            std::task::Poll::Ready(r) => Ok(r),
+            std::task::Poll::Pending => {
+                let grace = self.deadline + Duration::from_millis(50);
+                tokio::time::timeout(grace, call).await
+            }
+        };
+        match result {
             Ok(Ok(Ok(()))) => HandleOutcome::Handled,
             Ok(Ok(Err(HandleError::Retry(reason)))) => HandleOutcome::Retry(reason),
             Ok(Ok(Err(HandleError::Reject(reason)))) => HandleOutcome::Reject(reason),
