@@ -80,7 +80,13 @@ async fn pump(
     // the raw subscriber's atomic, and the publisher must not pay for it.
     let mut seen = 0;
     for (i, (s, b)) in msgs.iter().enumerate() {
+        let stuck = Instant::now() + Duration::from_secs(60);
         while i as u64 > seen + WINDOW {
+            assert!(
+                Instant::now() < stuck,
+                "consumption stalled at {seen} of {} messages",
+                msgs.len()
+            );
             seen = consumed();
             if i as u64 > seen + WINDOW {
                 tokio::time::sleep(Duration::from_micros(200)).await;
@@ -89,7 +95,14 @@ async fn pump(
         client.publish(s.clone(), b.clone()).await.unwrap();
     }
     client.flush().await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
     while consumed() < msgs.len() as u64 {
+        assert!(
+            Instant::now() < deadline,
+            "only {} of {} messages consumed after 60 s",
+            consumed(),
+            msgs.len()
+        );
         tokio::time::sleep(Duration::from_micros(200)).await;
     }
     start.elapsed()
