@@ -270,11 +270,13 @@ impl Instance {
         // that do not wait): they need no timer. The epoch deadline stops
         // guest code; the timer, armed once the call parks in a slow host
         // call, stops that (the dropped call leaves the store unusable).
+        // It counts from the start of the call, so the deadline is the same.
+        let started = tokio::time::Instant::now();
         let result = match futures::poll!(call.as_mut()) {
             std::task::Poll::Ready(r) => Ok(r),
             std::task::Poll::Pending => {
                 let grace = self.deadline + Duration::from_millis(50);
-                tokio::time::timeout(grace, call).await
+                tokio::time::timeout_at(started + grace, call).await
             }
         };
         match result {
