@@ -208,7 +208,7 @@ fn ratio() {
         .and_then(|r| r.parse().ok())
         .unwrap_or(7);
     let side = std::env::var("PER_EVENT_SIDE").unwrap_or_default();
-    let (mut native, mut comp) = (vec![1.0], vec![1.0]);
+    let (mut native, mut comp) = (Vec::new(), Vec::new());
     for round in 0..rounds {
         if side != "component" {
             native.push(s.native_events(n, round * 7).as_nanos() as f64 / n as f64);
@@ -217,16 +217,13 @@ fn ratio() {
             comp.push(s.component_events(n, round * 7).as_nanos() as f64 / n as f64);
         }
     }
-    if native.len() > 1 {
-        native.remove(0);
-    }
-    if comp.len() > 1 {
-        comp.remove(0);
-    }
-    native.sort_by(f64::total_cmp);
-    comp.sort_by(f64::total_cmp);
-    let (nm, cm) = (native[native.len() / 2], comp[comp.len() / 2]);
-    println!("\nsma-crossover per event, median of 7 rounds of {n} trades:");
+    // NaN for a side that did not run.
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
+    let (nm, cm) = (median(native), median(comp));
+    println!("\nsma-crossover per event, median of {rounds} rounds of {n} trades:");
     println!(
         "  native Rust {nm:>8.0} ns   component {cm:>8.0} ns   ratio {:.2}x",
         cm / nm

@@ -80,32 +80,32 @@ async fn pump(
     // the raw subscriber's atomic, and the publisher must not pay for it.
     let mut seen = 0;
     for (i, (s, b)) in msgs.iter().enumerate() {
-        let stuck = Instant::now() + Duration::from_secs(60);
-        while i as u64 > seen + WINDOW {
-            assert!(
-                Instant::now() < stuck,
-                "consumption stalled at {seen} of {} messages",
-                msgs.len()
-            );
-            seen = consumed();
-            if i as u64 > seen + WINDOW {
-                tokio::time::sleep(Duration::from_micros(200)).await;
-            }
+        if i as u64 > seen + WINDOW {
+            seen = wait_for_count(&consumed, i as u64 - WINDOW, 200).await;
         }
         client.publish(s.clone(), b.clone()).await.unwrap();
     }
     client.flush().await.unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while consumed() < msgs.len() as u64 {
-        assert!(
-            Instant::now() < deadline,
-            "only {} of {} messages consumed after 60 s",
-            consumed(),
-            msgs.len()
-        );
-        tokio::time::sleep(Duration::from_micros(200)).await;
-    }
+    wait_for_count(&consumed, msgs.len() as u64, 200).await;
     start.elapsed()
+}
+
+/// Polls `count` every `every_us` until it reaches `at_least`; returns it.
+/// Stops the bench with the count, instead of hanging, when it stalls
+/// for a minute (core NATS delivers at most once).
+async fn wait_for_count(count: &impl Fn() -> u64, at_least: u64, every_us: u64) -> u64 {
+    let stuck = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n = count();
+        if n >= at_least {
+            return n;
+        }
+        assert!(
+            Instant::now() < stuck,
+            "stalled at {n} messages consumed, waiting for {at_least}"
+        );
+        tokio::time::sleep(Duration::from_micros(every_us)).await;
+    }
 }
 
 fn rate(n: u64, d: Duration) -> f64 {
@@ -200,14 +200,9 @@ async fn jetstream_throughput(server: &NatsServer, msgs: &[(String, Bytes)]) -> 
         .await
         .unwrap();
     let handled = || host.component_stats()[0].1.handled;
-    while handled() == 0 {
-        tokio::time::sleep(Duration::from_micros(100)).await;
-    }
+    let counted = wait_for_count(&handled, 1, 100).await;
     let start = Instant::now();
-    let counted = handled();
-    while handled() < n {
-        tokio::time::sleep(Duration::from_micros(500)).await;
-    }
+    wait_for_count(&handled, n, 500).await;
     let weir = start.elapsed();
     host.shutdown(Duration::from_secs(5)).await;
     (rate(n - 1, raw), rate(n - counted, weir))
