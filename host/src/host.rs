@@ -170,6 +170,14 @@ impl Host {
             .collect()
     }
 
+    /// The world each component is written for, in manifest order.
+    pub fn worlds(&self) -> Vec<(String, crate::runtime::World)> {
+        self.components
+            .iter()
+            .map(|c| (c.name().to_owned(), c.world()))
+            .collect()
+    }
+
     /// The cache components use (keys are `<namespace>:<key>`), when enabled.
     pub fn cache(&self) -> Option<Arc<dyn CacheStore>> {
         self.cache.clone()

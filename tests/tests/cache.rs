@@ -629,3 +629,62 @@ url = "{}"
     );
     host.shutdown(Duration::from_secs(2)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_in_redis_keep_their_envelope_ttl_and_refuse_what_is_not_a_counter() {
+    let mut server = RedisServer::start();
+    let cache = layered(Some(redis_store(&server)), None, false, &[]);
+    let mut conn = raw_redis(&server).await;
+
+    assert_eq!(cache.increment("ns:c", 40, MIN).await.unwrap(), 40);
+    assert_eq!(cache.increment("ns:c", 2, MIN).await.unwrap(), 42);
+    // Read back like any value, from L1 and from Redis by a peer.
+    assert_eq!(&cache.get("ns:c").await.unwrap().unwrap()[..], b"42");
+    let peer = layered(Some(redis_store(&server)), None, false, &[]);
+    assert_eq!(&peer.get("ns:c").await.unwrap().unwrap()[..], b"42");
+    let raw: Vec<u8> = conn.get("ns:c").await.unwrap();
+    assert_eq!(raw, [&[RAW][..], b"42"].concat());
+    let ttl: i64 = conn.pttl("ns:c").await.unwrap();
+    assert!(ttl > 50_000 && ttl <= 60_000, "{ttl}");
+    // An existing counter keeps its TTL.
+    let _: () = conn.pexpire("ns:c", 5_000).await.unwrap();
+    assert_eq!(cache.increment("ns:c", 1, MIN).await.unwrap(), 43);
+    let ttl: i64 = conn.pttl("ns:c").await.unwrap();
+    assert!(ttl > 0 && ttl <= 5_000, "{ttl}");
+
+    // A value that is not a counter, and a sum past what INCRBY holds, are
+    // refused and leave the stored value as it was.
+    cache
+        .set("ns:text", Bytes::from_static(b"abc"), MIN)
+        .await
+        .unwrap();
+    let e = cache.increment("ns:text", 1, MIN).await.unwrap_err();
+    assert!(
+        matches!(&e, CacheError::Invalid(m) if m.contains("not a decimal counter")),
+        "{e:?}"
+    );
+    let big = i64::MAX.to_string();
+    let _: () = conn
+        .set("ns:big", [&[RAW][..], big.as_bytes()].concat())
+        .await
+        .unwrap();
+    assert!(cache.increment("ns:big", 1, MIN).await.is_err());
+    let raw: Vec<u8> = conn.get("ns:big").await.unwrap();
+    assert_eq!(
+        raw,
+        [&[RAW][..], big.as_bytes()].concat(),
+        "restored after INCRBY refused"
+    );
+    let raw: Vec<u8> = conn.get("ns:text").await.unwrap();
+    assert_eq!(raw, [&[RAW][..], b"abc"].concat());
+    assert!(cache.increment("ns:c", u64::MAX, MIN).await.is_err());
+
+    // Without Redis the count cannot be shared: the call fails, even
+    // though writes may stay in L1 with `l2_required = false`.
+    server.kill();
+    let e = cache.increment("ns:c", 1, MIN).await.unwrap_err();
+    assert!(
+        matches!(e, CacheError::Unavailable(_) | CacheError::Timeout(_)),
+        "{e:?}"
+    );
+}

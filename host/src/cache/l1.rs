@@ -18,7 +18,7 @@ use bytes::Bytes;
 use lru::LruCache;
 
 use super::sketch::FrequencySketch;
-use super::{CacheError, CacheStore, Layer, LayerStats, glob};
+use super::{CacheError, CacheStore, Layer, LayerStats, counter, glob};
 use crate::clock::Clock;
 
 /// Bounds of an L1 cache.
@@ -226,13 +226,7 @@ impl MemoryStore {
         ttl: Duration,
         generation: Option<u64>,
     ) -> Result<bool, CacheError> {
-        let size = charge(key, &value);
-        if size > self.inner.shard_max_bytes {
-            return Err(CacheError::Invalid(format!(
-                "entry of {size} bytes is larger than the L1 can hold per shard ({} bytes)",
-                self.inner.shard_max_bytes
-            )));
-        }
+        self.check_size(key, &value)?;
         let expires_at = self.expiry(ttl);
         let (hash, mut shard) = self.locate(key);
         // Invalidations bump the generation under their shard's lock, so
@@ -240,6 +234,34 @@ impl MemoryStore {
         if generation.is_some_and(|g| g != self.generation()) {
             return Ok(false);
         }
+        self.put(&mut shard, hash, key, value, expires_at, false);
+        Ok(true)
+    }
+
+    /// Refuses an entry larger than a shard's byte share.
+    fn check_size(&self, key: &str, value: &Bytes) -> Result<(), CacheError> {
+        let size = charge(key, value);
+        if size > self.inner.shard_max_bytes {
+            return Err(CacheError::Invalid(format!(
+                "entry of {size} bytes is larger than the L1 can hold per shard ({} bytes)",
+                self.inner.shard_max_bytes
+            )));
+        }
+        Ok(())
+    }
+
+    /// Stores an entry in its locked shard, evicting to stay in bounds. A
+    /// new key may be turned away by admission unless `always_admit`.
+    fn put(
+        &self,
+        shard: &mut Shard,
+        hash: u64,
+        key: &str,
+        value: Bytes,
+        expires_at: u64,
+        always_admit: bool,
+    ) {
+        let size = charge(key, &value);
         shard.sketch.increment(hash);
         let mut evicted = 0;
         match shard.map.peek(key) {
@@ -250,13 +272,12 @@ impl MemoryStore {
             None => {
                 let full = shard.map.len() >= shard.map.cap().get()
                     || shard.bytes + size > self.inner.shard_max_bytes;
-                if full && !self.admit(&shard, hash) {
+                if full && !always_admit && !self.admit(shard, hash) {
                     // Colder than what it would replace: not kept. Like an
                     // eviction of the newcomer; the caller's write still counts.
-                    drop(shard);
                     self.inner.sets.fetch_add(1, Ordering::Relaxed);
                     self.inner.evictions.fetch_add(1, Ordering::Relaxed);
-                    return Ok(true);
+                    return;
                 }
             }
         }
@@ -279,12 +300,62 @@ impl MemoryStore {
             evicted += 1;
         }
         shard.bytes += size;
-        drop(shard);
         self.inner.sets.fetch_add(1, Ordering::Relaxed);
         if evicted > 0 {
             self.inner.evictions.fetch_add(evicted, Ordering::Relaxed);
         }
-        Ok(true)
+    }
+
+    /// Adds `delta` to the decimal counter at `key` under its shard's lock
+    /// (an absent or expired key counts from 0 and lives for `ttl`; a live
+    /// one keeps its expiry). A counter is always admitted: turning it away
+    /// would lose the count.
+    pub fn increment_now(&self, key: &str, delta: u64, ttl: Duration) -> Result<u64, CacheError> {
+        let now = self.now();
+        let (hash, mut shard) = self.locate(key);
+        let (current, expires_at) = match shard.map.peek(key) {
+            Some(e) if e.expires_at > now => (counter::parse(key, &e.value)?, e.expires_at),
+            _ => (0, self.expiry(ttl)),
+        };
+        let next = counter::add(key, current, delta)?;
+        let value = Bytes::from(next.to_string());
+        self.check_size(key, &value)?;
+        self.put(&mut shard, hash, key, value, expires_at, true);
+        Ok(next)
+    }
+
+    /// One page of live keys matching a glob, in the order of their hash
+    /// from `cursor` (0 starts): up to about `count` keys and the cursor of
+    /// the next page, `None` after the last. A page ends between two hash
+    /// values, so a key present through the whole listing is returned
+    /// exactly once. Cursors are only meaningful in this process.
+    pub fn scan_now(&self, pattern: &str, cursor: u64, count: usize) -> (Vec<String>, Option<u64>) {
+        let now = self.now();
+        let mut found: Vec<(u64, String)> = Vec::new();
+        for shard in &self.inner.shards {
+            let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
+            for (k, e) in shard.map.iter() {
+                if e.expires_at > now && glob::matches(pattern, k) {
+                    // 63 bits: the top bit of a cursor is the layered
+                    // cache's (see `LayeredCache::scan`).
+                    let h = self.hash(k) >> 1;
+                    if h >= cursor {
+                        found.push((h, k.clone()));
+                    }
+                }
+            }
+        }
+        found.sort_unstable();
+        let count = count.max(1);
+        let next = if found.len() > count {
+            let last = found[count - 1].0;
+            let end = found.partition_point(|(h, _)| *h <= last);
+            found.truncate(end);
+            Some(last + 1)
+        } else {
+            None
+        };
+        (found.into_iter().map(|(_, k)| k).collect(), next)
     }
 
     /// Removes a key; whether it was present and live.
@@ -404,6 +475,19 @@ impl CacheStore for MemoryStore {
         Ok(self.invalidate_pattern_now(pattern))
     }
 
+    async fn increment(&self, key: &str, delta: u64, ttl: Duration) -> Result<u64, CacheError> {
+        self.increment_now(key, delta, ttl)
+    }
+
+    async fn scan(
+        &self,
+        pattern: &str,
+        cursor: u64,
+        count: usize,
+    ) -> Result<(Vec<String>, Option<u64>), CacheError> {
+        Ok(self.scan_now(pattern, cursor, count))
+    }
+
     fn stats(&self) -> Vec<LayerStats> {
         vec![self.layer_stats()]
     }
@@ -427,6 +511,105 @@ mod tests {
         assert_eq!(s.get_now("k").as_deref(), Some(&b"new"[..]));
         s.invalidate_pattern_now("x*");
         assert!(!s.fill("k2", Bytes::from_static(b"v"), ttl, now));
+    }
+
+    #[test]
+    fn counters_count_keep_their_expiry_and_are_never_turned_away() {
+        use crate::clock::{Clock, VirtualClock};
+        let clock = VirtualClock::starting_at(std::time::SystemTime::UNIX_EPOCH);
+        let config = MemoryStoreConfig {
+            max_entries: SHARDS,
+            max_bytes: 1 << 20,
+        };
+        let s = MemoryStore::with_clock(config, Clock::Virtual(clock.clone()));
+        let ttl = Duration::from_secs(10);
+        assert_eq!(s.increment_now("c", 5, ttl).unwrap(), 5);
+        clock.advance_by(Duration::from_secs(6));
+        // A later increment does not extend the counter's life.
+        assert_eq!(s.increment_now("c", 2, ttl).unwrap(), 7);
+        assert_eq!(s.get_now("c").as_deref(), Some(&b"7"[..]));
+        clock.advance_by(Duration::from_secs(5));
+        assert_eq!(s.get_now("c"), None, "expired 10 s after it was created");
+        assert_eq!(
+            s.increment_now("c", 1, ttl).unwrap(),
+            1,
+            "counts from 0 again"
+        );
+
+        s.set_now("text", Bytes::from_static(b"abc"), ttl).unwrap();
+        let e = s.increment_now("text", 1, ttl).unwrap_err().to_string();
+        assert!(e.contains("not a decimal counter"), "{e}");
+        s.set_now("max", Bytes::from(u64::MAX.to_string()), ttl)
+            .unwrap();
+        assert!(s.increment_now("max", 1, ttl).is_err());
+        assert_eq!(
+            s.get_now("max").as_deref(),
+            Some(u64::MAX.to_string().as_bytes())
+        );
+
+        // A full store keeps hot keys against cold newcomers, but a new
+        // counter always gets in (turning it away would lose the count).
+        for i in 0..200 {
+            let k = format!("hot{i}");
+            s.set_now(&k, Bytes::from_static(b"v"), ttl).unwrap();
+            for _ in 0..5 {
+                s.get_now(&k);
+            }
+        }
+        for i in 0..50 {
+            let k = format!("n{i}");
+            assert_eq!(s.increment_now(&k, 3, ttl).unwrap(), 3);
+            assert_eq!(s.get_now(&k).as_deref(), Some(&b"3"[..]), "{k}");
+        }
+    }
+
+    #[test]
+    fn scans_page_through_every_live_match_exactly_once() {
+        let s = store(10_000, 1 << 24);
+        for i in 0..1000 {
+            s.set_now(&format!("ns:b:{i}"), Bytes::from_static(b"v"), HOUR)
+                .unwrap();
+        }
+        s.set_now("ns:other:1", Bytes::from_static(b"v"), HOUR)
+            .unwrap();
+        s.set_now(
+            "ns:b:gone",
+            Bytes::from_static(b"v"),
+            Duration::from_nanos(1),
+        )
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(2));
+        let (mut seen, mut cursor, mut pages) = (Vec::new(), 0, 0);
+        loop {
+            let (keys, next) = s.scan_now("ns:b:*", cursor, 128);
+            assert!(keys.len() <= 130, "a page holds about `count` keys");
+            seen.extend(keys);
+            pages += 1;
+            match next {
+                Some(n) => {
+                    assert!(n < 1 << 63, "the top bit is left to the layered cache");
+                    cursor = n;
+                }
+                None => break,
+            }
+            // Writes between pages do not disturb what was there throughout.
+            s.set_now(&format!("ns:b:new{pages}"), Bytes::from_static(b"v"), HOUR)
+                .unwrap();
+        }
+        assert!(pages >= 8, "{pages}");
+        let mut want: Vec<String> = (0..1000).map(|i| format!("ns:b:{i}")).collect();
+        let before = seen.len();
+        seen.retain(|k| !k.starts_with("ns:b:new"));
+        assert!(
+            before - seen.len() < pages,
+            "some keys added meanwhile may show"
+        );
+        seen.sort();
+        want.sort();
+        assert_eq!(
+            seen, want,
+            "each key once, none from elsewhere, none expired"
+        );
     }
 
     const HOUR: Duration = Duration::from_secs(3600);

@@ -116,7 +116,13 @@ impl RedisStore {
             Ok(Err(e)) if e.is_timeout() => {
                 Err(CacheError::Timeout(format!("Redis {what} timed out: {e}")))
             }
-            Ok(Err(e)) if matches!(e.kind(), redis::ErrorKind::Server(_)) => {
+            // The server answered with an error (one it knows, or a script's own).
+            Ok(Err(e))
+                if matches!(
+                    e.kind(),
+                    redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
+                ) =>
+            {
                 Err(CacheError::Invalid(format!("Redis refused {what}: {e}")))
             }
             Ok(Err(e)) => Err(CacheError::Unavailable(format!(
@@ -288,6 +294,19 @@ impl RedisStore {
         Ok(())
     }
 
+    /// Whether each key exists, with one pipelined round trip.
+    pub async fn exist(&self, keys: &[String]) -> Result<Vec<bool>, CacheError> {
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut pipe = redis::pipe();
+        for k in keys {
+            pipe.exists(k);
+        }
+        let mut conn = self.conn();
+        self.call("EXISTS", pipe.query_async(&mut conn)).await
+    }
+
     /// Removes keys with `UNLINK`; how many existed.
     pub async fn delete(&self, keys: &[String]) -> Result<u64, CacheError> {
         let mut conn = self.conn();
@@ -299,9 +318,60 @@ impl RedisStore {
     /// Removes every key matching a glob with `SCAN MATCH` + `UNLINK`
     /// (never `KEYS`, which blocks Redis); how many went.
     pub async fn invalidate_pattern(&self, pattern: &str) -> Result<u64, CacheError> {
-        let mut conn = self.conn();
-        let mut cursor: u64 = 0;
+        let mut cursor = 0;
         let mut removed = 0;
+        loop {
+            let (keys, next) = self.scan(pattern, cursor, 1).await?;
+            if !keys.is_empty() {
+                removed += self.delete(&keys).await?;
+            }
+            if next == 0 {
+                return Ok(removed);
+            }
+            cursor = next;
+        }
+    }
+
+    /// Adds `delta` to the counter at `key` in one script (see
+    /// [`super::counter::INCREMENT_SCRIPT`]); the new value and the TTL left.
+    pub async fn increment(
+        &self,
+        key: &str,
+        delta: u64,
+        ttl: Duration,
+    ) -> Result<(u64, Option<Duration>), CacheError> {
+        // INCRBY counts in i64.
+        let delta = i64::try_from(delta).map_err(|_| {
+            CacheError::Invalid(format!(
+                "cannot increment {key} by {delta}: Redis counts up to {}",
+                i64::MAX
+            ))
+        })?;
+        let px = ttl.as_millis().max(1) as u64;
+        let mut conn = self.conn();
+        let script = redis::Script::new(super::counter::INCREMENT_SCRIPT);
+        let mut invocation = script.key(key);
+        invocation.arg(delta).arg(px);
+        let (now, pttl): (String, i64) = self
+            .call("INCRBY", invocation.invoke_async(&mut conn))
+            .await?;
+        let now = super::counter::parse(key, now.as_bytes())?;
+        self.inner.sets.fetch_add(1, Ordering::Relaxed);
+        Ok((now, (pttl > 0).then(|| Duration::from_millis(pttl as u64))))
+    }
+
+    /// One `SCAN MATCH` page (more round trips while pages come back
+    /// empty): keys, possibly repeated across pages, and the next cursor,
+    /// 0 after the last page.
+    pub async fn scan(
+        &self,
+        pattern: &str,
+        cursor: u64,
+        count: usize,
+    ) -> Result<(Vec<String>, u64), CacheError> {
+        let mut conn = self.conn();
+        let mut cursor = cursor;
+        let mut keys = Vec::new();
         loop {
             let scan = redis::cmd("SCAN")
                 .arg(cursor)
@@ -310,15 +380,15 @@ impl RedisStore {
                 .arg("COUNT")
                 .arg(SCAN_COUNT)
                 .to_owned();
-            let (next, keys): (u64, Vec<String>) =
+            let (next, mut page): (u64, Vec<String>) =
                 self.call("SCAN", scan.query_async(&mut conn)).await?;
-            if !keys.is_empty() {
-                removed += self.delete(&keys).await?;
-            }
-            if next == 0 {
-                return Ok(removed);
-            }
+            keys.append(&mut page);
             cursor = next;
+            if cursor == 0 || keys.len() >= count {
+                keys.sort_unstable();
+                keys.dedup();
+                return Ok((keys, cursor));
+            }
         }
     }
 

@@ -347,6 +347,69 @@ impl CacheStore for LayeredCache {
         Ok(n)
     }
 
+    async fn increment(&self, key: &str, delta: u64, ttl: Duration) -> Result<u64, CacheError> {
+        let Some(l2) = &self.inner.l2 else {
+            // No Redis: this host's count (peers drop their own copies).
+            let n = self.inner.l1.increment_now(key, delta, self.l1_ttl(ttl))?;
+            if let Some(l3) = &self.inner.l3 {
+                l3.updated(&[key.to_owned()], ttl.as_secs()).await;
+            }
+            return Ok(n);
+        };
+        // Redis counts for every host. Without it the count cannot be
+        // shared, so the call fails even where writes may stay in L1.
+        let generation = self.inner.l1.generation();
+        let (n, left) = l2.increment(key, delta, ttl).await?;
+        // The new value replaces L1's unless an invalidation came in
+        // meanwhile: then a peer counted after us and its value wins.
+        let l1_ttl = self.l1_ttl(left.unwrap_or(ttl));
+        let kept = self
+            .inner
+            .l1
+            .fill(key, Bytes::from(n.to_string()), l1_ttl, generation);
+        if !kept {
+            self.inner.l1.delete_now(key);
+        }
+        if let Some(l3) = &self.inner.l3 {
+            l3.updated(&[key.to_owned()], ttl.as_secs()).await;
+        }
+        Ok(n)
+    }
+
+    /// With Redis, pages through Redis (`SCAN`), then through the keys only
+    /// L1 holds (writes Redis did not take); the top bit of the cursor says
+    /// which phase it is in. Without Redis, pages through L1.
+    async fn scan(
+        &self,
+        pattern: &str,
+        cursor: u64,
+        count: usize,
+    ) -> Result<(Vec<String>, Option<u64>), CacheError> {
+        const L1_PHASE: u64 = 1 << 63;
+        let l1 = &self.inner.l1;
+        let Some(l2) = &self.inner.l2 else {
+            return Ok(l1.scan_now(pattern, cursor & !L1_PHASE, count));
+        };
+        if cursor & L1_PHASE == 0 {
+            let (keys, next) = l2.scan(pattern, cursor, count).await?;
+            // SCAN cursors stay far below 2^63 (they index Redis's table).
+            let next = if next == 0 {
+                L1_PHASE
+            } else {
+                next & !L1_PHASE
+            };
+            return Ok((keys, Some(next)));
+        }
+        let (keys, next) = l1.scan_now(pattern, cursor & !L1_PHASE, count);
+        let in_l2 = l2.exist(&keys).await?;
+        let only_l1 = keys
+            .into_iter()
+            .zip(in_l2)
+            .filter_map(|(k, there)| (!there).then_some(k))
+            .collect();
+        Ok((only_l1, next.map(|n| n | L1_PHASE)))
+    }
+
     fn stats(&self) -> Vec<LayerStats> {
         let mut out = vec![self.inner.l1.layer_stats()];
         out.extend(self.inner.l2.as_ref().map(RedisStore::layer_stats));

@@ -6,6 +6,7 @@
 
 mod breaker;
 pub mod codec;
+mod counter;
 pub mod glob;
 mod l1;
 pub mod l2;
@@ -177,6 +178,20 @@ pub trait CacheStore: Send + Sync + 'static {
     }
     /// Removes every key matching a Redis-style glob; how many were removed.
     async fn invalidate_pattern(&self, pattern: &str) -> Result<u64, CacheError>;
+    /// Adds `delta` to the decimal counter at `key` (absent: 0) atomically
+    /// and returns the new value. A new counter lives for `ttl`; an
+    /// existing one keeps its TTL.
+    async fn increment(&self, key: &str, delta: u64, ttl: Duration) -> Result<u64, CacheError>;
+    /// One page of live keys matching a glob, starting at `cursor` (0 for
+    /// the first page): about `count` keys and the next page's cursor,
+    /// `None` after the last page. A key present through the whole listing
+    /// is returned at least once (like Redis `SCAN`, possibly twice).
+    async fn scan(
+        &self,
+        pattern: &str,
+        cursor: u64,
+        count: usize,
+    ) -> Result<(Vec<String>, Option<u64>), CacheError>;
     /// Figures per layer, L1 first.
     fn stats(&self) -> Vec<LayerStats>;
 }

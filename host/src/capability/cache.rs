@@ -26,7 +26,9 @@ impl From<CacheError> for GuestError {
 impl Capabilities {
     /// The store and the component's context, after spending a host call
     /// and checking the namespace grant.
-    fn cache(&mut self) -> Result<(Arc<dyn CacheStore>, Arc<ComponentContext>), GuestError> {
+    pub(super) fn cache(
+        &mut self,
+    ) -> Result<(Arc<dyn CacheStore>, Arc<ComponentContext>), GuestError> {
         self.spend()?;
         let ctx = &self.ctx;
         if ctx.grants.cache.is_none() {
@@ -47,7 +49,7 @@ impl Capabilities {
 
 impl ComponentContext {
     /// `<namespace>:<key>` after checking the key.
-    fn full_key(&self, key: &str) -> Result<String, GuestError> {
+    pub(super) fn full_key(&self, key: &str) -> Result<String, GuestError> {
         if key.is_empty() {
             return Err(GuestError::Invalid("cache key is empty".into()));
         }
@@ -68,7 +70,7 @@ impl ComponentContext {
         Ok(full)
     }
 
-    fn check_value(&self, value: &[u8]) -> Result<(), GuestError> {
+    pub(super) fn check_value(&self, value: &[u8]) -> Result<(), GuestError> {
         if value.len() > self.max_value_bytes {
             return Err(GuestError::Invalid(format!(
                 "cache value of {} bytes exceeds the limit of {} bytes",

@@ -209,3 +209,74 @@ impl Host for Capabilities {
         .await)
     }
 }
+
+/// `wasmcloud:messaging@0.2.0`: the same checks as weir's messaging; errors
+/// are strings (`"denied: …"`, `"timeout: …"`), as that interface has them.
+mod wasmcloud {
+    use std::time::Duration;
+
+    use super::super::bindings::wasmcloud::messaging::consumer::{BrokerMessage, Host};
+    use super::super::bindings::wasmcloud::messaging::types;
+    use super::super::{Capabilities, GuestError, describe};
+    use super::{MAX_REQUEST_TIMEOUT, Verb};
+    use crate::stats::ComponentStats;
+    use crate::subject;
+
+    impl types::Host for Capabilities {}
+
+    impl Capabilities {
+        /// A reply-to the component sets on what it publishes: whoever
+        /// answers will publish there, so it must be a subject the
+        /// component itself listens on (grants.subscribe).
+        fn check_own_reply_to(&self, reply_to: &str) -> Result<(), GuestError> {
+            subject::validate_publish(reply_to).map_err(|e| {
+                GuestError::Invalid(format!("reply-to {reply_to:?} is not a valid subject: {e}"))
+            })?;
+            let grants = &self.ctx.grants.subscribe;
+            if grants.iter().any(|g| subject::matches(g, reply_to)) {
+                return Ok(());
+            }
+            Err(self.denied(format!(
+                "component {} may not ask for replies on {reply_to}: a reply-to must be covered by grants.subscribe {grants:?}",
+                self.ctx.name
+            )))
+        }
+    }
+
+    impl Host for Capabilities {
+        async fn request(
+            &mut self,
+            subject: String,
+            body: Vec<u8>,
+            timeout_ms: u32,
+        ) -> wasmtime::Result<Result<BrokerMessage, String>> {
+            let answer: Result<BrokerMessage, GuestError> = async {
+                let msg = self.outgoing(Verb::Request, subject, body, Vec::new())?;
+                let timeout = Duration::from_millis(u64::from(timeout_ms)).min(MAX_REQUEST_TIMEOUT);
+                let reply = self.ctx.bus.request(msg, timeout).await?;
+                Ok(BrokerMessage {
+                    subject: reply.subject,
+                    body: reply.payload.to_vec(),
+                    reply_to: reply.reply_to,
+                })
+            }
+            .await;
+            Ok(answer.map_err(|e| describe(&e)))
+        }
+
+        async fn publish(&mut self, msg: BrokerMessage) -> wasmtime::Result<Result<(), String>> {
+            let answer: Result<(), GuestError> = async {
+                let mut out = self.outgoing(Verb::Publish, msg.subject, msg.body, Vec::new())?;
+                if let Some(r) = &msg.reply_to {
+                    self.check_own_reply_to(r)?;
+                }
+                out.reply_to = msg.reply_to;
+                self.ctx.bus.publish(out).await?;
+                ComponentStats::bump(&self.ctx.stats.published);
+                Ok(())
+            }
+            .await;
+            Ok(answer.map_err(|e| describe(&e)))
+        }
+    }
+}

@@ -7,6 +7,8 @@
 
 mod cache;
 mod config;
+mod keyvalue;
+mod lattice;
 mod logging;
 mod messaging;
 mod output;
@@ -17,7 +19,7 @@ use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
 
 use crate::bus::Bus;
 use crate::cache::CacheStore;
@@ -29,18 +31,27 @@ use crate::stats::ComponentStats;
 pub(crate) mod bindings {
     wasmtime::component::bindgen!({
         path: "../wit",
-        // `strategy` and `alert` import and export the same interfaces today,
-        // so one set of bindings serves both worlds.
-        world: "weir:host/strategy",
+        // Every interface weir serves and both handlers it calls: weir's
+        // own (`strategy` and `alert` are the same today) and wasmCloud's.
+        // A component uses any part; `runtime` picks its handler.
+        world: "weir:host/host",
         imports: {
             "weir:host/config": trappable,
             "weir:host/logging": trappable,
+            "wasi:config/runtime": trappable,
+            "wasi:config/store": trappable,
+            "wasi:logging/logging": trappable,
+            "wasmcloud:bus/lattice": trappable,
             default: async | trappable,
         },
         exports: { default: async },
         // `handle` borrows the message: lowering copies it into the guest
         // straight from the host's buffers, with no owned copy in between.
         ownership: Borrowing { duplicate_if_necessary: true },
+        with: {
+            "wasi:keyvalue/store.bucket": super::keyvalue::Bucket,
+            "wasmcloud:bus/lattice.call-target-interface": super::lattice::CallTarget,
+        },
     });
 }
 
@@ -175,6 +186,26 @@ pub struct Capabilities {
     /// Reply subject of the message being handled: publishing to it needs
     /// no grant while it is an inbox (see `messaging::check_reply`).
     reply_to: Option<String>,
+    /// Key-value buckets and lattice targets the guest holds handles to.
+    table: ResourceTable,
+    /// Entries in `table`, against [`MAX_HANDLES`].
+    handles: usize,
+}
+
+/// Most resources a guest may hold open at once.
+const MAX_HANDLES: usize = 1024;
+
+/// A guest error in words, for interfaces whose errors are strings
+/// (wasmCloud's) or have no room for the reason.
+pub(crate) fn describe(e: &GuestError) -> String {
+    let (kind, why) = match e {
+        GuestError::Denied(m) => ("denied", m),
+        GuestError::Unavailable(m) => ("unavailable", m),
+        GuestError::Invalid(m) => ("invalid", m),
+        GuestError::Timeout(m) => ("timeout", m),
+        GuestError::Limited(m) => ("limited", m),
+    };
+    format!("{kind}: {why}")
 }
 
 impl Capabilities {
@@ -185,6 +216,8 @@ impl Capabilities {
             ctx,
             calls_left,
             reply_to: None,
+            table: ResourceTable::new(),
+            handles: 0,
         }
     }
 
@@ -204,6 +237,29 @@ impl Capabilities {
             )));
         }
         self.calls_left -= 1;
+        Ok(())
+    }
+
+    /// Puts a resource in the guest's table (buckets, lattice targets);
+    /// refused past [`MAX_HANDLES`], so a guest that never drops its
+    /// handles cannot grow the host's memory without bound.
+    fn hold<R: Send + 'static>(&mut self, r: R) -> Result<Resource<R>, String> {
+        if self.handles >= MAX_HANDLES {
+            ComponentStats::bump(&self.ctx.stats.limited);
+            return Err(format!(
+                "limited: component {} holds {MAX_HANDLES} open handles; drop some first",
+                self.ctx.name
+            ));
+        }
+        let r = self.table.push(r).map_err(|e| e.to_string())?;
+        self.handles += 1;
+        Ok(r)
+    }
+
+    /// Takes a resource out of the guest's table.
+    fn release<R: 'static>(&mut self, r: Resource<R>) -> wasmtime::Result<()> {
+        self.table.delete(r)?;
+        self.handles = self.handles.saturating_sub(1);
         Ok(())
     }
 
@@ -229,6 +285,18 @@ pub fn add_to_linker<T: Send + 'static>(
     wit::messaging::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
     wit::config::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
     wit::logging::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
+    // wasmCloud's messaging world.
+    use bindings::{wasi, wasmcloud};
+    wasmcloud::messaging::types::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
+    wasmcloud::messaging::consumer::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
+    wasi::keyvalue::store::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
+    wasi::keyvalue::atomics::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
+    wasi::keyvalue::batch::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
+    wasi::logging::logging::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
+    wasi::config0_2_0_draft::runtime::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
+    wasi::config0_2_0_rc_1::store::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
+    config::add_draft_store_to_linker(linker, get)?;
+    wasmcloud::bus::lattice::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
     Ok(())
 }
 

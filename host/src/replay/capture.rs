@@ -270,6 +270,21 @@ impl CacheStore for RecordingCache {
         Ok(n)
     }
 
+    async fn increment(&self, key: &str, delta: u64, ttl: Duration) -> Result<u64, CacheError> {
+        let n = self.inner.increment(key, delta, ttl).await?;
+        self.record("cache_set", key, Some(n.to_string().as_bytes()), None);
+        Ok(n)
+    }
+
+    async fn scan(
+        &self,
+        pattern: &str,
+        cursor: u64,
+        count: usize,
+    ) -> Result<(Vec<String>, Option<u64>), CacheError> {
+        self.inner.scan(pattern, cursor, count).await
+    }
+
     fn stats(&self) -> Vec<LayerStats> {
         self.inner.stats()
     }

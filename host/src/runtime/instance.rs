@@ -10,9 +10,10 @@ use wasmtime::{Store, Trap};
 use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::ComponentTemplate;
+use super::handler::Handler;
 use super::limiter::{LimitHit, Limiter};
 use crate::bus::BusMessage;
-use crate::capability::bindings::Strategy;
+use crate::capability::bindings::exports::wasmcloud::messaging::handler::BrokerMessage;
 use crate::capability::bindings::exports::weir::host::handler::{Delivery, HandleError};
 use crate::capability::bindings::weir::host::messaging::MessageParam;
 use crate::capability::{Capabilities, ComponentContext};
@@ -133,7 +134,8 @@ pub enum HandleOutcome {
 /// A live instance.
 pub struct Instance {
     store: Store<InstanceState>,
-    bindings: Strategy,
+    /// The component's handler, weir's or wasmCloud's.
+    handler: Handler,
     /// Deadline per event.
     deadline: Duration,
     /// Epoch ticks in `deadline`.
@@ -164,16 +166,22 @@ impl ComponentTemplate {
         if let Some(f) = fuel {
             store.set_fuel(f).map_err(|e| self.failure(e))?;
         }
-        let bindings = self.pre.instantiate_async(&mut store).await.map_err(|e| {
+        let failed = |e| {
             let mut f = self.failure(e);
             if f.kind == FailureKind::Trap {
                 f.kind = FailureKind::Instantiate;
             }
             f
-        })?;
+        };
+        let instance = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(failed)?;
+        let handler = self.handler.load(&mut store, &instance).map_err(failed)?;
         Ok(Instance {
             store,
-            bindings,
+            handler,
             deadline,
             deadline_ticks,
             fuel,
@@ -245,46 +253,61 @@ impl Instance {
         {
             return HandleOutcome::Failed(template.failure(e));
         }
-        let headers: Vec<(&str, &str)> = msg
-            .headers
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        let message = MessageParam {
-            subject: &msg.subject,
-            reply_to: msg.reply_to.as_deref(),
-            headers: &headers,
-            payload: &msg.payload,
-        };
-        let delivery = Delivery {
-            stream,
-            sequence,
-            attempt,
-        };
-        let call =
-            self.bindings
-                .weir_host_handler()
-                .call_handle(&mut self.store, message, delivery);
-        let mut call = std::pin::pin!(call);
         // Most calls finish in their first poll (guest code and host calls
         // that do not wait): they need no timer. The epoch deadline stops
         // guest code; the timer, armed once the call parks in a slow host
         // call, stops that (the dropped call leaves the store unusable).
         // It counts from the start of the call, so the deadline is the same.
         let started = tokio::time::Instant::now();
-        let result = match futures::poll!(call.as_mut()) {
-            std::task::Poll::Ready(r) => Ok(r),
-            std::task::Poll::Pending => {
-                let grace = self.deadline + Duration::from_millis(50);
-                tokio::time::timeout_at(started + grace, call).await
+        let grace = self.deadline + Duration::from_millis(50);
+        let result = match &self.handler {
+            Handler::Weir(handler) => {
+                let headers: Vec<(&str, &str)> = msg
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
+                let message = MessageParam {
+                    subject: &msg.subject,
+                    reply_to: msg.reply_to.as_deref(),
+                    headers: &headers,
+                    payload: &msg.payload,
+                };
+                let delivery = Delivery {
+                    stream,
+                    sequence,
+                    attempt,
+                };
+                let call = handler.call_handle(&mut self.store, message, delivery);
+                within(call, started, grace).await.map(|r| {
+                    r.map(|answer| match answer {
+                        Ok(()) => HandleOutcome::Handled,
+                        Err(HandleError::Retry(reason)) => HandleOutcome::Retry(reason),
+                        Err(HandleError::Reject(reason)) => HandleOutcome::Reject(reason),
+                    })
+                })
+            }
+            Handler::WasmCloud(handler) => {
+                // wasmCloud's broker message has no headers or delivery
+                // details; an error is a retry (dead letter after max_deliver).
+                let message = BrokerMessage {
+                    subject: &msg.subject,
+                    body: &msg.payload,
+                    reply_to: msg.reply_to.as_deref(),
+                };
+                let call = handler.call_handle_message(&mut self.store, message);
+                within(call, started, grace).await.map(|r| {
+                    r.map(|answer| match answer {
+                        Ok(()) => HandleOutcome::Handled,
+                        Err(reason) => HandleOutcome::Retry(reason),
+                    })
+                })
             }
         };
         match result {
-            Ok(Ok(Ok(()))) => HandleOutcome::Handled,
-            Ok(Ok(Err(HandleError::Retry(reason)))) => HandleOutcome::Retry(reason),
-            Ok(Ok(Err(HandleError::Reject(reason)))) => HandleOutcome::Reject(reason),
-            Ok(Err(e)) => HandleOutcome::Failed(template.failure(e)),
-            Err(_) => HandleOutcome::Failed(Failure {
+            Some(Ok(outcome)) => outcome,
+            Some(Err(e)) => HandleOutcome::Failed(template.failure(e)),
+            None => HandleOutcome::Failed(Failure {
                 component: template.ctx.name.clone(),
                 kind: FailureKind::Deadline,
                 detail: format!(
@@ -293,5 +316,19 @@ impl Instance {
                 ),
             }),
         }
+    }
+}
+
+/// Runs a call: at once if it finishes in its first poll, else until
+/// `started + grace`; `None` when that passed first.
+async fn within<F: Future>(
+    call: F,
+    started: tokio::time::Instant,
+    grace: Duration,
+) -> Option<F::Output> {
+    let mut call = std::pin::pin!(call);
+    match futures::poll!(call.as_mut()) {
+        std::task::Poll::Ready(r) => Some(r),
+        std::task::Poll::Pending => tokio::time::timeout_at(started + grace, call).await.ok(),
     }
 }

@@ -1,6 +1,7 @@
 //! The WebAssembly runtime: one [`wasmtime::Engine`] per host, components
 //! compiled once and pre-instantiated, instances with limits and deadlines.
 
+mod handler;
 mod instance;
 mod limiter;
 
@@ -9,13 +10,15 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use thiserror::Error;
-use wasmtime::component::{Component, Linker};
+use wasmtime::component::{Component, InstancePre, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
-use crate::capability::bindings::StrategyPre;
 use crate::capability::{self, ComponentContext};
 
+pub use handler::{PROVIDED, World};
 pub use instance::{Failure, FailureKind, HandleOutcome, Instance, InstanceState};
+
+use handler::HandlerIndices;
 
 /// Largest component file weir will compile (compile-time DoS guard).
 pub const MAX_COMPONENT_BYTES: u64 = 64 * 1024 * 1024;
@@ -103,7 +106,21 @@ pub enum LoadError {
         /// Digest of the file.
         actual: String,
     },
-    /// Not a valid component, or it needs imports weir does not give.
+    /// It imports interfaces weir does not provide.
+    #[error(
+        "component {name}: {path} imports {missing}, which weir does not provide; weir provides {provided}",
+        missing = .missing.join(", "),
+        provided = handler::provided_list()
+    )]
+    MissingImports {
+        /// Component name.
+        name: String,
+        /// File path.
+        path: String,
+        /// The imports weir lacks.
+        missing: Vec<String>,
+    },
+    /// Not a valid component, or it exports no handler weir can call.
     #[error("component {name}: {path} is not a usable weir component: {reason}")]
     Invalid {
         /// Component name.
@@ -251,11 +268,30 @@ impl Runtime {
             reason: format!("{e:#}"),
         };
         let component = Component::new(&self.engine, &bytes).map_err(invalid)?;
-        let pre = self.linker.instantiate_pre(&component).map_err(invalid)?;
-        let pre = StrategyPre::new(pre).map_err(invalid)?;
+        let pre = match self.linker.instantiate_pre(&component) {
+            Ok(pre) => pre,
+            Err(e) => {
+                let missing = handler::missing_imports(&component, &self.engine);
+                if missing.is_empty() {
+                    return Err(invalid(e));
+                }
+                return Err(LoadError::MissingImports {
+                    name,
+                    path: shown,
+                    missing,
+                });
+            }
+        };
+        let handler =
+            HandlerIndices::find(&pre, &self.engine).map_err(|reason| LoadError::Invalid {
+                name: name.clone(),
+                path: shown.clone(),
+                reason,
+            })?;
         Ok(ComponentTemplate {
             ctx,
             pre,
+            handler,
             runtime: self.clone(),
         })
     }
@@ -272,8 +308,10 @@ impl Runtime {
 pub struct ComponentTemplate {
     /// What the component may use.
     pub ctx: Arc<ComponentContext>,
-    /// Imports resolved, exports type-checked.
-    pre: StrategyPre<InstanceState>,
+    /// Imports resolved.
+    pre: InstancePre<InstanceState>,
+    /// The handler it exports (type-checked when an instance is made).
+    handler: HandlerIndices,
     /// For deadlines and fuel.
     runtime: Runtime,
 }
@@ -282,5 +320,10 @@ impl ComponentTemplate {
     /// The component's name.
     pub fn name(&self) -> &str {
         &self.ctx.name
+    }
+
+    /// The world it is written for, recognised from its exports.
+    pub fn world(&self) -> World {
+        self.handler.world()
     }
 }

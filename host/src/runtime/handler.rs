@@ -1,0 +1,166 @@
+//! Which handler a component exports, and so which world it is written
+//! for: weir's own (`weir:host/handler`, the `strategy` and `alert`
+//! worlds) or wasmCloud's messaging world (`wasmcloud:messaging/handler`).
+//! Imports are whatever part of `weir:host/host` it needs; one it imports
+//! that weir does not provide is named when the component is refused.
+
+use wasmtime::Engine;
+use wasmtime::component::{Component, Instance, InstancePre};
+
+use crate::capability::bindings::exports::wasmcloud::messaging::handler as wasmcloud;
+use crate::capability::bindings::exports::weir::host::handler as weir;
+
+/// The world a component is written for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum World {
+    /// weir's `strategy` or `alert`: exports `weir:host/handler@0.1.0`.
+    Weir,
+    /// wasmCloud's messaging world: exports `wasmcloud:messaging/handler@0.2.0`.
+    WasmCloud,
+}
+
+impl World {
+    /// The handler interface that identifies the world.
+    pub fn handler(self) -> &'static str {
+        match self {
+            World::Weir => "weir:host/handler@0.1.0",
+            World::WasmCloud => "wasmcloud:messaging/handler@0.2.0",
+        }
+    }
+}
+
+/// Where the handler is among a component's exports, found once.
+#[derive(Clone)]
+pub(crate) enum HandlerIndices {
+    Weir(weir::GuestIndices),
+    WasmCloud(wasmcloud::GuestIndices),
+}
+
+/// The handler of one instance.
+pub(crate) enum Handler {
+    Weir(weir::Guest),
+    WasmCloud(wasmcloud::Guest),
+}
+
+impl HandlerIndices {
+    /// Finds the handler: weir's if the component exports it, else
+    /// wasmCloud's; the error lists what it exports instead.
+    pub(crate) fn find<T>(pre: &InstancePre<T>, engine: &Engine) -> Result<Self, String> {
+        if let Ok(i) = weir::GuestIndices::new(pre) {
+            return Ok(HandlerIndices::Weir(i));
+        }
+        if let Ok(i) = wasmcloud::GuestIndices::new(pre) {
+            return Ok(HandlerIndices::WasmCloud(i));
+        }
+        let exports: Vec<String> = pre
+            .component()
+            .component_type()
+            .exports(engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        Err(format!(
+            "it exports neither {} (a weir strategy or alert) nor {} (a wasmCloud messaging component); its exports: {}",
+            World::Weir.handler(),
+            World::WasmCloud.handler(),
+            if exports.is_empty() {
+                "none".to_owned()
+            } else {
+                exports.join(", ")
+            }
+        ))
+    }
+
+    /// The world this handler belongs to.
+    pub(crate) fn world(&self) -> World {
+        match self {
+            HandlerIndices::Weir(_) => World::Weir,
+            HandlerIndices::WasmCloud(_) => World::WasmCloud,
+        }
+    }
+
+    /// The handler of a new instance (type-checked against the WIT).
+    pub(crate) fn load(
+        &self,
+        store: impl wasmtime::AsContextMut,
+        instance: &Instance,
+    ) -> wasmtime::Result<Handler> {
+        Ok(match self {
+            HandlerIndices::Weir(i) => Handler::Weir(i.load(store, instance)?),
+            HandlerIndices::WasmCloud(i) => Handler::WasmCloud(i.load(store, instance)?),
+        })
+    }
+}
+
+/// Interfaces weir serves besides WASI 0.2, by full name.
+pub const PROVIDED: &[&str] = &[
+    "weir:host/types@0.1.0",
+    "weir:host/cache@0.1.0",
+    "weir:host/messaging@0.1.0",
+    "weir:host/config@0.1.0",
+    "weir:host/logging@0.1.0",
+    "wasmcloud:messaging/types@0.2.0",
+    "wasmcloud:messaging/consumer@0.2.0",
+    "wasi:keyvalue/store@0.2.0-draft",
+    "wasi:keyvalue/atomics@0.2.0-draft",
+    "wasi:keyvalue/batch@0.2.0-draft",
+    "wasi:logging/logging@0.1.0-draft",
+    "wasi:config/runtime@0.2.0-draft",
+    "wasi:config/store@0.2.0-draft",
+    "wasi:config/store@0.2.0-rc.1",
+    "wasmcloud:bus/lattice@1.0.0",
+];
+
+/// WASI 0.2 packages (any 0.2.x, as wasmtime-wasi links them).
+const WASI_P2: &[&str] = &["cli", "clocks", "filesystem", "io", "random", "sockets"];
+
+/// Whether weir links an import of this name.
+fn provided(name: &str) -> bool {
+    if PROVIDED.contains(&name) {
+        return true;
+    }
+    let Some((iface, version)) = name.split_once('@') else {
+        return false;
+    };
+    let package = iface
+        .strip_prefix("wasi:")
+        .and_then(|rest| rest.split_once('/'))
+        .map(|(p, _)| p);
+    package.is_some_and(|p| WASI_P2.contains(&p)) && version.starts_with("0.2.")
+}
+
+/// The component's imports that weir does not provide.
+pub(crate) fn missing_imports(component: &Component, engine: &Engine) -> Vec<String> {
+    component
+        .component_type()
+        .imports(engine)
+        .map(|(name, _)| name)
+        .filter(|name| !provided(name))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// What weir provides, for the error that refuses a component.
+pub(crate) fn provided_list() -> String {
+    format!(
+        "{} and WASI 0.2 ({})",
+        PROVIDED.join(", "),
+        WASI_P2.join(", ")
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::provided;
+
+    #[test]
+    fn provided_names_follow_the_linker() {
+        assert!(provided("wasi:keyvalue/store@0.2.0-draft"));
+        assert!(provided("wasi:io/streams@0.2.6"));
+        assert!(provided("weir:host/cache@0.1.0"));
+        assert!(!provided("wasi:keyvalue/store@0.2.0-draft2"));
+        assert!(!provided("wasi:blobstore/blobstore@0.2.0-draft"));
+        assert!(!provided("wasi:io/streams@0.3.0"));
+        assert!(!provided("wasi:http/types@0.2.0"));
+        assert!(!provided("wasmcloud:bus/lattice@2.0.1"));
+    }
+}
