@@ -111,8 +111,8 @@ impl Host {
             });
             tasks.spawn(source.run(w, shutdown_rx.clone()));
         }
-        for (name, spec) in &manifest.components {
-            tracing::info!(component = %name, subscriptions = spec.subscribe.len(), instances = spec.limits.instances, "component ready");
+        for ((name, spec), template) in manifest.components.iter().zip(&components) {
+            tracing::info!(component = %name, world = template.world().name(), subscriptions = spec.subscribe.len(), instances = spec.limits.instances, "component ready");
         }
         let layers: Vec<String> = cache
             .store

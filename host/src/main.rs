@@ -145,11 +145,15 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
             Command::Check { manifest } => {
                 let m = load(&manifest)?;
                 let host = Host::start(&m).await?;
+                let worlds = host.worlds();
                 println!(
                     "{}: {} component(s) compiled and ready",
                     manifest.display(),
-                    host.component_stats().len()
+                    worlds.len()
                 );
+                for (name, world) in worlds {
+                    println!("  {name}: {} world ({})", world.name(), world.handler());
+                }
                 host.shutdown(Duration::from_secs(1)).await;
                 Ok(())
             }

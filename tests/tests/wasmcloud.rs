@@ -510,3 +510,28 @@ async fn list_keys_pages_over_redis_and_the_keys_only_l1_holds() {
     assert_eq!(list["keys"], serde_json::json!(expected));
     host.shutdown(Duration::from_secs(5)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_author_harness_and_replay_run_wasmcloud_components_and_record_their_counters() {
+    let mut h = weir::testing::Harness::new(&kv_component("tally", "kv.cmd", "wc")).unwrap();
+    let trades = weir_tests::sample_trade_messages(50);
+    for t in &trades {
+        h.push(&t.subject, t.payload.clone()).await;
+    }
+    let btc = trades
+        .iter()
+        .filter(|t| t.subject == "TRADE.trade.BTCUSDT")
+        .count();
+    assert!(btc > 0);
+    let v = h.cache("wc:tally:trades:BTCUSDT").await.unwrap();
+    assert_eq!(std::str::from_utf8(&v).unwrap(), btc.to_string());
+    // Each increment is on the tape as the value it set.
+    let sets: Vec<String> = h
+        .records()
+        .into_iter()
+        .filter(|r| r["kind"] == "cache_set" && r["key"] == "wc:tally:trades:BTCUSDT")
+        .map(|r| r["payload"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    let want: Vec<String> = (1..=btc).map(|n| n.to_string()).collect();
+    assert_eq!(sets, want);
+}

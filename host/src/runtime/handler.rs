@@ -20,6 +20,14 @@ pub enum World {
 }
 
 impl World {
+    /// `weir` or `wasmcloud`, in logs and reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            World::Weir => "weir",
+            World::WasmCloud => "wasmcloud",
+        }
+    }
+
     /// The handler interface that identifies the world.
     pub fn handler(self) -> &'static str {
         match self {
