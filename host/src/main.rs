@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 
+mod cmd_inspect;
 mod cmd_replay;
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
@@ -45,6 +46,15 @@ enum Command {
         /// Keeps running after the --feed is done, until Ctrl-C.
         #[arg(long)]
         stay: bool,
+    },
+    /// Shows what a component file is: world, imports (provided by weir or
+    /// not), exports, size and sha256; fails when weir would refuse it.
+    Inspect {
+        /// The `.wasm` component.
+        file: PathBuf,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
     },
     /// Checks a manifest and compiles its components, then exits.
     Check {
@@ -142,6 +152,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
         .context("cannot start the async runtime")?;
     rt.block_on(async move {
         match cli.command {
+            Command::Inspect { file, json } => cmd_inspect::inspect(&file, json),
             Command::Check { manifest } => {
                 let m = load(&manifest)?;
                 let host = Host::start(&m).await?;

@@ -535,3 +535,35 @@ async fn the_author_harness_and_replay_run_wasmcloud_components_and_record_their
     let want: Vec<String> = (1..=btc).map(|n| n.to_string()).collect();
     assert_eq!(sets, want);
 }
+
+#[test]
+fn inspect_tells_each_world_and_marks_every_import_of_the_demo_components_provided() {
+    let runtime = weir::runtime::Runtime::new(&weir::runtime::RuntimeConfig {
+        epoch_tick: Duration::from_millis(10),
+        max_memory_bytes: 64 << 20,
+        max_instances: 1,
+        fuel: false,
+    })
+    .unwrap();
+    for (file, world) in [
+        ("wasmcloud_kv", World::WasmCloud),
+        ("wasmcloud_echo", World::WasmCloud),
+        ("sma_crossover", World::Weir),
+        ("price_alert", World::Weir),
+    ] {
+        let bytes = std::fs::read(wasm(file)).unwrap();
+        let r = runtime.inspect(&bytes).unwrap();
+        assert_eq!(
+            (r.world, r.refusal.as_deref()),
+            (Some(world), None),
+            "{file}"
+        );
+        assert!(
+            r.imports.iter().all(|i| i.provided),
+            "{file}: {:?}",
+            r.imports
+        );
+        assert_eq!(r.sha256, weir::digest::sha256_hex(&bytes));
+        assert_eq!(r.exports, [world.handler()], "{file}");
+    }
+}

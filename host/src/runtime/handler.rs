@@ -11,7 +11,8 @@ use crate::capability::bindings::exports::wasmcloud::messaging::handler as wasmc
 use crate::capability::bindings::exports::weir::host::handler as weir;
 
 /// The world a component is written for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum World {
     /// weir's `strategy` or `alert`: exports `weir:host/handler@0.1.0`.
     Weir,
@@ -122,7 +123,7 @@ pub const PROVIDED: &[&str] = &[
 const WASI_P2: &[&str] = &["cli", "clocks", "filesystem", "io", "random", "sockets"];
 
 /// Whether weir links an import of this name.
-fn provided(name: &str) -> bool {
+pub(crate) fn provided(name: &str) -> bool {
     if PROVIDED.contains(&name) {
         return true;
     }

@@ -268,26 +268,18 @@ impl Runtime {
             reason: format!("{e:#}"),
         };
         let component = Component::new(&self.engine, &bytes).map_err(invalid)?;
-        let pre = match self.linker.instantiate_pre(&component) {
-            Ok(pre) => pre,
-            Err(e) => {
-                let missing = handler::missing_imports(&component, &self.engine);
-                if missing.is_empty() {
-                    return Err(invalid(e));
-                }
-                return Err(LoadError::MissingImports {
-                    name,
-                    path: shown,
-                    missing,
-                });
-            }
-        };
-        let handler =
-            HandlerIndices::find(&pre, &self.engine).map_err(|reason| LoadError::Invalid {
+        let (pre, handler) = self.prepare(&component).map_err(|refusal| match refusal {
+            Refusal::Missing(missing) => LoadError::MissingImports {
+                name: name.clone(),
+                path: shown.clone(),
+                missing,
+            },
+            Refusal::Invalid(reason) => LoadError::Invalid {
                 name: name.clone(),
                 path: shown.clone(),
                 reason,
-            })?;
+            },
+        })?;
         Ok(ComponentTemplate {
             ctx,
             pre,
@@ -296,11 +288,101 @@ impl Runtime {
         })
     }
 
+    /// Links a compiled component and finds its handler: what `load` and
+    /// `inspect` both decide whether weir can run it by.
+    fn prepare(
+        &self,
+        component: &Component,
+    ) -> Result<(InstancePre<InstanceState>, HandlerIndices), Refusal> {
+        let pre = self.linker.instantiate_pre(component).map_err(|e| {
+            let missing = handler::missing_imports(component, &self.engine);
+            if missing.is_empty() {
+                Refusal::Invalid(format!("{e:#}"))
+            } else {
+                Refusal::Missing(missing)
+            }
+        })?;
+        let handler = HandlerIndices::find(&pre, &self.engine).map_err(Refusal::Invalid)?;
+        Ok((pre, handler))
+    }
+
+    /// Describes a component file without running it: its world, imports
+    /// (each marked provided or not), exports, size, sha256, and why weir
+    /// would refuse it, if it would.
+    pub fn inspect(&self, bytes: &[u8]) -> anyhow::Result<Inspection> {
+        let component = Component::new(&self.engine, bytes).map_err(anyhow::Error::from)?;
+        let ty = component.component_type();
+        let imports = ty
+            .imports(&self.engine)
+            .map(|(name, _)| Import {
+                name: name.to_owned(),
+                provided: handler::provided(name),
+            })
+            .collect();
+        let exports = ty
+            .exports(&self.engine)
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        let (world, refusal) = match self.prepare(&component) {
+            Ok((_, h)) => (Some(h.world()), None),
+            Err(Refusal::Missing(missing)) => (
+                None,
+                Some(format!(
+                    "it imports {}, which weir does not provide",
+                    missing.join(", ")
+                )),
+            ),
+            Err(Refusal::Invalid(reason)) => (None, Some(reason)),
+        };
+        Ok(Inspection {
+            size: bytes.len() as u64,
+            sha256: crate::digest::sha256_hex(bytes),
+            world,
+            imports,
+            exports,
+            refusal,
+        })
+    }
+
     /// Epoch ticks that make up `d`, rounded up, plus one for the tick in progress.
     fn ticks(&self, d: Duration) -> u64 {
         let tick = self.tick.as_nanos().max(1);
         (d.as_nanos().div_ceil(tick) as u64).saturating_add(1)
     }
+}
+
+/// Why a compiled component cannot run here.
+enum Refusal {
+    /// Imports weir does not provide.
+    Missing(Vec<String>),
+    /// Anything else (no handler, a type mismatch), in words.
+    Invalid(String),
+}
+
+/// What `weir inspect` shows about a component file.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Inspection {
+    /// Bytes.
+    pub size: u64,
+    /// Hex digest, for `sha256 = "..."` in the manifest.
+    pub sha256: String,
+    /// The world weir recognised, when it can run the component.
+    pub world: Option<World>,
+    /// Each import, with whether weir provides it.
+    pub imports: Vec<Import>,
+    /// Its exports.
+    pub exports: Vec<String>,
+    /// Why weir would refuse it, when it would.
+    pub refusal: Option<String>,
+}
+
+/// One import of an inspected component.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Import {
+    /// Its full name, e.g. `wasi:keyvalue/store@0.2.0-draft`.
+    pub name: String,
+    /// Whether weir links it.
+    pub provided: bool,
 }
 
 /// A compiled component, ready to instantiate quickly.
