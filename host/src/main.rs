@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 
 mod cmd_inspect;
+mod cmd_new;
 mod cmd_replay;
 use clap::{Parser, Subcommand};
 use futures::StreamExt;
@@ -46,6 +47,17 @@ enum Command {
         /// Keeps running after the --feed is done, until Ctrl-C.
         #[arg(long)]
         stay: bool,
+    },
+    /// Creates a component project (strategy or alert) that builds on its
+    /// own, with the SDK, a manifest entry, sample data and a test.
+    New {
+        /// What it is.
+        kind: cmd_new::Kind,
+        /// Its crate name, cache namespace and manifest key.
+        name: String,
+        /// Where to create it (the project is DIR/NAME).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
     },
     /// Shows what a component file is: world, imports (provided by weir or
     /// not), exports, size and sha256; fails when weir would refuse it.
@@ -153,6 +165,7 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
     rt.block_on(async move {
         match cli.command {
             Command::Inspect { file, json } => cmd_inspect::inspect(&file, json),
+            Command::New { kind, name, dir } => cmd_new::new(kind, &name, &dir),
             Command::Check { manifest } => {
                 let m = load(&manifest)?;
                 let host = Host::start(&m).await?;

@@ -1,0 +1,135 @@
+//! The SDK for weir components: sugar over the `weir:host` WIT, which stays
+//! the contract (a component written without this crate works the same).
+//!
+//! ```ignore
+//! use weir_guest::prelude::*;
+//!
+//! struct Momentum;
+//!
+//! impl Handler for Momentum {
+//!     fn handle(msg: Message, _delivery: Delivery) -> Result<(), HandleError> {
+//!         let Event::Trade(trade) = msg.event()? else { return Ok(()) };
+//!         let last: Option<f64> = cache::get_json(&format!("last:{}", trade.symbol))?;
+//!         cache::set_json(&format!("last:{}", trade.symbol), &trade.price, None)?;
+//!         if last.is_some_and(|p| trade.price > p * 1.01) {
+//!             Outgoing::new(format!("signals.{}", trade.symbol))
+//!                 .json(&serde_json::json!({ "symbol": trade.symbol, "signal": "buy" }))?
+//!                 .publish()?;
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! weir_guest::export_handler!(Momentum);
+//! ```
+//!
+//! Host errors map onto the handler's answer with `?`: `denied` and
+//! `invalid` can never succeed, so they reject the message (dead letter at
+//! once); `unavailable`, `timeout` and `limited` may pass, so they retry it.
+
+#![allow(unsafe_code)] // the ABI glue that wit-bindgen generates is unsafe
+
+pub mod cache;
+pub mod config;
+pub mod events;
+pub mod messaging;
+
+/// The raw bindings of the `weir:host/strategy` world, for what the
+/// helpers do not cover.
+pub mod bindings {
+    wit_bindgen::generate!({
+        path: "wit",
+        world: "weir:host/strategy",
+        pub_export_macro: true,
+        default_bindings_module: "weir_guest::bindings",
+    });
+}
+
+pub use bindings::exports::weir::host::handler::{Delivery, HandleError};
+pub use bindings::weir::host::logging::{Level, log};
+pub use bindings::weir::host::messaging::Message;
+pub use bindings::weir::host::types::Error;
+pub use events::Event;
+pub use messaging::Outgoing;
+
+/// What a component implements: one call per delivered message. `Ok`
+/// acknowledges it; see [`HandleError`] for retry and reject.
+pub trait Handler {
+    /// Handles one message.
+    fn handle(msg: Message, delivery: Delivery) -> Result<(), HandleError>;
+}
+
+/// Exports a [`Handler`] as the component's `weir:host/handler`.
+#[macro_export]
+macro_rules! export_handler {
+    ($handler:ty) => {
+        #[doc(hidden)]
+        pub struct __WeirGuestExport;
+        impl $crate::bindings::exports::weir::host::handler::Guest for __WeirGuestExport {
+            fn handle(
+                msg: $crate::Message,
+                delivery: $crate::Delivery,
+            ) -> ::core::result::Result<(), $crate::HandleError> {
+                <$handler as $crate::Handler>::handle(msg, delivery)
+            }
+        }
+        $crate::bindings::export!(__WeirGuestExport with_types_in $crate::bindings);
+    };
+}
+
+/// Everything a handler usually needs, in one `use`.
+pub mod prelude {
+    pub use crate::events::{Depth, Event, Ohlcv, Prediction, Trade};
+    pub use crate::messaging::{Outgoing, reply_json, request_json};
+    pub use crate::{Delivery, Error, HandleError, Handler, Level, Message, cache, config, log};
+    pub use crate::{reject, retry};
+}
+
+/// A passing failure: deliver the message again later, with backoff.
+pub fn retry(reason: impl Into<String>) -> HandleError {
+    HandleError::Retry(reason.into())
+}
+
+/// A message that can never be handled: dead-letter it now.
+pub fn reject(reason: impl Into<String>) -> HandleError {
+    HandleError::Reject(reason.into())
+}
+
+impl From<Error> for HandleError {
+    fn from(e: Error) -> Self {
+        match e {
+            Error::Denied(m) => reject(format!("denied: {m}")),
+            Error::Invalid(m) => reject(format!("invalid: {m}")),
+            Error::Unavailable(m) => retry(format!("unavailable: {m}")),
+            Error::Timeout(m) => retry(format!("timeout: {m}")),
+            Error::Limited(m) => retry(format!("limited: {m}")),
+        }
+    }
+}
+
+impl Message {
+    /// The payload as JSON; malformed JSON rejects the message.
+    pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, HandleError> {
+        serde_json::from_slice(&self.payload)
+            .map_err(|e| reject(format!("malformed JSON on {}: {e}", self.subject)))
+    }
+
+    /// The market event the subject and payload carry (see [`Event`]);
+    /// a malformed one rejects the message.
+    pub fn event(&self) -> Result<Event, HandleError> {
+        Event::parse(&self.subject, &self.payload).map_err(reject)
+    }
+
+    /// The first header of that name (case-insensitive, as NATS headers).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// The last token of the subject: the symbol of `TRADE.trade.BTCUSDT`.
+    pub fn last_token(&self) -> &str {
+        self.subject.rsplit('.').next().unwrap_or_default()
+    }
+}
