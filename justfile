@@ -2,7 +2,7 @@
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
-guests := "-p sma-crossover -p price-alert -p hostile -p wasmcloud-echo -p wasmcloud-kv"
+guests := "-p sma-crossover -p price-alert -p hostile -p wasmcloud-echo -p wasmcloud-kv -p predictor -p explainer"
 
 # List the recipes.
 default:
@@ -31,7 +31,7 @@ replay *ARGS: build
 
 # Run every test (unit, integration with real components).
 test: build-components pytools
-    cargo test --workspace --exclude sma-crossover --exclude price-alert --exclude hostile --exclude wasmcloud-echo --exclude wasmcloud-kv
+    cargo test --workspace --exclude sma-crossover --exclude price-alert --exclude hostile --exclude wasmcloud-echo --exclude wasmcloud-kv --exclude predictor --exclude explainer
 
 # Benchmarks (criterion and load runs), then one table: each figure beside its baseline from the same run.
 bench: build-components
@@ -50,14 +50,24 @@ bench: build-components
 # Format check and clippy with warnings as errors (host and guests).
 lint:
     cargo fmt --all --check
-    cargo clippy --workspace --exclude sma-crossover --exclude price-alert --exclude hostile --exclude wasmcloud-echo --exclude wasmcloud-kv --all-targets -- -D warnings
+    cargo clippy --workspace --exclude sma-crossover --exclude price-alert --exclude hostile --exclude wasmcloud-echo --exclude wasmcloud-kv --exclude predictor --exclude explainer --all-targets -- -D warnings
     cargo clippy --target wasm32-wasip2 {{guests}} -- -D warnings
 
-# Regenerate the sample market data (fixed seed).
+# Regenerate the sample market data: trades and OHLCV candles (fixed seeds).
 gen-data:
     cargo run -q -p gen-trades -- examples/data/trades.ndjson
+    cargo run -q -p gen-trades -- --ohlcv examples/data/ohlcv.ndjson
 
 # Run the demo against a real NATS (NATS_URL, default nats://127.0.0.1:4222): apply streams, then replay.
 run-nats *ARGS: build
     cargo run -q -p weir -- streams apply examples/streams
     cargo run -q -p weir -- run examples/nats.toml --feed examples/data/trades.ndjson --tap 'signals.>' --tap 'alerts.triggered' {{ARGS}}
+
+# The seeds' prediction pipeline on the embedded bus: OHLCV candles in, predictions out.
+run-pipeline *ARGS: build
+    cargo run -q -p weir -- run examples/pipeline.toml --feed examples/data/ohlcv.ndjson --rate 200 --tap 'predictions.>' {{ARGS}}
+
+# The prediction pipeline on NATS (NATS_URL): apply the streams, then feed the candles.
+run-pipeline-nats *ARGS: build
+    cargo run -q -p weir -- streams apply examples/streams
+    cargo run -q -p weir -- run examples/pipeline-nats.toml --feed examples/data/ohlcv.ndjson --tap 'predictions.>' {{ARGS}}

@@ -230,3 +230,32 @@ pub async fn consumer_backlog(
     let info = c.info().await.unwrap();
     (info.num_pending, info.num_ack_pending)
 }
+
+/// Waits until a stream holds at least `n` messages (fails after `timeout`).
+pub async fn wait_for_stream(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+    n: u64,
+    timeout: Duration,
+) {
+    let until = tokio::time::Instant::now() + timeout;
+    loop {
+        let have = js
+            .get_stream(name)
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .messages;
+        if have >= n {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "stream {name}: {have} of {n} messages after {timeout:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -16,6 +16,7 @@ use weir::streams::{self, Definition};
 use weir_tests::readyz_until;
 use weir_tests::reference::{self, Signal};
 use weir_tests::servers::NatsServer;
+use weir_tests::wait_for_stream;
 use weir_tests::{Collector, manifest, root, sample_trade_messages};
 
 /// File-backed streams for the tests (so they survive a server restart).
@@ -65,29 +66,6 @@ async fn stream_contents(js: &jetstream::Context, name: &str) -> Vec<BusMessage>
         }
     }
     out
-}
-
-async fn wait_for_stream(js: &jetstream::Context, name: &str, n: u64, timeout: Duration) {
-    let until = tokio::time::Instant::now() + timeout;
-    loop {
-        let have = js
-            .get_stream(name)
-            .await
-            .unwrap()
-            .info()
-            .await
-            .unwrap()
-            .state
-            .messages;
-        if have >= n {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "stream {name}: {have} of {n} messages after {timeout:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
 }
 
 fn strategy_manifest(url: &str, streams_granted: &str) -> String {

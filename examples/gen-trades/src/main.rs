@@ -133,9 +133,60 @@ fn write_trades(out: &mut impl std::io::Write, trades: usize) -> std::io::Result
     out.flush()
 }
 
-/// `gen-trades [OUT] [TRADES]`: the sample data (6000 trades by default).
+/// Candles per ticker in the OHLCV sample.
+const CANDLES: usize = 120;
+
+/// One-minute OHLCV candles for three tickers, interleaved by time, as
+/// `{subject, data}` envelopes on `market.data.ohlcv.<TICKER>` (seed 003),
+/// for the prediction pipeline.
+fn write_candles(out: &mut impl std::io::Write) -> std::io::Result<()> {
+    let mut rng = Rng(0x0c1c_0003);
+    let mut tickers = [("AAPL", 211.40), ("GOOGL", 176.20), ("MSFT", 498.80)];
+    let start = 1_753_866_000_000i64; // 2025-07-30T09:00:00Z
+    for i in 0..CANDLES {
+        for (ticker, close) in &mut tickers {
+            let open = *close;
+            let path: Vec<f64> = (0..4)
+                .scan(open, |p, _| {
+                    *p *= 1.0 + 0.0015 * rng.normal();
+                    Some(*p)
+                })
+                .collect();
+            let hi = path.iter().copied().fold(open, f64::max);
+            let lo = path.iter().copied().fold(open, f64::min);
+            *close = path[3];
+            let r = |x: f64| (x * 100.0).round() / 100.0;
+            let candle = json!({
+                "subject": format!("market.data.ohlcv.{ticker}"),
+                "data": {
+                    "ticker": ticker,
+                    "open": r(open),
+                    "high": r(hi),
+                    "low": r(lo),
+                    "close": r(*close),
+                    "volume": (1000.0 + rng.unit() * 9000.0).round(),
+                    "timestamp": start + i as i64 * 60_000,
+                }
+            });
+            writeln!(out, "{candle}")?;
+        }
+    }
+    out.flush()
+}
+
+/// `gen-trades [OUT] [TRADES]`: the sample data (6000 trades by default);
+/// `gen-trades --ohlcv [OUT]`: the OHLCV candles of the prediction pipeline.
 fn main() -> std::io::Result<()> {
-    let mut args = std::env::args().skip(1);
+    let mut args = std::env::args().skip(1).peekable();
+    if args.peek().map(String::as_str) == Some("--ohlcv") {
+        let out = args
+            .nth(1)
+            .unwrap_or_else(|| "examples/data/ohlcv.ndjson".into());
+        let mut file = std::io::BufWriter::new(std::fs::File::create(&out)?);
+        write_candles(&mut file)?;
+        eprintln!("wrote {} candles to {out}", CANDLES * 3);
+        return Ok(());
+    }
     let out = args
         .next()
         .unwrap_or_else(|| "examples/data/trades.ndjson".into());
@@ -162,6 +213,20 @@ mod tests {
             committed == super::generate(),
             "sample data differs from the generator: run `just gen-data`"
         );
+    }
+
+    #[test]
+    fn committed_candles_are_what_the_generator_makes() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../data/ohlcv.ndjson");
+        let committed =
+            std::fs::read_to_string(path).expect("examples/data/ohlcv.ndjson is committed");
+        let mut made = Vec::new();
+        super::write_candles(&mut made).unwrap();
+        assert!(
+            committed.as_bytes() == made,
+            "OHLCV sample differs from the generator: run `just gen-data`"
+        );
+        assert_eq!(committed.lines().count(), super::CANDLES * 3);
     }
 
     #[test]
