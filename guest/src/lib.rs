@@ -47,6 +47,9 @@ pub mod bindings {
 
 pub use bindings::exports::weir::host::handler::{Delivery, HandleError};
 pub use bindings::weir::host::logging::{Level, log};
+/// The latest trade, order book and candle per symbol the host saw
+/// (`last_trade`, `last_depth`, `last_ohlcv`); needs `grants.market`.
+pub use bindings::weir::host::market;
 pub use bindings::weir::host::messaging::Message;
 pub use bindings::weir::host::types::Error;
 pub use events::Event;
@@ -81,7 +84,9 @@ macro_rules! export_handler {
 pub mod prelude {
     pub use crate::events::{Depth, Event, Ohlcv, Prediction, Trade};
     pub use crate::messaging::{Outgoing, reply_json, request_json};
-    pub use crate::{Delivery, Error, HandleError, Handler, Level, Message, cache, config, log};
+    pub use crate::{
+        Delivery, Error, HandleError, Handler, Level, Message, cache, config, log, market,
+    };
     pub use crate::{reject, retry};
 }
 

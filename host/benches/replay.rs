@@ -39,6 +39,7 @@ async fn direct(manifest: &Manifest, msgs: &[BusMessage]) -> Duration {
             bus: bus.clone(),
             clock: Clock::System,
             seed: 0,
+            market: None,
         })
         .expect("run `just build-components` first");
     let mut wired = Vec::new();

@@ -33,6 +33,7 @@ const SDK: &[(&str, &str)] = &[
     ("wit/handler.wit", include_str!("../../wit/handler.wit")),
     ("wit/config.wit", include_str!("../../wit/config.wit")),
     ("wit/logging.wit", include_str!("../../wit/logging.wit")),
+    ("wit/market.wit", include_str!("../../wit/market.wit")),
     ("wit/worlds.wit", include_str!("../../wit/worlds.wit")),
 ];
 

@@ -15,6 +15,7 @@ use crate::cache::{self, CacheStore, LayerStats};
 use crate::clock::Clock;
 use crate::dispatch::Workers;
 use crate::manifest::Manifest;
+use crate::market::MarketStore;
 use crate::observe::{Flow, Observed, Timeline};
 use crate::runtime::{ComponentTemplate, Parts, Runtime, RuntimeConfig};
 use crate::stats::ComponentSnapshot;
@@ -75,6 +76,18 @@ impl Host {
         let (shutdown, shutdown_rx) = watch::channel(false);
         let cache =
             cache::start(manifest, &id, &bus, nats.as_ref(), &shutdown_rx, &mut tasks).await?;
+        // The latest market data: subscribed before any component runs,
+        // so what they read is never behind what they were handed.
+        let market = if manifest.market.subjects.is_empty() {
+            None
+        } else {
+            let store = MarketStore::default();
+            let follow = store
+                .follow(&bus, &manifest.market.subjects, shutdown_rx.clone())
+                .await?;
+            tasks.spawn(follow);
+            Some(store)
+        };
         let runtime = Runtime::new(&RuntimeConfig::for_manifest(manifest))
             .context("cannot build the WebAssembly engine")?;
         let components = runtime.load_manifest(manifest, |_| Parts {
@@ -82,6 +95,7 @@ impl Host {
             bus: bus.clone(),
             clock: Clock::System,
             seed: 0,
+            market: market.clone(),
         })?;
 
         // Open every subscription before any message flows, so a missing

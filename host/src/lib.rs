@@ -16,6 +16,7 @@ pub mod feed;
 pub mod host;
 pub mod latency;
 pub mod manifest;
+pub mod market;
 pub mod observe;
 pub mod replay;
 pub mod runtime;

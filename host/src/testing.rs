@@ -263,6 +263,7 @@ impl Harness {
 
     /// [`Harness::push`] for a whole message (headers, reply-to).
     pub async fn push_message(&mut self, msg: BusMessage) -> u64 {
+        self.replay.observe_market(&msg);
         let mut seq = 0;
         for (c, i) in self.replay.targets(&msg.subject) {
             let spec = self.spec(c);

@@ -20,6 +20,10 @@
 //! - `cache-escape`: tries to read and wipe other namespaces' keys, rejects
 //!   with how many foreign values it saw
 //! - `cache-get`: reads key `hot` from the cache `loops` times (benchmarks)
+//! - `last-trade`: reads the latest BTCUSDT trade `loops` times (benchmarks)
+//! - `market-probe`: publishes on `market.out` the latest trade of the
+//!   symbol named by the payload, as `price/trade_id`, or `none`, or the
+//!   host's refusal
 //! - `echo`: an ordinary request answerer: publishes the payload back to
 //!   the message's reply-to; a refused reply rejects with the refusal
 //! - `order`: appends each payload to the cache key `order` (comma after
@@ -42,7 +46,7 @@ wit_bindgen::generate!({
 
 use exports::weir::host::handler::{Delivery, Guest, HandleError};
 use weir::host::messaging::{self, Message};
-use weir::host::{cache, config};
+use weir::host::{cache, config, market};
 
 /// Recursion the optimiser cannot turn into a loop, with no locals in
 /// linear memory, so it exhausts wasm's own call stack.
@@ -156,6 +160,28 @@ impl Guest for Hostile {
                     black_box(cache::get("hot").map_err(|e| HandleError::Retry(format!("{e:?}")))?);
                 }
                 Ok(())
+            }
+            "last-trade" => {
+                let loops: u32 = config::get("loops")
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1);
+                for _ in 0..loops {
+                    black_box(
+                        market::last_trade("BTCUSDT")
+                            .map_err(|e| HandleError::Retry(format!("{e:?}")))?,
+                    );
+                }
+                Ok(())
+            }
+            "market-probe" => {
+                let symbol = String::from_utf8_lossy(&msg.payload).into_owned();
+                let seen = match market::last_trade(&symbol) {
+                    Ok(Some(t)) => format!("{}/{}", t.price, t.trade_id),
+                    Ok(None) => "none".to_owned(),
+                    Err(e) => format!("{e:?}"),
+                };
+                messaging::publish("market.out", seen.as_bytes(), &[])
+                    .map_err(|e| HandleError::Reject(format!("{e:?}")))
             }
             "trap-first" if delivery.attempt <= 1 => core::arch::wasm32::unreachable(),
             "order" => {

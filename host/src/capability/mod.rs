@@ -10,6 +10,7 @@ mod config;
 mod keyvalue;
 mod lattice;
 mod logging;
+mod market;
 mod messaging;
 mod output;
 
@@ -38,6 +39,7 @@ pub(crate) mod bindings {
         imports: {
             "weir:host/config": trappable,
             "weir:host/logging": trappable,
+            "weir:host/market": trappable,
             "wasi:config/runtime": trappable,
             "wasi:config/store": trappable,
             "wasi:logging/logging": trappable,
@@ -81,6 +83,8 @@ pub struct ComponentContext {
     pub stats: Arc<ComponentStats>,
     /// Host directory mounted read-only at `/data`, when granted.
     pub data_dir: Option<std::path::PathBuf>,
+    /// The latest market data, when the host keeps it.
+    pub market: Option<crate::market::MarketStore>,
     /// Log and stdout/stderr lines allowed per second, shared by its instances.
     log_budget: Arc<Mutex<TokenBucket>>,
     /// Publishes allowed per second, when limited.
@@ -121,6 +125,7 @@ impl ComponentContext {
             bus,
             stats: Arc::new(ComponentStats::default()),
             data_dir: None,
+            market: None,
             log_budget: Arc::new(Mutex::new(log_bucket(&Clock::System))),
             publish_budget,
             clock: Clock::System,
@@ -285,6 +290,7 @@ pub fn add_to_linker<T: Send + 'static>(
     wit::messaging::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
     wit::config::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
     wit::logging::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
+    wit::market::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
     // wasmCloud's messaging world.
     use bindings::{wasi, wasmcloud};
     wasmcloud::messaging::types::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;

@@ -46,6 +46,9 @@ pub struct Manifest {
     /// Cache sizes and switches.
     #[serde(default)]
     pub cache: CacheSettings,
+    /// The latest-value cache for market data (`weir:host/market`).
+    #[serde(default)]
+    pub market: MarketSettings,
     /// Components by name.
     #[serde(default)]
     pub components: BTreeMap<String, ComponentSpec>,
@@ -314,6 +317,16 @@ pub struct Subscription {
     pub max_ack_pending: Option<i64>,
 }
 
+/// Where the latest-value cache for market data is fed from.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MarketSettings {
+    /// Subject filters whose trades (`TRADE.trade.*`), order books
+    /// (`TRADE.depth.*`) and candles (`market.data.ohlcv.*`) the host keeps
+    /// the newest of, per symbol. Empty: no market data is kept.
+    pub subjects: Vec<String>,
+}
+
 /// What a component may reach. Nothing granted means nothing allowed.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -328,6 +341,8 @@ pub struct Grants {
     pub streams: Vec<String>,
     /// Cache namespace; absent means no cache access.
     pub cache: Option<String>,
+    /// Whether it may read the latest market data (`weir:host/market`).
+    pub market: bool,
     /// A host directory (relative to the manifest) the component may read,
     /// mounted read-only at `/data`; absent means no file system at all.
     pub data_dir: Option<PathBuf>,

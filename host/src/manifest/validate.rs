@@ -33,6 +33,10 @@ pub(super) fn check(m: &Manifest, text: &str, file: &Path) -> Result<(), Manifes
         subject::validate_publish(prefix)
             .map_err(|e| fail(0, "nats.inbox_prefix".into(), e.to_string()))?;
     }
+    for (i, filter) in m.market.subjects.iter().enumerate() {
+        subject::validate_filter(filter)
+            .map_err(|e| fail(0, format!("market.subjects[{i}]"), e.to_string()))?;
+    }
     for (name, spec) in &m.components {
         let table_line = component_line(text, name);
         let field = |f: &str| format!("components.{name}.{f}");

@@ -31,6 +31,7 @@ use crate::cache::{CacheStore, MemoryStore, MemoryStoreConfig};
 use crate::clock::{Clock, VirtualClock};
 use crate::delivery::{Delivery, Meta};
 use crate::manifest::Manifest;
+use crate::market::MarketStore;
 use crate::runtime::{ComponentTemplate, Instance, Parts, Runtime, RuntimeConfig};
 use crate::stats::FlowStats;
 use crate::subject;
@@ -124,6 +125,9 @@ pub struct Replay {
     world: Arc<World>,
     subscribers: Vec<Subscriber>,
     options: ReplayOptions,
+    /// The latest market data and the subjects that feed it, when
+    /// `[market]` names some: fed from the replayed messages, in order.
+    market: Option<(MarketStore, Vec<String>)>,
 }
 
 impl Replay {
@@ -140,7 +144,10 @@ impl Replay {
             .components
             .values()
             .flat_map(|s| s.subscribe.iter().map(|sub| sub.get_ref().subject.clone()))
+            .chain(manifest.market.subjects.iter().cloned())
             .collect();
+        let market = (!manifest.market.subjects.is_empty())
+            .then(|| (MarketStore::default(), manifest.market.subjects.clone()));
         let world = Arc::new(World::new(tape, filters, options.streams.clone()));
         let l1: Option<Arc<dyn CacheStore>> = manifest.cache.enabled.then(|| {
             let config = MemoryStoreConfig {
@@ -162,6 +169,7 @@ impl Replay {
             bus: Arc::new(CaptureBus::new(world.clone(), name)),
             clock: Clock::Virtual(clock.clone()),
             seed: options.seed,
+            market: market.as_ref().map(|(m, _)| m.clone()),
         })?;
         let subscribers = templates
             .into_iter()
@@ -184,6 +192,7 @@ impl Replay {
             world,
             subscribers,
             options,
+            market,
         })
     }
 
@@ -225,6 +234,7 @@ impl Replay {
     /// Delivers one message to every subscription that matches it, in
     /// manifest order; how many deliveries that made.
     async fn deliver(&mut self, msg: &BusMessage, meta: &Meta) -> u64 {
+        self.observe_market(msg);
         let subject_: Arc<str> = Arc::from(msg.subject.as_str());
         let targets = self.targets(&msg.subject);
         for &(c, _) in &targets {
@@ -232,6 +242,17 @@ impl Replay {
             self.deliver_to(c, msg.clone(), meta.clone(), settle).await;
         }
         targets.len() as u64
+    }
+
+    /// Feeds the latest-value store before the message is delivered, as the
+    /// host's own subscription would have seen it first.
+    pub(crate) fn observe_market(&self, msg: &BusMessage) {
+        if let Some((store, filters)) = &self.market
+            && filters.iter().any(|f| subject::matches(f, &msg.subject))
+        {
+            // A malformed message is the components' to reject.
+            let _ = store.update(&msg.subject, &msg.payload);
+        }
     }
 
     /// How component `c`'s delivery of a message on `subject_` settles:

@@ -107,6 +107,7 @@ pub const PROVIDED: &[&str] = &[
     "weir:host/messaging@0.1.0",
     "weir:host/config@0.1.0",
     "weir:host/logging@0.1.0",
+    "weir:host/market@0.1.0",
     "wasmcloud:messaging/types@0.2.0",
     "wasmcloud:messaging/consumer@0.2.0",
     "wasi:keyvalue/store@0.2.0-draft",

@@ -46,6 +46,8 @@ pub struct Parts {
     pub clock: crate::clock::Clock,
     /// Its random seed (used on a virtual clock).
     pub seed: u64,
+    /// The latest market data, when `[market]` names subjects.
+    pub market: Option<crate::market::MarketStore>,
 }
 
 impl RuntimeConfig {
@@ -205,6 +207,7 @@ impl Runtime {
                 bus,
                 clock,
                 seed,
+                market,
             } = parts(name);
             let mut ctx = ComponentContext::new(
                 name.clone(),
@@ -216,6 +219,7 @@ impl Runtime {
                 bus,
             )
             .on_clock(clock, seed);
+            ctx.market = market;
             ctx.data_dir = spec
                 .grants
                 .data_dir

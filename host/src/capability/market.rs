@@ -1,0 +1,71 @@
+//! `weir:host/market`: the latest trade, order book and candle per symbol
+//! from [`MarketStore`](crate::market::MarketStore), for components granted
+//! `grants.market`. Synchronous: a lookup never waits.
+
+use super::bindings::weir::host::market::{Depth, Host, Level, Ohlcv, Trade};
+use super::{Capabilities, GuestError};
+use crate::market::MarketStore;
+
+type Answer<T> = wasmtime::Result<Result<T, GuestError>>;
+
+impl Capabilities {
+    /// The store, after spending a host call and checking the grant.
+    fn market(&mut self) -> Result<MarketStore, GuestError> {
+        self.spend()?;
+        if !self.ctx.grants.market {
+            return Err(self.denied(format!(
+                "component {} may not read market data: set grants.market = true in the manifest",
+                self.ctx.name
+            )));
+        }
+        self.ctx.market.clone().ok_or_else(|| {
+            GuestError::Unavailable(
+                "this host keeps no market data: name its subjects in [market] subjects".into(),
+            )
+        })
+    }
+}
+
+impl Host for Capabilities {
+    fn last_trade(&mut self, symbol: String) -> Answer<Option<Trade>> {
+        Ok(self.market().map(|m| {
+            m.last_trade(&symbol).map(|t| Trade {
+                symbol: t.symbol.clone(),
+                price: t.price,
+                qty: t.qty,
+                ts: t.ts,
+                trade_id: t.trade_id,
+            })
+        }))
+    }
+
+    fn last_depth(&mut self, symbol: String) -> Answer<Option<Depth>> {
+        let levels = |side: &[(f64, f64)]| {
+            side.iter()
+                .map(|&(price, qty)| Level { price, qty })
+                .collect()
+        };
+        Ok(self.market().map(|m| {
+            m.last_depth(&symbol).map(|d| Depth {
+                symbol: d.symbol.clone(),
+                bids: levels(&d.bids),
+                asks: levels(&d.asks),
+                ts: d.ts,
+            })
+        }))
+    }
+
+    fn last_ohlcv(&mut self, ticker: String) -> Answer<Option<Ohlcv>> {
+        Ok(self.market().map(|m| {
+            m.last_ohlcv(&ticker).map(|c| Ohlcv {
+                ticker: c.ticker.clone(),
+                open: c.open,
+                high: c.high,
+                low: c.low,
+                close: c.close,
+                volume: c.volume,
+                ts: c.ts,
+            })
+        }))
+    }
+}
