@@ -82,10 +82,22 @@ impl Host {
             None
         } else {
             let store = MarketStore::default();
-            let follow = store
-                .follow(&bus, &manifest.market.subjects, shutdown_rx.clone())
-                .await?;
-            tasks.spawn(follow);
+            let subjects = &manifest.market.subjects;
+            match (&manifest.market.stream, &nats) {
+                (Some(stream), Some(nats)) => {
+                    let follow = store
+                        .follow_stream(nats.jetstream(), stream, subjects, shutdown_rx.clone())
+                        .await?;
+                    tasks.spawn(follow);
+                }
+                (Some(stream), None) => anyhow::bail!(
+                    "[market] stream = {stream:?} needs JetStream: configure [nats], or drop the stream to follow the subjects on the embedded bus"
+                ),
+                (None, _) => {
+                    let follow = store.follow(&bus, subjects, shutdown_rx.clone()).await?;
+                    tasks.spawn(follow);
+                }
+            }
             Some(store)
         };
         let runtime = Runtime::new(&RuntimeConfig::for_manifest(manifest))

@@ -126,6 +126,60 @@ impl MarketStore {
         }
     }
 
+    /// Follows `filters` in a JetStream stream until shutdown: first the
+    /// last message of every subject the stream holds (so a host that
+    /// starts late holds what its peers hold), then every new one, with an
+    /// ordered consumer that recreates itself after a gap or a reconnect.
+    pub async fn follow_stream(
+        &self,
+        js: &async_nats::jetstream::Context,
+        stream: &str,
+        filters: &[String],
+        mut shutdown: tokio::sync::watch::Receiver<bool>,
+    ) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
+        use anyhow::Context as _;
+        use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
+        let consumer = js
+            .get_stream(stream)
+            .await
+            .with_context(|| format!("market: cannot open stream {stream}"))?
+            .create_consumer(OrderedConfig {
+                filter_subjects: filters.to_vec(),
+                deliver_policy: DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("market: cannot read stream {stream}"))?;
+        let mut messages = consumer
+            .messages()
+            .await
+            .with_context(|| format!("market: cannot read stream {stream}"))?;
+        let store = self.clone();
+        let stream = stream.to_owned();
+        Ok(async move {
+            loop {
+                tokio::select! {
+                    _ = shutdown.wait_for(|stop| *stop) => return,
+                    next = messages.next() => match next {
+                        None => return,
+                        Some(Ok(m)) => store.take(&m.subject, &m.payload),
+                        Some(Err(e)) => tracing::warn!(stream = %stream, "market data: {e}"),
+                    },
+                }
+            }
+        })
+    }
+
+    /// Updates from one message, logging (sparsely) what does not decode.
+    fn take(&self, subject: &str, payload: &[u8]) {
+        if let Err(e) = self.update(subject, payload) {
+            let n = self.inner.malformed.load(Ordering::Relaxed);
+            if n.is_power_of_two() {
+                tracing::warn!(subject, malformed = n, "market data ignored: {e}");
+            }
+        }
+    }
+
     /// Follows `filters` on the bus until shutdown; subscribing happens
     /// before this returns, so nothing published afterwards is missed.
     pub async fn follow(
@@ -150,14 +204,7 @@ impl MarketStore {
                     _ = shutdown.wait_for(|stop| *stop) => return,
                     next = all.next() => match next {
                         None => return,
-                        Some(m) => {
-                            if let Err(e) = store.update(&m.subject, &m.payload) {
-                                let n = store.inner.malformed.load(Ordering::Relaxed);
-                                if n.is_power_of_two() {
-                                    tracing::warn!(subject = %m.subject, malformed = n, "market data ignored: {e}");
-                                }
-                            }
-                        }
+                        Some(m) => store.take(&m.subject, &m.payload),
                     },
                 }
             }

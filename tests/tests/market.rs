@@ -187,3 +187,92 @@ async fn in_the_author_harness_the_store_follows_the_pushed_events() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_started_late_reads_the_latest_values_from_the_stream() {
+    let server = NatsServer::start();
+    let client = server.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "TRADE".into(),
+        subjects: vec!["TRADE.trade.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let trades = sample_trade_messages(2000);
+    for t in &trades {
+        js.publish(t.subject.clone(), t.payload.clone())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    // Started after every trade was stored: it reads the last one of
+    // each subject from the stream, then follows new ones.
+    let m = manifest(&format!(
+        "[nats]\nurl = \"{}\"\n[market]\nsubjects = [\"TRADE.trade.*\"]\nstream = \"TRADE\"\n{}",
+        server.url(),
+        probe(true)
+    ));
+    let host = Host::start(&m).await.unwrap();
+    let mut out = client.subscribe("market.out").await.unwrap();
+    client.flush().await.unwrap();
+    let probe_once = |symbol: &'static str| {
+        let client = client.clone();
+        async move {
+            client.publish("probe.market", symbol.into()).await.unwrap();
+        }
+    };
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    let want = newest(&trades, "BNBUSDT");
+    loop {
+        probe_once("BNBUSDT").await;
+        let got = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        if String::from_utf8_lossy(&got.payload) == want {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < until, "never read {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A new trade stored afterwards is followed.
+    let newer = format!(
+        r#"{{"symbol":"BNBUSDT","price":1.5,"qty":1,"ts":{},"trade_id":99999999}}"#,
+        i64::MAX / 2
+    );
+    js.publish("TRADE.trade.BNBUSDT", newer.into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        probe_once("BNBUSDT").await;
+        let got = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut out))
+            .await
+            .unwrap()
+            .unwrap();
+        if String::from_utf8_lossy(&got.payload) == "1.5/99999999" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the new trade never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    host.shutdown(Duration::from_secs(5)).await;
+
+    // Without NATS a stream cannot be read: the start fails and says why.
+    let e = Host::start(&manifest(&format!(
+        "[market]\nsubjects = [\"TRADE.trade.*\"]\nstream = \"TRADE\"\n{}",
+        probe(true)
+    )))
+    .await
+    .err()
+    .unwrap();
+    assert!(format!("{e:#}").contains("needs JetStream"), "{e:#}");
+}

@@ -325,6 +325,11 @@ pub struct MarketSettings {
     /// (`TRADE.depth.*`) and candles (`market.data.ohlcv.*`) the host keeps
     /// the newest of, per symbol. Empty: no market data is kept.
     pub subjects: Vec<String>,
+    /// A JetStream stream holding those subjects: read from the last
+    /// message of each subject on, so a host that starts late holds the
+    /// same values as its peers. Absent: a core subscription (needs NATS
+    /// when set).
+    pub stream: Option<String>,
 }
 
 /// What a component may reach. Nothing granted means nothing allowed.
