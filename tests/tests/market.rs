@@ -218,26 +218,7 @@ async fn a_host_started_late_reads_the_latest_values_from_the_stream() {
     let host = Host::start(&m).await.unwrap();
     let mut out = client.subscribe("market.out").await.unwrap();
     client.flush().await.unwrap();
-    let probe_once = |symbol: &'static str| {
-        let client = client.clone();
-        async move {
-            client.publish("probe.market", symbol.into()).await.unwrap();
-        }
-    };
-    let until = tokio::time::Instant::now() + Duration::from_secs(10);
-    let want = newest(&trades, "BNBUSDT");
-    loop {
-        probe_once("BNBUSDT").await;
-        let got = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut out))
-            .await
-            .unwrap()
-            .unwrap();
-        if String::from_utf8_lossy(&got.payload) == want {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < until, "never read {want}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    probe_until(&client, &mut out, &newest(&trades, "BNBUSDT")).await;
     // A new trade stored afterwards is followed.
     let newer = format!(
         r#"{{"symbol":"BNBUSDT","price":1.5,"qty":1,"ts":{},"trade_id":99999999}}"#,
@@ -248,22 +229,7 @@ async fn a_host_started_late_reads_the_latest_values_from_the_stream() {
         .unwrap()
         .await
         .unwrap();
-    let until = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        probe_once("BNBUSDT").await;
-        let got = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(&mut out))
-            .await
-            .unwrap()
-            .unwrap();
-        if String::from_utf8_lossy(&got.payload) == "1.5/99999999" {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "the new trade never arrived"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    probe_until(&client, &mut out, "1.5/99999999").await;
     host.shutdown(Duration::from_secs(5)).await;
 
     // Without NATS a stream cannot be read: the start fails and says why.
@@ -275,4 +241,24 @@ async fn a_host_started_late_reads_the_latest_values_from_the_stream() {
     .err()
     .unwrap();
     assert!(format!("{e:#}").contains("needs JetStream"), "{e:#}");
+}
+
+/// Asks the probe for BNBUSDT until it answers `want` (fails after 10 s).
+async fn probe_until(client: &async_nats::Client, out: &mut async_nats::Subscriber, want: &str) {
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        client
+            .publish("probe.market", "BNBUSDT".into())
+            .await
+            .unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), futures::StreamExt::next(out))
+            .await
+            .unwrap()
+            .unwrap();
+        if String::from_utf8_lossy(&got.payload) == want {
+            return;
+        }
+        assert!(tokio::time::Instant::now() < until, "never read {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
