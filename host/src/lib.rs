@@ -1,9 +1,11 @@
 //! weir: a WebAssembly component host for event-driven trading code.
 //!
 //! Components (strategies, alert rules) are sandboxed `.wasm` files that
-//! export `weir:host/handler` and import `cache`, `messaging`, `config` and
-//! `logging`. The host feeds them messages from its bus, with limits,
-//! deadlines and dead letters. See the README for the flow.
+//! export `weir:host/handler` and import `cache`, `messaging`, `config`,
+//! `logging` and `market`; components written for wasmCloud's messaging
+//! world run unchanged (see [`runtime::World`]). The host feeds them
+//! messages from its bus, with limits, deadlines and dead letters. See the
+//! README for the flow.
 
 pub mod bus;
 pub mod cache;
