@@ -20,6 +20,9 @@ use crate::observe::{Flow, Observed, Timeline};
 use crate::runtime::{ComponentTemplate, Parts, Runtime, RuntimeConfig};
 use crate::stats::ComponentSnapshot;
 
+/// Longest the start waits for NATS to confirm the subscriptions.
+const STARTUP_FLUSH: Duration = Duration::from_secs(5);
+
 /// The least time given to the last flush to NATS at shutdown.
 const FINAL_FLUSH: Duration = Duration::from_millis(500);
 
@@ -136,6 +139,18 @@ impl Host {
                 stats: w.flow().clone(),
             });
             tasks.spawn(source.run(w, shutdown_rx.clone()));
+        }
+        // A subscription reaches the server asynchronously: one round trip
+        // makes sure every one is in place before the host says it runs,
+        // or a core message published right after the start may be lost.
+        if let Some(nats) = &nats {
+            match tokio::time::timeout(STARTUP_FLUSH, nats.client().flush()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::warn!("subscriptions may not be in place yet: {e}"),
+                Err(_) => tracing::warn!(
+                    "subscriptions may not be in place yet: NATS did not answer within {STARTUP_FLUSH:?}"
+                ),
+            }
         }
         for ((name, spec), template) in manifest.components.iter().zip(&components) {
             tracing::info!(component = %name, world = template.world().name(), subscriptions = spec.subscribe.len(), instances = spec.limits.instances, "component ready");
