@@ -140,6 +140,28 @@ impl Capabilities {
     }
 }
 
+impl Capabilities {
+    /// Sends a checked message and counts it.
+    async fn send(&mut self, msg: BusMessage) -> Result<(), GuestError> {
+        self.ctx.bus.publish(msg).await?;
+        ComponentStats::bump(&self.ctx.stats.published);
+        Ok(())
+    }
+
+    /// Checks and sends a request; waits up to `timeout_ms` (at most 30 s).
+    async fn ask(
+        &mut self,
+        subject: String,
+        payload: Vec<u8>,
+        headers: Vec<(String, String)>,
+        timeout_ms: u32,
+    ) -> Result<BusMessage, GuestError> {
+        let msg = self.outgoing(Verb::Request, subject, payload, headers)?;
+        let timeout = Duration::from_millis(u64::from(timeout_ms)).min(MAX_REQUEST_TIMEOUT);
+        Ok(self.ctx.bus.request(msg, timeout).await?)
+    }
+}
+
 impl Host for Capabilities {
     async fn publish(
         &mut self,
@@ -149,9 +171,7 @@ impl Host for Capabilities {
     ) -> Answer<()> {
         Ok(async {
             let msg = self.outgoing(Verb::Publish, subject, payload, headers)?;
-            self.ctx.bus.publish(msg).await?;
-            ComponentStats::bump(&self.ctx.stats.published);
-            Ok(())
+            self.send(msg).await
         }
         .await)
     }
@@ -164,9 +184,7 @@ impl Host for Capabilities {
         timeout_ms: u32,
     ) -> Answer<Message> {
         Ok(async {
-            let msg = self.outgoing(Verb::Request, subject, payload, headers)?;
-            let timeout = Duration::from_millis(u64::from(timeout_ms)).min(MAX_REQUEST_TIMEOUT);
-            let reply = self.ctx.bus.request(msg, timeout).await?;
+            let reply = self.ask(subject, payload, headers, timeout_ms).await?;
             Ok(Message {
                 subject: reply.subject,
                 reply_to: reply.reply_to,
@@ -213,13 +231,10 @@ impl Host for Capabilities {
 /// `wasmcloud:messaging@0.2.0`: the same checks as weir's messaging; errors
 /// are strings (`"denied: …"`, `"timeout: …"`), as that interface has them.
 mod wasmcloud {
-    use std::time::Duration;
-
     use super::super::bindings::wasmcloud::messaging::consumer::{BrokerMessage, Host};
     use super::super::bindings::wasmcloud::messaging::types;
     use super::super::{Capabilities, GuestError, describe};
-    use super::{MAX_REQUEST_TIMEOUT, Verb};
-    use crate::stats::ComponentStats;
+    use super::Verb;
     use crate::subject;
 
     impl types::Host for Capabilities {}
@@ -251,9 +266,7 @@ mod wasmcloud {
             timeout_ms: u32,
         ) -> wasmtime::Result<Result<BrokerMessage, String>> {
             let answer: Result<BrokerMessage, GuestError> = async {
-                let msg = self.outgoing(Verb::Request, subject, body, Vec::new())?;
-                let timeout = Duration::from_millis(u64::from(timeout_ms)).min(MAX_REQUEST_TIMEOUT);
-                let reply = self.ctx.bus.request(msg, timeout).await?;
+                let reply = self.ask(subject, body, Vec::new(), timeout_ms).await?;
                 Ok(BrokerMessage {
                     subject: reply.subject,
                     body: reply.payload.to_vec(),
@@ -271,9 +284,7 @@ mod wasmcloud {
                     self.check_own_reply_to(r)?;
                 }
                 out.reply_to = msg.reply_to;
-                self.ctx.bus.publish(out).await?;
-                ComponentStats::bump(&self.ctx.stats.published);
-                Ok(())
+                self.send(out).await
             }
             .await;
             Ok(answer.map_err(|e| describe(&e)))
