@@ -40,6 +40,7 @@ async fn direct(manifest: &Manifest, msgs: &[BusMessage]) -> Duration {
             clock: Clock::System,
             seed: 0,
             market: None,
+            stats: None,
         })
         .expect("run `just build-components` first");
     let mut wired = Vec::new();

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -54,18 +54,22 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Starts the component's instance workers.
+    /// Starts the component's instance workers. Each handles its messages
+    /// with the version `current` holds when it takes them: a new version
+    /// (a hot update) takes over between two messages, so the one in
+    /// flight finishes on the old instance and the queued ones go to new.
     pub fn spawn(
-        template: Arc<ComponentTemplate>,
+        current: watch::Receiver<Arc<ComponentTemplate>>,
         bus: Arc<dyn Bus>,
         tasks: &mut JoinSet<()>,
     ) -> Workers {
+        let template = current.borrow().clone();
         let instances = template.ctx.limits.instances;
         let mut senders = Vec::with_capacity(instances);
         for index in 0..instances {
             let (tx, rx) = mpsc::channel(WORKER_QUEUE);
             senders.push(tx);
-            tasks.spawn(worker(template.clone(), index, rx, bus.clone()));
+            tasks.spawn(worker(current.clone(), index, rx, bus.clone()));
         }
         Workers {
             senders: Arc::new(senders),
@@ -105,20 +109,53 @@ impl Workers {
 
 /// Owns one instance; handles its queue one message at a time.
 async fn worker(
-    template: Arc<ComponentTemplate>,
+    mut current: watch::Receiver<Arc<ComponentTemplate>>,
     index: usize,
     mut rx: mpsc::Receiver<Queued>,
     bus: Arc<dyn Bus>,
 ) {
+    let mut template = current.borrow_and_update().clone();
     let mut instance: Option<Instance> = None;
     // Taken from the queue in runs: one wake-up and one queue
     // synchronisation for every message already waiting, not one each.
     let mut run = Vec::with_capacity(RUN);
-    while rx.recv_many(&mut run, RUN).await > 0 {
+    loop {
+        tokio::select! {
+            // Both are cancel-safe: a lost race loses no message.
+            taken = rx.recv_many(&mut run, RUN) => if taken == 0 { return },
+            // An idle worker lets go of the old version's instance at once.
+            Ok(()) = current.changed() => {
+                take_new_version(&mut current, &mut template, &mut instance, index);
+                continue;
+            }
+        }
         for (delivery, flow) in run.drain(..) {
+            if current.has_changed().unwrap_or(false) {
+                take_new_version(&mut current, &mut template, &mut instance, index);
+            }
             handle_one(&template, index, &mut instance, delivery, &flow, &*bus).await;
         }
     }
+}
+
+/// Switches a worker to the version `current` holds, dropping the old
+/// version's instance (the next message makes one of the new).
+fn take_new_version(
+    current: &mut watch::Receiver<Arc<ComponentTemplate>>,
+    template: &mut Arc<ComponentTemplate>,
+    instance: &mut Option<Instance>,
+    index: usize,
+) {
+    let next = current.borrow_and_update().clone();
+    tracing::debug!(
+        component = next.name(),
+        instance = index,
+        from = template.version(),
+        to = next.version(),
+        "worker takes the new version"
+    );
+    *template = next;
+    *instance = None;
 }
 
 /// Messages a worker takes from its queue at once.

@@ -12,13 +12,13 @@ use tokio::task::JoinSet;
 
 use crate::bus::{Bus, EmbeddedBus, NatsBus};
 use crate::cache::{self, CacheStore, LayerStats};
-use crate::clock::Clock;
 use crate::dispatch::Workers;
 use crate::manifest::Manifest;
 use crate::market::MarketStore;
 use crate::observe::{Flow, Observed, Timeline};
-use crate::runtime::{ComponentTemplate, Parts, Runtime, RuntimeConfig};
-use crate::stats::ComponentSnapshot;
+use crate::runtime::{Runtime, RuntimeConfig};
+use crate::stats::{ComponentSnapshot, ComponentStats};
+use crate::update::{Updater, Wiring};
 
 /// Longest the start waits for NATS to confirm the subscriptions.
 const STARTUP_FLUSH: Duration = Duration::from_secs(5);
@@ -38,8 +38,10 @@ pub struct Host {
     nats: Option<NatsBus>,
     /// The cache, when enabled.
     cache: Option<Arc<dyn CacheStore>>,
-    /// Loaded components, in manifest order.
-    components: Vec<Arc<ComponentTemplate>>,
+    /// Each component's counters (shared by its versions), in manifest order.
+    stats: Vec<(String, Arc<ComponentStats>)>,
+    /// Switches components to new versions; holds the running ones.
+    updater: Updater,
     /// Sources, workers and every capability's housekeeping.
     tasks: JoinSet<()>,
     /// Tells sources to stop taking messages.
@@ -105,13 +107,13 @@ impl Host {
         };
         let runtime = Runtime::new(&RuntimeConfig::for_manifest(manifest))
             .context("cannot build the WebAssembly engine")?;
-        let components = runtime.load_manifest(manifest, |_| Parts {
+        let wiring = Wiring {
             cache: cache.store.clone(),
             bus: bus.clone(),
-            clock: Clock::System,
-            seed: 0,
             market: market.clone(),
-        })?;
+        };
+        let components = runtime.load_manifest(manifest, |_| wiring.parts(None))?;
+        let updater = Updater::new(runtime, wiring, manifest.clone(), &components);
 
         // Open every subscription before any message flows, so a missing
         // stream or a refused subscription stops the start.
@@ -125,10 +127,13 @@ impl Host {
                 sources.push((i, sub, source));
             }
         }
-        let workers: Vec<Workers> = components
-            .iter()
-            .map(|t| Workers::spawn(t.clone(), bus.clone(), &mut tasks))
-            .collect();
+        let mut workers = Vec::new();
+        for i in 0..components.len() {
+            let current = updater
+                .watch(i)
+                .context("a component without its version")?;
+            workers.push(Workers::spawn(current, bus.clone(), &mut tasks));
+        }
         let mut flows = Vec::new();
         for (i, sub, source) in sources {
             let w = workers[i].for_subscription();
@@ -176,6 +181,7 @@ impl Host {
             max_l1_bytes: (manifest.cache.max_mb * 1024 * 1024) as u64,
             timeline: Timeline::default(),
             started: Instant::now(),
+            updater: Some(updater.clone()),
         };
         let http = manifest.host.http.as_deref();
         let http_addr = crate::observe::start(&observed, http, &shutdown_rx, &mut tasks).await?;
@@ -187,7 +193,11 @@ impl Host {
             observed,
             http_addr,
             cache: cache.store,
-            components,
+            stats: components
+                .iter()
+                .map(|c| (c.name().to_owned(), c.ctx.stats.clone()))
+                .collect(),
+            updater,
             tasks,
             shutdown,
         })
@@ -205,18 +215,24 @@ impl Host {
 
     /// Counters per component, in manifest order.
     pub fn component_stats(&self) -> Vec<(String, ComponentSnapshot)> {
-        self.components
+        self.stats
             .iter()
-            .map(|c| (c.name().to_owned(), c.ctx.stats.snapshot()))
+            .map(|(name, s)| (name.clone(), s.snapshot()))
             .collect()
     }
 
     /// The world each component is written for, in manifest order.
     pub fn worlds(&self) -> Vec<(String, crate::runtime::World)> {
-        self.components
+        self.updater
+            .templates()
             .iter()
             .map(|c| (c.name().to_owned(), c.world()))
             .collect()
+    }
+
+    /// Switches components to new versions (hot update).
+    pub fn updater(&self) -> Updater {
+        self.updater.clone()
     }
 
     /// The cache components use (keys are `<namespace>:<key>`), when enabled.
@@ -249,9 +265,9 @@ impl Host {
         let queued = self.embedded.as_ref().map_or(0, EmbeddedBus::pending);
         queued
             + self
-                .components
+                .stats
                 .iter()
-                .map(|c| c.ctx.stats.in_flight.load(Ordering::Relaxed))
+                .map(|(_, s)| s.in_flight.load(Ordering::Relaxed))
                 .sum::<u64>()
     }
 

@@ -25,6 +25,7 @@ pub mod runtime;
 pub mod stats;
 pub mod subject;
 pub mod testing;
+pub mod update;
 
 pub use bus::dlq;
 pub use bus::nats::streams;

@@ -47,6 +47,10 @@ enum Command {
         /// Keeps running after the --feed is done, until Ctrl-C.
         #[arg(long)]
         stay: bool,
+        /// Hot-updates components when the manifest or a `.wasm` changes
+        /// (SIGHUP and `POST /api/reload` always do).
+        #[arg(long)]
+        watch: bool,
     },
     /// Creates a component project (strategy or alert) that builds on its
     /// own, with the SDK, a manifest entry, sample data and a test.
@@ -187,7 +191,8 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
                 rate,
                 taps,
                 stay,
-            } => run(load(&manifest)?, feed, rate, taps, stay).await,
+                watch,
+            } => run(load(&manifest)?, feed, rate, taps, stay, watch).await,
             Command::Streams { server, action } => {
                 init_logging_at(LogFormat::Human, "warn");
                 let nats = NatsBus::connect(
@@ -268,8 +273,14 @@ async fn run(
     rate: Option<f64>,
     taps: Vec<String>,
     stay: bool,
+    watch: bool,
 ) -> anyhow::Result<()> {
     let host = Host::start(&manifest).await?;
+    update_on_hangup(host.updater())?;
+    if watch {
+        tokio::spawn(host.updater().watch_files(WATCH_EVERY));
+        tracing::info!("watching the manifest and component files for changes");
+    }
     let mut tap_counts = Vec::new();
     for filter in &taps {
         let mut sub = host
@@ -473,6 +484,21 @@ fn print_summary(
             l.evictions
         );
     }
+}
+
+/// How often `--watch` looks at the files.
+const WATCH_EVERY: Duration = Duration::from_millis(500);
+
+/// Hot-updates the host on each SIGHUP (which no longer stops weir).
+fn update_on_hangup(updater: weir::update::Updater) -> anyhow::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hangups = signal(SignalKind::hangup()).context("cannot listen for SIGHUP")?;
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            let _ = updater.reload_logged("SIGHUP").await;
+        }
+    });
+    Ok(())
 }
 
 /// Resolves on Ctrl-C (SIGINT) or SIGTERM.

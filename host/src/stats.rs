@@ -29,6 +29,9 @@ pub struct ComponentStats {
     pub log_lines: AtomicU64,
     /// Log and stdout/stderr lines dropped by the rate limit.
     pub log_dropped: AtomicU64,
+    /// The version running now: 1 from the start, one more per hot update
+    /// (0 before the host sets it).
+    pub version: AtomicU64,
 }
 
 /// A plain copy of [`ComponentStats`] at one moment.

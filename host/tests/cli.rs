@@ -106,3 +106,103 @@ fn inspect_names_what_a_component_imports_that_weir_lacks() {
     assert!(!ok);
     assert_one_line(&stderr, "is not a WebAssembly component");
 }
+
+/// A running `weir run` takes a new component version on SIGHUP (and keeps
+/// running), and on a file change with `--watch`.
+#[test]
+fn sighup_and_watch_update_a_running_host() {
+    let hostile = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/wasm32-wasip2/release/hostile.wasm");
+    assert!(
+        hostile.exists(),
+        "build the components first (just build-components)"
+    );
+    let start = |tag: &str, watch: bool| {
+        let dir =
+            std::env::temp_dir().join(format!("weir-cli-update-{tag}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let manifest = dir.join("weir.toml");
+        let hostile = hostile.clone();
+        let write = move |version: &str| {
+            let text = format!(
+                "[host]\nhttp = \"127.0.0.1:{port}\"\n[components.t]\nwasm = {hostile:?}\nsubscribe = [{{ subject = \"a.b\" }}]\ngrants = {{ subscribe = [\"a.b\"] }}\nconfig = {{ behaviour = \"ok\", version = \"{version}\" }}\n"
+            );
+            std::fs::write(&manifest, text).unwrap();
+        };
+        write("v1");
+        let mut args = vec![
+            "run".to_owned(),
+            dir.join("weir.toml").display().to_string(),
+        ];
+        if watch {
+            args.push("--watch".into());
+        }
+        let log = std::fs::File::create(dir.join("log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+            .args(&args)
+            .env_remove("NATS_URL")
+            .env_remove("REDIS_URL")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        (child, dir, port, write)
+    };
+    let (mut hup, hup_dir, hup_port, hup_write) = start("hup", false);
+    let (mut watched, watched_dir, watched_port, watched_write) = start("watch", true);
+    assert_eq!(version_at(hup_port, 1, &hup_dir), 1);
+    assert_eq!(version_at(watched_port, 1, &watched_dir), 1);
+
+    hup_write("v2");
+    let ok = Command::new("kill")
+        .args(["-HUP", &hup.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    assert_eq!(version_at(hup_port, 2, &hup_dir), 2);
+    assert!(hup.try_wait().unwrap().is_none(), "SIGHUP stopped weir");
+
+    watched_write("v2");
+    assert_eq!(version_at(watched_port, 2, &watched_dir), 2);
+
+    for (child, dir) in [(&mut hup, &hup_dir), (&mut watched, &watched_dir)] {
+        Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(child.wait().unwrap().success());
+        let log = std::fs::read_to_string(dir.join("log")).unwrap();
+        assert!(log.contains("component updated"), "{log}");
+    }
+}
+
+/// Polls `/api/status` until the first component runs `want` (30 s at
+/// most); the version it last saw.
+fn version_at(port: u16, want: u64, dir: &std::path::Path) -> u64 {
+    use std::io::{Read, Write};
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut seen = 0;
+    while std::time::Instant::now() < until {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.write_all(b"GET /api/status HTTP/1.0\r\n\r\n");
+            let mut raw = String::new();
+            let _ = s.read_to_string(&mut raw);
+            if let Some((_, body)) = raw.split_once("\r\n\r\n")
+                && let Ok(v) = serde_json::from_str::<serde_json::Value>(body)
+            {
+                seen = v["components"][0]["version"].as_u64().unwrap_or(0);
+                if seen == want {
+                    return seen;
+                }
+            }
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
+    panic!("version {seen}, not {want}, after 30 s; log:\n{log}");
+}

@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test support code
 
 pub mod browser;
+pub mod process;
 pub mod reference;
 pub mod servers;
 
@@ -231,6 +232,28 @@ pub async fn consumer_backlog(
     (info.num_pending, info.num_ack_pending)
 }
 
+/// Waits until a durable consumer has delivered and had acknowledged
+/// everything (fails after `timeout`, with what it still holds).
+pub async fn wait_for_drained(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    consumer: &str,
+    timeout: Duration,
+) {
+    let until = tokio::time::Instant::now() + timeout;
+    loop {
+        let backlog = consumer_backlog(js, stream, consumer).await;
+        if backlog == (0, 0) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{stream}/{consumer} still holds {backlog:?} (pending, unacknowledged)"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Waits until a stream holds at least `n` messages (fails after `timeout`).
 pub async fn wait_for_stream(
     js: &async_nats::jetstream::Context,
@@ -257,5 +280,69 @@ pub async fn wait_for_stream(
             "stream {name}: {have} of {n} messages after {timeout:?}"
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What the hostile component's `tag` behaviour put out on `tag.out`:
+/// `(version, sequence)` in arrival order.
+#[derive(Clone, Default)]
+pub struct Tags(pub Arc<Mutex<Vec<(String, u64)>>>);
+
+impl Tags {
+    /// Subscribes on a plain client and starts collecting.
+    pub async fn collect(client: &async_nats::Client) -> Tags {
+        let tags = Tags::default();
+        let mut sub = client.subscribe("tag.out").await.unwrap();
+        client.flush().await.unwrap();
+        let sink = tags.clone();
+        tokio::spawn(async move {
+            while let Some(m) = sub.next().await {
+                let text = String::from_utf8(m.payload.to_vec()).unwrap();
+                let (v, seq) = text.split_once('|').unwrap();
+                sink.0
+                    .lock()
+                    .unwrap()
+                    .push((v.to_owned(), seq.parse().unwrap()));
+            }
+        });
+        tags
+    }
+
+    /// Outputs so far.
+    #[allow(clippy::len_without_is_empty)] // a count, not a container
+    pub fn len(&self) -> usize {
+        self.0.lock().unwrap().len()
+    }
+
+    /// Outputs from `version`.
+    pub fn count(&self, version: &str) -> usize {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(v, _)| v == version)
+            .count()
+    }
+
+    /// Waits for `n` outputs (60 s at most).
+    pub async fn wait_for(&self, n: usize, what: &str) {
+        let until = tokio::time::Instant::now() + Duration::from_secs(60);
+        while self.len() < n {
+            assert!(
+                tokio::time::Instant::now() < until,
+                "{what}: {} of {n} outputs",
+                self.len()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    /// How many times each sequence came out.
+    pub fn times(&self) -> std::collections::BTreeMap<u64, usize> {
+        let mut times = std::collections::BTreeMap::new();
+        for (_, seq) in self.0.lock().unwrap().iter() {
+            *times.entry(*seq).or_default() += 1;
+        }
+        times
     }
 }

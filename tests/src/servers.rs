@@ -16,24 +16,22 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A server's arguments, given its port and data directory.
+type Args = Box<dyn Fn(u16, &PathBuf) -> Vec<String> + Send + Sync>;
+
 /// A server process on a fixed port and data directory, restartable.
 struct Process {
     /// Binary, overridable with an environment variable.
     bin: String,
     /// Arguments, given the port and the data directory.
-    args: fn(u16, &PathBuf) -> Vec<String>,
+    args: Args,
     port: u16,
     dir: PathBuf,
     child: Option<Child>,
 }
 
 impl Process {
-    fn start(
-        bin_var: &str,
-        default_bin: &str,
-        tag: &str,
-        args: fn(u16, &PathBuf) -> Vec<String>,
-    ) -> Process {
+    fn start(bin_var: &str, default_bin: &str, tag: &str, args: Args) -> Process {
         let bin = std::env::var(bin_var).unwrap_or_else(|_| default_bin.into());
         let mut p = Process {
             bin,
@@ -101,9 +99,14 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a JetStream-enabled server on a free port.
     pub fn start() -> NatsServer {
-        let process = Process::start("NATS_SERVER_BIN", "nats-server", "nats", |port, dir| {
+        NatsServer::with_args(Vec::new())
+    }
+
+    /// Starts a JetStream-enabled server with `extra` arguments.
+    fn with_args(extra: Vec<String>) -> NatsServer {
+        let args: Args = Box::new(move |port, dir| {
             let dir = dir.display().to_string();
-            [
+            let mut args = [
                 "-a",
                 "127.0.0.1",
                 "-p",
@@ -113,8 +116,11 @@ impl NatsServer {
                 &dir,
             ]
             .map(str::to_owned)
-            .to_vec()
+            .to_vec();
+            args.extend(extra.iter().cloned());
+            args
         });
+        let process = Process::start("NATS_SERVER_BIN", "nats-server", "nats", args);
         NatsServer {
             port: process.port,
             process,
@@ -152,7 +158,7 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts a server on a free port.
     pub fn start() -> RedisServer {
-        let process = Process::start("REDIS_SERVER_BIN", "redis-server", "redis", |port, dir| {
+        let args: Args = Box::new(|port, dir| {
             let dir = dir.display().to_string();
             [
                 "--bind",
@@ -169,6 +175,7 @@ impl RedisServer {
             .map(str::to_owned)
             .to_vec()
         });
+        let process = Process::start("REDIS_SERVER_BIN", "redis-server", "redis", args);
         RedisServer {
             port: process.port,
             process,
@@ -188,5 +195,77 @@ impl RedisServer {
     /// Starts it again on the same port (empty: nothing is persisted).
     pub fn restart(&mut self) {
         self.process.restart();
+    }
+}
+
+/// A cluster of `nats-server -js` nodes on loopback: routes between them,
+/// JetStream on each with its own store, as seed 004 runs NATS (3 nodes,
+/// `replicas: 3` streams).
+pub struct NatsCluster {
+    /// The nodes; kill and restart them one at a time.
+    pub nodes: Vec<NatsServer>,
+}
+
+impl NatsCluster {
+    /// Starts `n` nodes and waits until JetStream has a meta leader (an R3
+    /// stream can be created).
+    pub async fn start(n: usize) -> NatsCluster {
+        let cluster_ports: Vec<u16> = (0..n).map(|_| free_port()).collect();
+        let routes = cluster_ports
+            .iter()
+            .map(|p| format!("nats://127.0.0.1:{p}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let nodes = cluster_ports
+            .iter()
+            .enumerate()
+            .map(|(i, port)| {
+                NatsServer::with_args(vec![
+                    "--server_name".into(),
+                    format!("n{i}"),
+                    "--cluster_name".into(),
+                    "weir".into(),
+                    "--cluster".into(),
+                    format!("nats://127.0.0.1:{port}"),
+                    "--routes".into(),
+                    routes.clone(),
+                ])
+            })
+            .collect();
+        let cluster = NatsCluster { nodes };
+        cluster.wait_for_jetstream().await;
+        cluster
+    }
+
+    /// Every node's URL, comma-separated (what `[nats] url` takes).
+    pub fn urls(&self) -> String {
+        self.nodes
+            .iter()
+            .map(NatsServer::url)
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// A client connected to any node.
+    pub async fn client(&self) -> async_nats::Client {
+        let addrs: Vec<async_nats::ServerAddr> = self
+            .nodes
+            .iter()
+            .map(|n| n.url().parse().unwrap())
+            .collect();
+        async_nats::connect(addrs).await.unwrap()
+    }
+
+    /// Waits until JetStream answers account info through every node (the
+    /// meta group has a leader and each node reaches it).
+    pub async fn wait_for_jetstream(&self) {
+        let until = Instant::now() + Duration::from_secs(30);
+        for node in &self.nodes {
+            let js = async_nats::jetstream::new(node.client().await);
+            while js.query_account().await.is_err() {
+                assert!(Instant::now() < until, "JetStream has no leader after 30 s");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
 }

@@ -32,6 +32,8 @@
 //! - `probe`: publishes on `probe.out` what the guest sees: wall-clock
 //!   ms, 8 random bytes (hex) and the cache key `k`; a payload `set`
 //!   first caches `k` for 1 s (tests the replay's virtual clock)
+//! - `tag`: publishes `<config version>|<payload>` on `tag.out` (tests
+//!   which version of a hot-updated component handled each message)
 //! - `ok`: handles everything (counts messages in the cache under `seen`)
 
 #![allow(unsafe_code)] // the ABI glue that wit-bindgen generates is unsafe
@@ -229,6 +231,14 @@ impl Guest for Hostile {
                     Ok(_) => Ok(()),
                     Err(e) => Err(HandleError::Retry(format!("{e:?}"))),
                 }
+            }
+            "tag" => {
+                let version = config::get("version").unwrap_or_default();
+                let mut out = version.into_bytes();
+                out.push(b'|');
+                out.extend_from_slice(&msg.payload);
+                messaging::publish("tag.out", &out, &[])
+                    .map_err(|e| HandleError::Retry(format!("{e:?}")))
             }
             "echo" => {
                 let Some(reply_to) = msg.reply_to else {

@@ -55,10 +55,14 @@ pub struct Manifest {
     /// Directory relative paths are resolved against (the manifest's own).
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// The file it was read from and the overrides applied to it, so a hot
+    /// update reads it the same way; none for a manifest made from text.
+    #[serde(skip)]
+    pub source: Option<(PathBuf, EnvOverrides)>,
 }
 
 /// Host-wide settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct HostSettings {
     /// Identifies this host in cache coherence messages; defaults to
@@ -95,7 +99,7 @@ pub enum LogFormat {
 }
 
 /// NATS settings (the options of the seed's `NATS_CONFIG`).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct NatsSettings {
     /// Server URL, or several separated by commas, e.g. `nats://127.0.0.1:4222`.
@@ -141,7 +145,7 @@ pub struct NatsSettings {
 }
 
 /// TLS towards NATS.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct TlsSettings {
     /// Refuse plain connections.
@@ -195,7 +199,7 @@ mod defaults {
 }
 
 /// Redis settings.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
     /// Server URL, e.g. `redis://127.0.0.1:6379/0`.
@@ -203,7 +207,7 @@ pub struct RedisSettings {
 }
 
 /// Cache settings (`CACHE_*` environment variables override them).
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct CacheSettings {
     /// Master switch: off means every cache call answers `unavailable`.
@@ -270,7 +274,7 @@ impl Default for CacheSettings {
 }
 
 /// One component.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ComponentSpec {
     /// Path of the `.wasm` component, relative to the manifest.
@@ -318,7 +322,7 @@ pub struct Subscription {
 }
 
 /// Where the latest-value cache for market data is fed from.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct MarketSettings {
     /// Subject filters whose trades (`TRADE.trade.*`), order books
@@ -333,7 +337,7 @@ pub struct MarketSettings {
 }
 
 /// What a component may reach. Nothing granted means nothing allowed.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Grants {
     /// Subjects it may publish on (wildcards allowed).
@@ -354,7 +358,7 @@ pub struct Grants {
 }
 
 /// Per-component limits.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Limits {
     /// Linear memory per instance, MiB.
@@ -412,7 +416,23 @@ impl Manifest {
                 message,
             })?;
         validate::check(&manifest, &text, path)?;
+        manifest.source = Some((path.to_owned(), env.clone()));
         Ok(manifest)
+    }
+
+    /// Reads the manifest again from the file it came from, with the same
+    /// overrides (a hot update).
+    pub fn reread(&self) -> Result<Manifest, ManifestError> {
+        match &self.source {
+            Some((path, env)) => Manifest::load(path, env),
+            None => Err(ManifestError {
+                file: PathBuf::new(),
+                line: 0,
+                field: "(file)".into(),
+                message: "this manifest was not read from a file, so it cannot be read again"
+                    .into(),
+            }),
+        }
     }
 
     /// A manifest from text (a test's fragment), checked like a file;

@@ -1,12 +1,13 @@
 //! The HTTP endpoints: `/metrics`, `/healthz`, `/readyz`, `/api/status`,
-//! `/api/dashboard`, `/api/cache/thresholds` and the dashboard page at `/`.
+//! `/api/dashboard`, `/api/cache/thresholds`, `/api/reload` and the
+//! dashboard page at `/`.
 
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{Html, IntoResponse, Json, Redirect, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use serde_json::json;
 use tokio::net::TcpListener;
 
@@ -82,6 +83,26 @@ async fn set_thresholds(State(o): State<Observed>, body: Bytes) -> Response {
     }
 }
 
+/// A hot update from the files on disk (the body is ignored: a request can
+/// only make the host read again what its operator put there).
+async fn reload(State(o): State<Observed>) -> Response {
+    let Some(updater) = &o.updater else {
+        return (
+            StatusCode::NOT_FOUND,
+            Json(json!({ "ok": false, "error": "this host cannot be updated" })),
+        )
+            .into_response();
+    };
+    match updater.reload_logged("POST /api/reload").await {
+        Ok(report) => Json(json!({ "ok": true, "components": report.components })).into_response(),
+        Err(e) => (
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Json(json!({ "ok": false, "error": e.to_string() })),
+        )
+            .into_response(),
+    }
+}
+
 fn no_monitor() -> Response {
     (
         StatusCode::NOT_FOUND,
@@ -106,6 +127,7 @@ pub async fn serve(
             "/api/cache/thresholds",
             get(get_thresholds).put(set_thresholds).post(set_thresholds),
         )
+        .route("/api/reload", post(reload))
         .route("/", get(|| async { Redirect::temporary("/dashboard") }))
         .route("/dashboard", get(page))
         .with_state(observed);

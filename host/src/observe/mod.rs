@@ -79,6 +79,8 @@ pub struct Observed {
     pub timeline: Timeline,
     /// When the host started, for its uptime.
     pub started: std::time::Instant,
+    /// What `POST /api/reload` asks for a hot update, when the host has one.
+    pub updater: Option<crate::update::Updater>,
 }
 
 /// One subscription of one component, with its counters.
@@ -115,6 +117,7 @@ impl Observed {
             max_l1_bytes: 0,
             timeline: Timeline::default(),
             started: std::time::Instant::now(),
+            updater: None,
         }
     }
 
@@ -158,6 +161,7 @@ impl Observed {
             .iter()
             .map(|(name, s)| ComponentStatus {
                 name: name.clone(),
+                version: s.version.load(std::sync::atomic::Ordering::Relaxed),
                 counters: s.snapshot().into(),
             })
             .collect();
@@ -217,6 +221,9 @@ impl Status {
 pub struct ComponentStatus {
     /// Name.
     pub name: String,
+    /// The version running: 1 from the start, one more per hot update.
+    #[serde(default)]
+    pub version: u64,
     /// Counters.
     pub counters: Counters,
 }

@@ -170,6 +170,7 @@ impl Replay {
             clock: Clock::Virtual(clock.clone()),
             seed: options.seed,
             market: market.as_ref().map(|(m, _)| m.clone()),
+            stats: None,
         })?;
         let subscribers = templates
             .into_iter()

@@ -48,6 +48,9 @@ pub struct Parts {
     pub seed: u64,
     /// The latest market data, when `[market]` names subjects.
     pub market: Option<crate::market::MarketStore>,
+    /// Counters to go on counting in (a new version of a running
+    /// component); none: fresh ones.
+    pub stats: Option<Arc<crate::stats::ComponentStats>>,
 }
 
 impl RuntimeConfig {
@@ -144,6 +147,8 @@ pub struct Runtime {
     tick: Duration,
     /// Whether stores must be given fuel.
     fuel: bool,
+    /// The pool's linear memory size: no instance may ask for more.
+    max_memory_bytes: usize,
 }
 
 impl Runtime {
@@ -188,10 +193,10 @@ impl Runtime {
             linker: Arc::new(linker),
             tick,
             fuel: cfg.fuel,
+            max_memory_bytes: cfg.max_memory_bytes,
         })
     }
 
-    /// Reads, checks, compiles and pre-instantiates a component.
     /// Compiles every component of a manifest, in manifest order, each with
     /// its context: grants, limits and config from the manifest, the cache,
     /// bus and clock from `parts` (given the component's name).
@@ -200,36 +205,54 @@ impl Runtime {
         manifest: &crate::Manifest,
         parts: impl Fn(&str) -> Parts,
     ) -> Result<Vec<Arc<ComponentTemplate>>, LoadError> {
-        let mut out = Vec::new();
-        for (name, spec) in &manifest.components {
-            let Parts {
-                cache,
-                bus,
-                clock,
-                seed,
-                market,
-            } = parts(name);
-            let mut ctx = ComponentContext::new(
-                name.clone(),
-                spec.grants.clone(),
-                spec.limits.clone(),
-                spec.config_strings(),
-                cache,
-                &manifest.cache,
-                bus,
-            )
-            .on_clock(clock, seed);
-            ctx.market = market;
-            ctx.data_dir = spec
-                .grants
-                .data_dir
-                .as_ref()
-                .map(|d| manifest.base_dir.join(d));
-            let sha = spec.sha256.as_ref().map(|s| s.get_ref().as_str());
-            let wasm = manifest.wasm_path(spec);
-            out.push(Arc::new(self.load(Arc::new(ctx), &wasm, sha)?));
+        manifest
+            .components
+            .iter()
+            .map(|(name, spec)| {
+                self.load_component(manifest, name, spec, parts(name))
+                    .map(Arc::new)
+            })
+            .collect()
+    }
+
+    /// Reads, checks, compiles and pre-instantiates one component of a
+    /// manifest, with its context built from its entry and `parts`.
+    pub fn load_component(
+        &self,
+        manifest: &crate::Manifest,
+        name: &str,
+        spec: &crate::manifest::ComponentSpec,
+        parts: Parts,
+    ) -> Result<ComponentTemplate, LoadError> {
+        let Parts {
+            cache,
+            bus,
+            clock,
+            seed,
+            market,
+            stats,
+        } = parts;
+        let mut ctx = ComponentContext::new(
+            name.to_owned(),
+            spec.grants.clone(),
+            spec.limits.clone(),
+            spec.config_strings(),
+            cache,
+            &manifest.cache,
+            bus,
+        )
+        .on_clock(clock, seed);
+        ctx.market = market;
+        if let Some(stats) = stats {
+            ctx.stats = stats;
         }
-        Ok(out)
+        ctx.data_dir = spec
+            .grants
+            .data_dir
+            .as_ref()
+            .map(|d| manifest.base_dir.join(d));
+        let sha = spec.sha256.as_ref().map(|s| s.get_ref().as_str());
+        self.load(Arc::new(ctx), &manifest.wasm_path(spec), sha)
     }
 
     /// Compiles one component with its context.
@@ -255,16 +278,16 @@ impl Runtime {
             });
         }
         let bytes = std::fs::read(path).map_err(read_err)?;
-        if let Some(expected) = sha256 {
-            let actual = crate::digest::sha256_hex(&bytes);
-            if !actual.eq_ignore_ascii_case(expected) {
-                return Err(LoadError::Digest {
-                    name,
-                    path: shown,
-                    expected: expected.to_owned(),
-                    actual,
-                });
-            }
+        let actual = crate::digest::sha256_hex(&bytes);
+        if let Some(expected) = sha256
+            && !actual.eq_ignore_ascii_case(expected)
+        {
+            return Err(LoadError::Digest {
+                name,
+                path: shown,
+                expected: expected.to_owned(),
+                actual,
+            });
         }
         let invalid = |e: wasmtime::Error| LoadError::Invalid {
             name: name.clone(),
@@ -289,6 +312,8 @@ impl Runtime {
             pre,
             handler,
             runtime: self.clone(),
+            version: 1,
+            sha256: actual,
         })
     }
 
@@ -348,6 +373,24 @@ impl Runtime {
         })
     }
 
+    /// Whether this engine can run a component with these limits: its
+    /// memory within the pool's slots, fuel only when the engine meters it
+    /// (both are fixed when the engine is built); why not, in words.
+    pub fn admits(&self, limits: &crate::manifest::Limits) -> Result<(), String> {
+        let asked = limits.memory_mb.saturating_mul(1024 * 1024);
+        if asked > self.max_memory_bytes {
+            return Err(format!(
+                "limits.memory_mb = {} exceeds the {} MiB this engine was built with",
+                limits.memory_mb,
+                self.max_memory_bytes / (1024 * 1024)
+            ));
+        }
+        if limits.fuel_per_event.is_some() && !self.fuel {
+            return Err("limits.fuel_per_event needs an engine built with fuel metering".into());
+        }
+        Ok(())
+    }
+
     /// Epoch ticks that make up `d`, rounded up, plus one for the tick in progress.
     fn ticks(&self, d: Duration) -> u64 {
         let tick = self.tick.as_nanos().max(1);
@@ -400,6 +443,10 @@ pub struct ComponentTemplate {
     handler: HandlerIndices,
     /// For deadlines and fuel.
     runtime: Runtime,
+    /// 1 when the host started, one more for each hot update.
+    version: u64,
+    /// Hex sha256 of the file it was compiled from.
+    sha256: String,
 }
 
 impl ComponentTemplate {
@@ -411,5 +458,21 @@ impl ComponentTemplate {
     /// The world it is written for, recognised from its exports.
     pub fn world(&self) -> World {
         self.handler.world()
+    }
+
+    /// Its version in this host: 1 at start, one more per hot update.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The same template numbered as version `version`.
+    pub fn numbered(mut self, version: u64) -> ComponentTemplate {
+        self.version = version;
+        self
+    }
+
+    /// Hex sha256 of the component file.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
     }
 }
