@@ -42,6 +42,8 @@ bench: build-components
     cargo bench -p weir 2>&1 | tee -a "$out"
     cargo bench -p weir-tests --bench nats_pipeline 2>&1 | tee -a "$out"
     cargo bench -p weir-tests --bench cache 2>&1 | tee -a "$out"
+    cargo build --release -p weir
+    WEIR_BIN="$PWD/target/release/weir" cargo bench -p weir-tests --bench cluster 2>&1 | tee -a "$out"
     echo
     echo "Summary: each figure against a baseline measured in the same run"
     ( echo "TABLE|benchmark|weir|baseline|ratio|target"; grep '^TABLE|' "$out" ) \

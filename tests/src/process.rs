@@ -5,10 +5,13 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
-/// The `weir` binary that `cargo test --workspace` builds (the host
-/// package's integration tests make cargo build it).
+/// The `weir` binary: `WEIR_BIN` when set (benches use a release build),
+/// else the one `cargo test --workspace` builds (the host package's
+/// integration tests make cargo build it).
 pub fn weir_bin() -> PathBuf {
-    let p = crate::root().join("target/debug/weir");
+    let p = std::env::var_os("WEIR_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| crate::root().join("target/debug/weir"));
     assert!(
         p.is_file(),
         "{} is missing: run `cargo build -p weir` (`just test` builds it)",
@@ -28,6 +31,13 @@ impl WeirProcess {
     /// Starts `weir run manifest` (no feed: it serves until stopped) and
     /// waits until it says it started.
     pub fn start(manifest: &Path) -> WeirProcess {
+        let p = WeirProcess::spawn(manifest);
+        p.wait_for_log("weir host started", Duration::from_secs(60));
+        p
+    }
+
+    /// Starts `weir run manifest` without waiting for it.
+    pub fn spawn(manifest: &Path) -> WeirProcess {
         let log = manifest.with_extension("log");
         let file = std::fs::File::create(&log).unwrap();
         let child = Command::new(weir_bin())
@@ -43,12 +53,10 @@ impl WeirProcess {
             .stderr(file)
             .spawn()
             .unwrap();
-        let p = WeirProcess {
+        WeirProcess {
             child: Some(child),
             log,
-        };
-        p.wait_for_log("weir host started", Duration::from_secs(60));
-        p
+        }
     }
 
     /// Its process id.

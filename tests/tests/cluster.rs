@@ -181,20 +181,47 @@ async fn hosts_join_die_and_leave_on_a_shared_consumer_and_nothing_is_lost() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn killing_the_stream_leader_node_loses_nothing() {
+async fn killing_the_stream_leader_node_and_a_hosts_server_loses_nothing() {
     let mut cluster = NatsCluster::start(3).await;
     let client = cluster.client().await;
     let js = jetstream::new(client.clone());
     r3_stream(&js).await;
-    let tags = Tags::collect(&client).await;
     let dir = tempdir("cluster-leader");
-    let urls = cluster.urls();
-    let _a = WeirProcess::start(&write_manifest(&dir, "a", "v1", &urls));
-    let _b = WeirProcess::start(&write_manifest(&dir, "b", "v1", &urls));
+    let leader = stream_leader(&js).await;
+    // Host a is connected to the leader's node (its only seed URL; it
+    // learns the others from the cluster), b and the tag collector to
+    // another node (core NATS would drop tags while their node is down).
+    let other = (leader + 1) % cluster.nodes.len();
+    let tags = Tags::collect(&cluster.nodes[other].client().await).await;
+    let a_url = cluster.nodes[leader].url();
+    let b_url = cluster.nodes[other].url();
+    let a = WeirProcess::start(&write_manifest(&dir, "a", "v1", &a_url));
+    let _b = WeirProcess::start(&write_manifest(&dir, "b", "v1", &b_url));
 
     let sent = Arc::new(AtomicU64::new(0));
     let publisher = publish_all(client.clone(), sent.clone());
     sent_at_least(&sent, MESSAGES / 3).await;
+    eprintln!("killing n{leader}: the stream leader, and host a's server");
+    cluster.nodes[leader].kill();
+    let killed_at = sent.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster.nodes[leader].restart();
+    publisher.await.unwrap();
+    every_sequence_handled(&tags, &js).await;
+    // a reconnected to another node and went on pulling.
+    let after = tags
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(v, seq)| v == "a/v1" && *seq > killed_at + 100)
+        .count();
+    assert!(after > 0, "a handled nothing after its server died");
+    drop(a);
+}
+
+/// The node index (`n<i>`) of stream LOAD's leader.
+async fn stream_leader(js: &jetstream::Context) -> usize {
     let info = js
         .get_stream("LOAD")
         .await
@@ -207,13 +234,7 @@ async fn killing_the_stream_leader_node_loses_nothing() {
         .cluster
         .and_then(|c| c.leader)
         .expect("the stream has a leader");
-    let index: usize = leader.trim_start_matches('n').parse().unwrap();
-    eprintln!("killing the stream leader {leader}");
-    cluster.nodes[index].kill();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    cluster.nodes[index].restart();
-    publisher.await.unwrap();
-    every_sequence_handled(&tags, &js).await;
+    leader.trim_start_matches('n').parse().unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -317,5 +338,181 @@ async fn partitioned_consumers_keep_per_subject_order_across_hosts() {
         2,
         "both partitions have subjects: {owner:?}"
     );
+    drop(hosts);
+}
+
+/// The demo strategy on the cluster, the way the README says to run it
+/// with order: the TRADE stream partitions its symbols, each host owns one
+/// partition's durable consumer, state lives in a shared Redis (L2) and
+/// signals go to an R3 SIGNALS stream with `Nats-Msg-Id`. One host is
+/// SIGKILLed with trades in hand and a replacement with the same manifest
+/// takes its partition once the server's ack wait has passed. The signals
+/// stored are exactly the native oracle's: every trade applied once (a
+/// redelivered one is skipped by trade id, a re-published signal dropped
+/// by its id), none lost, none applied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_strategy_on_partitions_survives_a_sigkill_with_exact_signals() {
+    let cluster = NatsCluster::start(3).await;
+    let redis = weir_tests::servers::RedisServer::start();
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    js.create_stream(stream::Config {
+        name: "TRADE".into(),
+        subjects: vec!["TRADE.trade.*".into()],
+        subject_transform: Some(stream::SubjectTransform {
+            source: "TRADE.trade.*".into(),
+            destination: "TRADE.trade.{{wildcard(1)}}.{{partition(2,1)}}".into(),
+        }),
+        storage: stream::StorageType::File,
+        num_replicas: 3,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    js.create_stream(stream::Config {
+        name: "SIGNALS".into(),
+        subjects: vec!["signals.>".into()],
+        storage: stream::StorageType::File,
+        num_replicas: 3,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let dir = tempdir("cluster-sma");
+    let write = |name: &str, partition: usize| {
+        let path = dir.join(format!("{name}.toml"));
+        let text = format!(
+            r#"[host]
+id = "{name}"
+[nats]
+url = "{urls}"
+reconnect_wait_ms = 200
+[redis]
+url = "{redis}"
+[components.sma-crossover]
+wasm = "{wasm}"
+subscribe = [{{ subject = "TRADE.trade.*.{partition}", stream = "TRADE", consumer = "sma-p{partition}", ack_wait_ms = 2000 }}]
+grants = {{ subscribe = ["TRADE.trade.>"], publish = ["signals.*"], streams = ["TRADE", "SIGNALS"], cache = "sma" }}
+limits = {{ instances = 2, max_deliver = 10 }}
+config = {{ fast_window = 5, slow_window = 20, publish = "jetstream" }}
+"#,
+            urls = cluster.urls(),
+            redis = redis.url(),
+            wasm = wasm("sma_crossover").display(),
+        );
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let p0 = write("p0", 0);
+    let p1 = write("p1", 1);
+    let p1_again = write("p1-replacement", 1);
+    let _a = WeirProcess::start(&p0);
+    let mut b = WeirProcess::start(&p1);
+
+    let trades = weir_tests::sample_trade_messages(3000);
+    let expected = weir_tests::reference::sma_signals(&trades, 5, 20);
+    let expected_count: usize = expected.values().map(Vec::len).sum();
+    let mut replacement = None;
+    for (i, t) in trades.iter().enumerate() {
+        if i == trades.len() / 3 {
+            // Killed with trades in hand: they stay unacknowledged.
+            b.kill();
+        }
+        if i == trades.len() / 2 {
+            // The replacement binds the same consumer after the ack wait, so
+            // the server hands it the dead host's trades first, in order.
+            tokio::time::sleep(Duration::from_millis(2500)).await;
+            replacement = Some(WeirProcess::start(&p1_again));
+        }
+        let pm = jetstream::message::PublishMessage::build()
+            .payload(t.payload.clone())
+            .message_id(format!("trade-{i}"));
+        js.send_publish(t.subject.clone(), pm)
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+    for partition in 0..2 {
+        wait_for_drained(
+            &js,
+            "TRADE",
+            &format!("sma-p{partition}"),
+            Duration::from_secs(60),
+        )
+        .await;
+    }
+    weir_tests::wait_for_stream(
+        &js,
+        "SIGNALS",
+        expected_count as u64,
+        Duration::from_secs(30),
+    )
+    .await;
+    // Give redeliveries a moment to (not) add anything.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut signals = js.get_stream("SIGNALS").await.unwrap();
+    let last = signals.info().await.unwrap().state.last_sequence;
+    let mut stored = Vec::new();
+    for seq in 1..=last {
+        let m = signals.get_raw_message(seq).await.unwrap();
+        stored.push(weir::bus::BusMessage::new(m.subject.to_string(), m.payload));
+    }
+    assert_eq!(stored.len(), expected_count, "duplicate or missing signals");
+    assert_eq!(weir_tests::reference::published_signals(&stored), expected);
+    // Both partitions carried trades.
+    for partition in 0..2 {
+        let mut c = js
+            .get_stream("TRADE")
+            .await
+            .unwrap()
+            .get_consumer::<jetstream::consumer::pull::Config>(&format!("sma-p{partition}"))
+            .await
+            .unwrap();
+        let acked = c.info().await.unwrap().ack_floor.consumer_sequence;
+        assert!(acked > 0, "partition {partition} had no trades");
+    }
+    drop(replacement);
+}
+
+/// Core subjects share work the NATS way across hosts on different nodes:
+/// a queue group delivers each message to one member.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_queue_group_across_hosts_on_different_nodes_handles_each_message_once() {
+    let cluster = NatsCluster::start(3).await;
+    let publisher = cluster.nodes[2].client().await;
+    let tags = Tags::collect(&publisher).await;
+    let dir = tempdir("cluster-queue");
+    let hosts: Vec<WeirProcess> = (0..2)
+        .map(|i| {
+            let sub = r#"{ subject = "load.*", queue_group = "taggers" }"#;
+            let url = cluster.nodes[i].url();
+            WeirProcess::start(&write_manifest_with(
+                &dir,
+                &format!("q{i}"),
+                "v1",
+                &url,
+                sub,
+            ))
+        })
+        .collect();
+    // Both hosts' interest has crossed the routes to the publisher's node.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    const CORE: u64 = 1000;
+    for seq in 0..CORE {
+        publisher
+            .publish(format!("load.{}", seq % 8), seq.to_string().into())
+            .await
+            .unwrap();
+    }
+    publisher.flush().await.unwrap();
+    tags.wait_for(CORE as usize, "queue group").await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let times = tags.times();
+    assert_eq!(times.len() as u64, CORE, "every message handled");
+    assert!(times.values().all(|n| *n == 1), "a message handled twice");
+    for i in 0..2 {
+        assert!(tags.count(&format!("q{i}/v1")) > 0, "q{i} handled nothing");
+    }
     drop(hosts);
 }

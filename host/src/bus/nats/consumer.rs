@@ -9,13 +9,14 @@ use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pu
 use async_nats::jetstream::message::Acker;
 use async_nats::jetstream::{self, AckKind, ErrorCode, context::GetStreamErrorKind};
 use async_trait::async_trait;
-use futures::StreamExt;
 use tokio::sync::watch;
 
 use crate::bus::BusMessage;
 use crate::delivery::{Delivery, DeliverySource, Meta, Settle, SettleError};
 use crate::dispatch::Workers;
 use crate::manifest::{Limits, Subscription};
+
+use super::pulls::{Pulled, Pulls};
 
 /// How long the server waits for an ack before redelivering: the
 /// subscription's `ack_wait_ms`, else twice the deadline and at least 30 s.
@@ -36,6 +37,8 @@ pub fn server_max_deliver(limits: &Limits) -> u32 {
 /// A durable pull consumer feeding one component subscription.
 pub struct PullSource {
     consumer: PullConsumer,
+    /// The JetStream context its messages ack through.
+    js: jetstream::Context,
     /// For logs.
     component: String,
 }
@@ -107,6 +110,7 @@ pub async fn open(
         tracing::info!(component, stream = %stream_name, consumer = %durable, "using existing durable consumer");
         return Ok(PullSource {
             consumer,
+            js: js.clone(),
             component: component.to_owned(),
         });
     }
@@ -126,33 +130,32 @@ pub async fn open(
     tracing::info!(component, stream = %stream_name, consumer = %durable, filter = %sub.subject, "created durable consumer");
     Ok(PullSource {
         consumer,
+        js: js.clone(),
         component: component.to_owned(),
     })
 }
 
-/// Messages asked for per pull request.
-const BATCH: usize = 256;
-/// How long a pull request waits for messages to arrive.
-const BATCH_WAIT: Duration = Duration::from_millis(500);
-
 /// Pulls messages from the consumer into the workers until shutdown.
 ///
-/// Pulls are explicit batches: at shutdown the batch in hand is finished
-/// (handled and acked) and no new one is requested, so no message is left
-/// stranded until its ack wait runs out.
+/// Pull requests are pipelined on one inbox (see [`Pulls`]): the server
+/// fills the next while this one is dispatched, in stream order. At
+/// shutdown no new request is made and the messages already asked for
+/// are handled and acked, so none is left stranded until its ack wait.
 #[async_trait]
 impl DeliverySource for PullSource {
     async fn run(self: Box<Self>, workers: Workers, shutdown: watch::Receiver<bool>) {
         let PullSource {
             consumer,
+            js,
             component,
         } = *self;
-        route(consumer, workers, component, shutdown).await;
+        route(consumer, js, workers, component, shutdown).await;
     }
 }
 
 async fn route(
     consumer: PullConsumer,
+    js: jetstream::Context,
     workers: Workers,
     component: String,
     mut shutdown: watch::Receiver<bool>,
@@ -165,74 +168,78 @@ async fn route(
             tracing::warn!(%component, errors, "pull consumer: {e}");
         }
     };
-    loop {
-        if *shutdown.borrow() {
-            return;
-        }
-        let request = consumer
-            .batch()
-            .max_messages(BATCH)
-            .expires(BATCH_WAIT)
-            .messages();
-        let requested = tokio::select! {
-            _ = shutdown.wait_for(|stop| *stop) => return,
-            b = request => b,
-        };
-        let mut batch = match requested {
-            Ok(b) => b,
+    let mut pulls = loop {
+        match Pulls::open(consumer.clone(), js.clone()).await {
+            Ok(p) => break p,
             Err(e) => {
-                workers.flow().set_pull_error(Some(e.to_string()));
                 warn(&e);
                 tokio::select! {
                     _ = shutdown.wait_for(|stop| *stop) => return,
-                    _ = tokio::time::sleep(Duration::from_millis(250)) => continue,
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
                 }
-            }
-        };
-        // The batch's last error, if any; a clean batch clears the flow's.
-        let mut failed = None;
-        while let Some(next) = batch.next().await {
-            let msg = match next {
-                Ok(m) => m,
-                Err(e) => {
-                    failed = Some(e.to_string());
-                    warn(&e);
-                    continue;
-                }
-            };
-            let meta = match msg.info() {
-                Ok(i) => {
-                    workers.flow().pending.store(i.pending, Ordering::Relaxed);
-                    let nanos = i.published.unix_timestamp_nanos();
-                    Meta {
-                        stream: Some(i.stream.to_owned()),
-                        sequence: Some(i.stream_sequence),
-                        attempt: u32::try_from(i.delivered).unwrap_or(u32::MAX).max(1),
-                        time: u64::try_from(nanos)
-                            .ok()
-                            .map(|n| SystemTime::UNIX_EPOCH + Duration::from_nanos(n)),
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(%component, "message without JetStream metadata skipped: {e}");
-                    continue;
-                }
-            };
-            let (m, acker) = msg.split();
-            let job = Delivery {
-                msg: BusMessage {
-                    subject: m.subject.to_string(),
-                    reply_to: None,
-                    headers: crate::bus::from_header_map(m.headers.as_ref()),
-                    payload: m.payload,
-                },
-                meta,
-                settle: Box::new(JetStreamSettle(acker)),
-            };
-            if !workers.dispatch(job).await {
-                return;
             }
         }
-        workers.flow().set_pull_error(failed);
+    };
+    loop {
+        if *shutdown.borrow() {
+            pulls.stop();
+        }
+        if let Err(e) = pulls.top_up().await {
+            workers.flow().set_pull_error(Some(e.clone()));
+            warn(&e);
+        }
+        let pulled = tokio::select! {
+            biased;
+            p = pulls.next() => p,
+            // Stop asking; what was asked for is still drained.
+            _ = shutdown.wait_for(|stop| *stop), if !*shutdown.borrow() => continue,
+        };
+        let msg = match pulled {
+            Pulled::Message(m) => m,
+            Pulled::Idle if *shutdown.borrow() => return,
+            Pulled::Idle => continue,
+            Pulled::Error(e) => {
+                workers.flow().set_pull_error(Some(e.clone()));
+                warn(&e);
+                tokio::select! {
+                    _ = shutdown.wait_for(|stop| *stop) => {}
+                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                }
+                continue;
+            }
+        };
+        workers.flow().set_pull_error(None);
+        let meta = match msg.info() {
+            Ok(i) => {
+                workers.flow().pending.store(i.pending, Ordering::Relaxed);
+                let nanos = i.published.unix_timestamp_nanos();
+                Meta {
+                    stream: Some(i.stream.to_owned()),
+                    sequence: Some(i.stream_sequence),
+                    attempt: u32::try_from(i.delivered).unwrap_or(u32::MAX).max(1),
+                    time: u64::try_from(nanos)
+                        .ok()
+                        .map(|n| SystemTime::UNIX_EPOCH + Duration::from_nanos(n)),
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%component, "message without JetStream metadata skipped: {e}");
+                continue;
+            }
+        };
+        let (m, acker) = msg.split();
+        let job = Delivery {
+            msg: BusMessage {
+                subject: m.subject.to_string(),
+                reply_to: None,
+                headers: crate::bus::from_header_map(m.headers.as_ref()),
+                payload: m.payload,
+            },
+            meta,
+            settle: Box::new(JetStreamSettle(acker)),
+        };
+        if !workers.dispatch(job).await {
+            return;
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! durable consumers ([`consumer`]) and stream definitions ([`streams`]).
 
 pub mod consumer;
+mod pulls;
 pub mod streams;
 
 use std::collections::HashMap;
