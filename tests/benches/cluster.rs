@@ -3,9 +3,12 @@
 //! cluster, each against as many raw async-nats pull consumers (pull +
 //! ack) on the same stream in the same run.
 //!
-//! Both sides are timed the same way, from outside: from the consumer's
-//! first delivery to nothing pending or unacknowledged, on a stream loaded
-//! beforehand. The machine's 2 cores are shared by the three nats-servers,
+//! Both sides are timed the same way, from outside: the durable consumer
+//! is created paused on a stream loaded beforehand, every consumer (task
+//! or `weir run` process) binds to it, then it is resumed, and the clock
+//! runs from its first delivery until its ack floor reaches the last
+//! message. So no host's start-up is counted, and all of them share the
+//! whole run. The machine's 2 cores are shared by the three nats-servers,
 //! the hosts and this process, so more hosts cannot mean more cores here:
 //! read the ratios, not the absolute figures.
 //!
@@ -108,19 +111,39 @@ async fn progress(js: &jetstream::Context, consumer: &str) -> Option<(u64, u64)>
     ))
 }
 
-/// `hosts` raw pull consumers (continuous pull, ack each) in this process.
-async fn raw_run(js: &jetstream::Context, hosts: usize) -> f64 {
-    load(js).await;
-    let consumer = js
-        .get_stream("BENCH")
+/// Creates the durable consumer `name` on all of BENCH, paused: nothing
+/// is delivered until [`resume`].
+async fn paused_consumer(js: &jetstream::Context, name: &str) -> jetstream::consumer::PullConsumer {
+    js.get_stream("BENCH")
         .await
         .unwrap()
         .create_consumer(pull::Config {
-            durable_name: Some("raw".into()),
+            durable_name: Some(name.into()),
+            filter_subject: "bench.>".into(),
+            ack_wait: Duration::from_secs(30),
+            max_ack_pending: 1000,
+            pause_until: Some(time::OffsetDateTime::now_utc() + Duration::from_secs(3600)),
             ..Default::default()
         })
         .await
+        .unwrap()
+}
+
+/// Resumes a paused consumer and measures its drain rate.
+async fn resume(js: &jetstream::Context, name: &str) -> f64 {
+    js.get_stream("BENCH")
+        .await
+        .unwrap()
+        .resume_consumer(name)
+        .await
         .unwrap();
+    drain_rate(js, name).await
+}
+
+/// `hosts` raw pull consumers (continuous pull, ack each) in this process.
+async fn raw_run(js: &jetstream::Context, hosts: usize) -> f64 {
+    load(js).await;
+    let consumer = paused_consumer(js, "raw").await;
     let tasks: Vec<_> = (0..hosts)
         .map(|_| {
             let consumer = consumer.clone();
@@ -132,7 +155,7 @@ async fn raw_run(js: &jetstream::Context, hosts: usize) -> f64 {
             })
         })
         .collect();
-    let rate = drain_rate(js, "raw").await;
+    let rate = resume(js, "raw").await;
     for t in tasks {
         t.abort();
     }
@@ -147,6 +170,7 @@ async fn weir_run(
     hosts: usize,
 ) -> f64 {
     load(js).await;
+    paused_consumer(js, "weir").await;
     let processes: Vec<WeirProcess> = (0..hosts)
         .map(|i| {
             let path = dir.join(format!("h{hosts}-{i}.toml"));
@@ -169,7 +193,10 @@ config = {{ behaviour = "ok" }}
             WeirProcess::spawn(&path)
         })
         .collect();
-    let rate = drain_rate(js, "weir").await;
+    for p in &processes {
+        p.wait_for_log("weir host started", Duration::from_secs(60));
+    }
+    let rate = resume(js, "weir").await;
     for mut p in processes {
         let clean = p.stop();
         assert!(clean, "a bench host did not stop cleanly:\n{}", p.output());
