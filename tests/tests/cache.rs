@@ -286,7 +286,7 @@ async fn redis_killed_and_restarted_serves_l1_then_recovers() {
 
 async fn coherent_pair(
     redis: &RedisServer,
-    nats: &NatsServer,
+    urls: [String; 2],
 ) -> (
     LayeredCache,
     LayeredCache,
@@ -294,8 +294,8 @@ async fn coherent_pair(
 ) {
     let mut stops = Vec::new();
     let mut caches = Vec::new();
-    for name in ["host-a", "host-b"] {
-        let bus = NatsBus::connect(&NatsSettings::with_url(nats.url()), &root(), name)
+    for (name, url) in ["host-a", "host-b"].into_iter().zip(urls) {
+        let bus = NatsBus::connect(&NatsSettings::with_url(url), &root(), name)
             .await
             .unwrap();
         let bus: Arc<dyn Bus> = Arc::new(bus);
@@ -318,8 +318,24 @@ async fn coherent_pair(
 async fn two_hosts_stay_coherent_under_concurrent_writes() {
     let redis = RedisServer::start();
     let nats = NatsServer::start();
-    let (a, b, _stops) = coherent_pair(&redis, &nats).await;
+    let (a, b, _stops) = coherent_pair(&redis, [nats.url(), nats.url()]).await;
+    writes_stay_coherent(&a, &b, &redis).await;
+}
 
+/// The same across a NATS cluster: each host on its own node, so every
+/// invalidation crosses a route.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hosts_on_different_cluster_nodes_stay_coherent() {
+    let redis = RedisServer::start();
+    let cluster = weir_tests::servers::NatsCluster::start(3).await;
+    let urls = [cluster.nodes[0].url(), cluster.nodes[1].url()];
+    let (a, b, _stops) = coherent_pair(&redis, urls).await;
+    writes_stay_coherent(&a, &b, &redis).await;
+}
+
+/// A's writes reach B's L1 (an L3 invalidation, then a read through L2),
+/// and after concurrent writes to the same keys both read what Redis holds.
+async fn writes_stay_coherent(a: &LayeredCache, b: &LayeredCache, redis: &RedisServer) {
     a.set("ns:k", Bytes::from_static(b"v1"), MIN).await.unwrap();
     assert_eq!(
         b.get("ns:k").await.unwrap().as_deref(),
@@ -356,7 +372,7 @@ async fn two_hosts_stay_coherent_under_concurrent_writes() {
     ra.unwrap();
     rb.unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut r = raw_redis(&redis).await;
+    let mut r = raw_redis(redis).await;
     for k in &keys {
         let stored: Vec<u8> = r.get(k).await.unwrap();
         let truth = &stored[1..];
@@ -369,7 +385,7 @@ async fn two_hosts_stay_coherent_under_concurrent_writes() {
 async fn an_outside_client_invalidates_with_the_seed_json() {
     let redis = RedisServer::start();
     let nats = NatsServer::start();
-    let (a, _b, _stops) = coherent_pair(&redis, &nats).await;
+    let (a, _b, _stops) = coherent_pair(&redis, [nats.url(), nats.url()]).await;
     a.set(
         "sma:trading_signal_BTCUSDT",
         Bytes::from_static(b"buy"),
