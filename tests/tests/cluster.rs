@@ -22,9 +22,24 @@ const MESSAGES: u64 = 3000;
 
 /// Creates the R3 stream `LOAD` on `load.>`.
 async fn r3_stream(js: &jetstream::Context) {
+    r3(js, "LOAD", "load.>", None).await;
+}
+
+/// Creates an R3 stream on `subject`; with `partitions`, a subject
+/// `<prefix>.*` is stored as `<prefix>.<token>.<partition>` (NATS'
+/// `partition()` mapping over the last token).
+async fn r3(js: &jetstream::Context, name: &str, subject: &str, partitions: Option<u32>) {
+    let subject_transform = partitions.map(|n| {
+        let prefix = subject.trim_end_matches(".*");
+        stream::SubjectTransform {
+            source: subject.into(),
+            destination: format!("{prefix}.{{{{wildcard(1)}}}}.{{{{partition({n},1)}}}}"),
+        }
+    });
     js.create_stream(stream::Config {
-        name: "LOAD".into(),
-        subjects: vec!["load.>".into()],
+        name: name.into(),
+        subjects: vec![subject.into()],
+        subject_transform,
         storage: stream::StorageType::File,
         num_replicas: 3,
         ..Default::default()
@@ -282,19 +297,7 @@ async fn partitioned_consumers_keep_per_subject_order_across_hosts() {
     let cluster = NatsCluster::start(3).await;
     let client = cluster.client().await;
     let js = jetstream::new(client.clone());
-    js.create_stream(stream::Config {
-        name: "PART".into(),
-        subjects: vec!["part.*".into()],
-        subject_transform: Some(stream::SubjectTransform {
-            source: "part.*".into(),
-            destination: "part.{{wildcard(1)}}.{{partition(2,1)}}".into(),
-        }),
-        storage: stream::StorageType::File,
-        num_replicas: 3,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    r3(&js, "PART", "part.*", Some(2)).await;
     let tags = Tags::collect(&client).await;
     let dir = tempdir("cluster-partitions");
     let urls = cluster.urls();
@@ -356,28 +359,8 @@ async fn the_demo_strategy_on_partitions_survives_a_sigkill_with_exact_signals()
     let redis = weir_tests::servers::RedisServer::start();
     let client = cluster.client().await;
     let js = jetstream::new(client.clone());
-    js.create_stream(stream::Config {
-        name: "TRADE".into(),
-        subjects: vec!["TRADE.trade.*".into()],
-        subject_transform: Some(stream::SubjectTransform {
-            source: "TRADE.trade.*".into(),
-            destination: "TRADE.trade.{{wildcard(1)}}.{{partition(2,1)}}".into(),
-        }),
-        storage: stream::StorageType::File,
-        num_replicas: 3,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    js.create_stream(stream::Config {
-        name: "SIGNALS".into(),
-        subjects: vec!["signals.>".into()],
-        storage: stream::StorageType::File,
-        num_replicas: 3,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    r3(&js, "TRADE", "TRADE.trade.*", Some(2)).await;
+    r3(&js, "SIGNALS", "signals.>", None).await;
     let dir = tempdir("cluster-sma");
     let write = |name: &str, partition: usize| {
         let path = dir.join(format!("{name}.toml"));
