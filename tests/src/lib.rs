@@ -337,6 +337,19 @@ impl Tags {
         }
     }
 
+    /// Waits for `n` outputs from `version` (60 s at most).
+    pub async fn wait_for_version(&self, version: &str, n: usize) {
+        let until = tokio::time::Instant::now() + Duration::from_secs(60);
+        while self.count(version) < n {
+            assert!(
+                tokio::time::Instant::now() < until,
+                "{} of {n} outputs from {version}",
+                self.count(version)
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// How many times each sequence came out.
     pub fn times(&self) -> std::collections::BTreeMap<u64, usize> {
         let mut times = std::collections::BTreeMap::new();
