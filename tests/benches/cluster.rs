@@ -63,22 +63,8 @@ async fn load(js: &jetstream::Context) {
     })
     .await
     .unwrap();
-    let mut acks = Vec::with_capacity(1000);
-    for seq in 0..EVENTS {
-        let ack = js
-            .publish(format!("bench.s{}", seq % 8), seq.to_string().into())
-            .await
-            .unwrap();
-        acks.push(ack);
-        if acks.len() == 1000 {
-            for a in acks.drain(..) {
-                a.await.unwrap();
-            }
-        }
-    }
-    for a in acks {
-        a.await.unwrap();
-    }
+    let msgs = (0..EVENTS).map(|seq| (format!("bench.s{}", seq % 8), seq.to_string().into()));
+    weir_tests::publish_acked(js, msgs).await;
 }
 
 /// Events per second from the consumer's first delivery until its ack

@@ -151,18 +151,7 @@ async fn load_stream(js: &jetstream::Context, msgs: &[(String, Bytes)]) {
     })
     .await
     .unwrap();
-    let mut acks = Vec::with_capacity(1000);
-    for (s, b) in msgs {
-        acks.push(js.publish(s.clone(), b.clone()).await.unwrap());
-        if acks.len() == 1000 {
-            for a in acks.drain(..) {
-                a.await.unwrap();
-            }
-        }
-    }
-    for a in acks {
-        a.await.unwrap();
-    }
+    weir_tests::publish_acked(js, msgs.iter().cloned()).await;
 }
 
 async fn jetstream_throughput(server: &NatsServer, msgs: &[(String, Bytes)]) -> (f64, f64) {

@@ -283,6 +283,26 @@ pub async fn wait_for_stream(
     }
 }
 
+/// Publishes every message to JetStream, 1000 acks in flight at most,
+/// and waits until the stream has confirmed each one.
+pub async fn publish_acked(
+    js: &async_nats::jetstream::Context,
+    msgs: impl IntoIterator<Item = (String, bytes::Bytes)>,
+) {
+    let mut acks = Vec::with_capacity(1000);
+    for (subject, payload) in msgs {
+        acks.push(js.publish(subject, payload).await.unwrap());
+        if acks.len() == 1000 {
+            for a in acks.drain(..) {
+                a.await.unwrap();
+            }
+        }
+    }
+    for a in acks {
+        a.await.unwrap();
+    }
+}
+
 /// What the hostile component's `tag` behaviour put out on `tag.out`:
 /// `(version, sequence)` in arrival order.
 #[derive(Clone, Default)]
