@@ -34,12 +34,12 @@ pub mod config;
 pub mod events;
 pub mod messaging;
 
-/// The raw bindings of the `weir:host/strategy` world, for what the
-/// helpers do not cover.
+/// The raw bindings of the `weir:host/batch-strategy` world (a strategy
+/// that also takes runs of messages), for what the helpers do not cover.
 pub mod bindings {
     wit_bindgen::generate!({
         path: "wit",
-        world: "weir:host/strategy",
+        world: "weir:host/batch-strategy",
         pub_export_macro: true,
         default_bindings_module: "weir_guest::bindings",
     });
@@ -62,7 +62,10 @@ pub trait Handler {
     fn handle(msg: Message, delivery: Delivery) -> Result<(), HandleError>;
 }
 
-/// Exports a [`Handler`] as the component's `weir:host/handler`.
+/// Exports a [`Handler`] as the component's `weir:host/handler`, and as
+/// its batch form `weir:host/batch-handler` (the same `handle` for each
+/// message of a run, stopping at the first error: one call into the
+/// component for many messages).
 #[macro_export]
 macro_rules! export_handler {
     ($handler:ty) => {
@@ -76,8 +79,34 @@ macro_rules! export_handler {
                 <$handler as $crate::Handler>::handle(msg, delivery)
             }
         }
+        impl $crate::bindings::exports::weir::host::batch_handler::Guest for __WeirGuestExport {
+            fn handle_batch(
+                events: ::std::vec::Vec<$crate::bindings::exports::weir::host::batch_handler::Event>,
+            ) -> ::std::vec::Vec<::core::result::Result<(), $crate::HandleError>> {
+                $crate::handle_each(events, <$handler as $crate::Handler>::handle)
+            }
+        }
         $crate::bindings::export!(__WeirGuestExport with_types_in $crate::bindings);
     };
+}
+
+/// The batch contract over a one-message handler: `handle` each event in
+/// order, stop after the first error (weir delivers the rest again).
+#[doc(hidden)]
+pub fn handle_each(
+    events: Vec<bindings::exports::weir::host::batch_handler::Event>,
+    handle: impl Fn(Message, Delivery) -> Result<(), HandleError>,
+) -> Vec<Result<(), HandleError>> {
+    let mut out = Vec::with_capacity(events.len());
+    for event in events {
+        let result = handle(event.msg, event.delivery);
+        let failed = result.is_err();
+        out.push(result);
+        if failed {
+            break;
+        }
+    }
+    out
 }
 
 /// Everything a handler usually needs, in one `use`.

@@ -17,7 +17,18 @@ use weir::bus::{Bus, BusMessage, EmbeddedBus};
 use weir::cache::{CacheStore, MemoryStore, MemoryStoreConfig};
 use weir::capability::ComponentContext;
 use weir::manifest::{CacheSettings, Grants, Limits};
-use weir::runtime::{ComponentTemplate, HandleOutcome, Instance, Runtime, RuntimeConfig};
+use weir::runtime::{
+    BatchItem, ComponentTemplate, HandleOutcome, Instance, Runtime, RuntimeConfig,
+};
+
+/// Messages per `handle-batch` call on the batched side (a worker takes
+/// up to 64 waiting messages at once; `PER_EVENT_BATCH` overrides).
+fn batch_size() -> usize {
+    std::env::var("PER_EVENT_BATCH")
+        .ok()
+        .and_then(|b| b.parse().ok())
+        .unwrap_or(16)
+}
 
 fn root() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
@@ -165,6 +176,37 @@ impl Setup {
         })
     }
 
+    /// The same events through `handle-batch`, `batch_size()` per call.
+    fn batched_events(&mut self, n: usize, offset: usize) -> Duration {
+        let Setup {
+            rt,
+            template,
+            instance,
+            msgs,
+            ..
+        } = self;
+        let size = batch_size();
+        rt.block_on(async {
+            let start = Instant::now();
+            let mut done = 0;
+            while done < n {
+                let items: Vec<BatchItem<'_>> = (done..n.min(done + size))
+                    .map(|i| BatchItem {
+                        msg: &msgs[(offset + i) % msgs.len()],
+                        stream: None,
+                        sequence: None,
+                        attempt: 1,
+                    })
+                    .collect();
+                let out = instance.handle_batch(template, &items).await.unwrap();
+                assert_eq!(out.len(), items.len());
+                assert!(out.iter().all(|o| matches!(o, HandleOutcome::Handled)));
+                done += items.len();
+            }
+            start.elapsed()
+        })
+    }
+
     fn native_events(&mut self, n: usize, offset: usize) -> Duration {
         let start = Instant::now();
         for i in 0..n {
@@ -191,6 +233,15 @@ fn per_event(c: &mut Criterion) {
             s.component_events(iters as usize, offset)
         })
     });
+    g.bench_function(
+        format!("component, handle-batch of {}", batch_size()),
+        |b| {
+            b.iter_custom(|iters| {
+                offset += iters as usize;
+                s.batched_events(iters as usize, offset)
+            })
+        },
+    );
     g.finish();
 }
 
@@ -198,7 +249,7 @@ fn per_event(c: &mut Criterion) {
 ///
 /// For instruction counts (`valgrind --tool=callgrind`, repeatable on a
 /// noisy machine), `PER_EVENT_ROUNDS=N` sets the rounds and
-/// `PER_EVENT_SIDE=native|component` runs one side only: the difference
+/// `PER_EVENT_SIDE=native|component|batch` runs one side only: the difference
 /// between two round counts, divided by the events, is the cost per event.
 fn ratio() {
     let mut s = setup();
@@ -208,13 +259,17 @@ fn ratio() {
         .and_then(|r| r.parse().ok())
         .unwrap_or(7);
     let side = std::env::var("PER_EVENT_SIDE").unwrap_or_default();
-    let (mut native, mut comp) = (Vec::new(), Vec::new());
+    let (mut native, mut comp, mut batched) = (Vec::new(), Vec::new(), Vec::new());
+    let runs = |which: &str| side.is_empty() || side == which;
     for round in 0..rounds {
-        if side != "component" {
+        if runs("native") {
             native.push(s.native_events(n, round * 7).as_nanos() as f64 / n as f64);
         }
-        if side != "native" {
+        if runs("component") {
             comp.push(s.component_events(n, round * 7).as_nanos() as f64 / n as f64);
+        }
+        if runs("batch") {
+            batched.push(s.batched_events(n, round * 7).as_nanos() as f64 / n as f64);
         }
     }
     // NaN for a side that did not run.
@@ -222,16 +277,22 @@ fn ratio() {
         v.sort_by(f64::total_cmp);
         v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
     };
-    let (nm, cm) = (median(native), median(comp));
+    let (nm, cm, bm) = (median(native), median(comp), median(batched));
+    let size = batch_size();
     println!("\nsma-crossover per event, median of {rounds} rounds of {n} trades:");
     println!(
-        "  native Rust {nm:>8.0} ns   component {cm:>8.0} ns   ratio {:.2}x",
-        cm / nm
+        "  native Rust {nm:>8.0} ns   component {cm:>8.0} ns   ratio {:.2}x   handle-batch of {size} {bm:>8.0} ns   ratio {:.2}x",
+        cm / nm,
+        bm / nm
     );
     // One row of `just bench`'s summary table.
     println!(
         "TABLE|per_event: sma-crossover step, L1 + embedded bus|{cm:.0} ns|native Rust {nm:.0} ns|{:.2}x|≤ 1.5x",
         cm / nm
+    );
+    println!(
+        "TABLE|per_event: the same, handle-batch of {size}|{bm:.0} ns|native Rust {nm:.0} ns|{:.2}x|≤ 1.5x",
+        bm / nm
     );
 }
 

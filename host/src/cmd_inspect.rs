@@ -47,6 +47,10 @@ fn text(path: &Path, r: &Inspection) -> String {
     match r.world {
         Some(w) => {
             let _ = writeln!(out, "world    {} (exports {})", w.name(), w.handler());
+            let batch = weir::runtime::BATCH_HANDLER;
+            if r.exports.iter().any(|e| e == batch) {
+                let _ = writeln!(out, "batches  yes (exports {batch})");
+            }
         }
         None => {
             let _ = writeln!(out, "world    none that weir runs");

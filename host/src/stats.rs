@@ -29,6 +29,10 @@ pub struct ComponentStats {
     pub log_lines: AtomicU64,
     /// Log and stdout/stderr lines dropped by the rate limit.
     pub log_dropped: AtomicU64,
+    /// `handle-batch` calls made (its batches).
+    pub batches: AtomicU64,
+    /// Messages passed to those calls.
+    pub batched: AtomicU64,
     /// The version running now: 1 from the start, one more per hot update
     /// (0 before the host sets it).
     pub version: AtomicU64,
@@ -65,6 +69,10 @@ pub struct ComponentSnapshot {
     pub log_lines: u64,
     /// See [`ComponentStats::log_dropped`].
     pub log_dropped: u64,
+    /// See [`ComponentStats::batches`].
+    pub batches: u64,
+    /// See [`ComponentStats::batched`].
+    pub batched: u64,
 }
 
 impl ComponentStats {
@@ -112,6 +120,8 @@ impl ComponentStats {
             in_flight: l(&self.in_flight),
             log_lines: l(&self.log_lines),
             log_dropped: l(&self.log_dropped),
+            batches: l(&self.batches),
+            batched: l(&self.batched),
         }
     }
 }

@@ -107,6 +107,25 @@ fn inspect_names_what_a_component_imports_that_weir_lacks() {
     assert_one_line(&stderr, "is not a WebAssembly component");
 }
 
+#[test]
+fn inspect_says_whether_a_component_takes_batches() {
+    let wasm = |name: &str| {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join(format!("../target/wasm32-wasip2/release/{name}.wasm"))
+    };
+    // sma-crossover exports `batch-handler`, price-alert only `handler`.
+    let (ok, stdout, _) = weir_out(&["inspect", wasm("sma_crossover").to_str().unwrap()]);
+    assert!(ok, "{stdout}");
+    assert!(
+        stdout.contains("batches  yes (exports weir:host/batch-handler@0.1.0)\n"),
+        "{stdout}"
+    );
+    let (ok, stdout, _) = weir_out(&["inspect", wasm("price_alert").to_str().unwrap()]);
+    assert!(ok, "{stdout}");
+    assert!(stdout.contains("world    weir"), "{stdout}");
+    assert!(!stdout.contains("batches"), "{stdout}");
+}
+
 /// A running `weir run` takes a new component version on SIGHUP (and keeps
 /// running), and on a file change with `--watch`.
 #[test]

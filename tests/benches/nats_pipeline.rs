@@ -197,18 +197,20 @@ async fn jetstream_throughput(server: &NatsServer, msgs: &[(String, Bytes)]) -> 
     (rate(n - 1, raw), rate(n - counted, weir))
 }
 
-/// Publishes at LATENCY_RATE; returns sorted latencies (µs) of the trades
-/// whose signal (or relayed copy) arrived on `signals.>`.
+/// Publishes at LATENCY_RATE; returns the latencies (µs) of the trades
+/// whose signal (or relayed copy) arrived on `signals.>`, sorted, each with
+/// when its trade was published (seconds into the run).
 async fn latencies(
     server: &NatsServer,
     msgs: &[(String, Bytes)],
     signalled: &std::collections::HashSet<u64>,
-) -> Vec<f64> {
+) -> Vec<(f64, f64)> {
     let rx_client = server.client().await;
     let mut sub = rx_client.subscribe("signals.>").await.unwrap();
     rx_client.flush().await.unwrap();
     let sent: Arc<std::sync::Mutex<HashMap<u64, Instant>>> = Arc::default();
     let s2 = sent.clone();
+    let start = Instant::now();
     let expect = signalled.len();
     let receiver = tokio::spawn(async move {
         let mut out = Vec::with_capacity(expect);
@@ -220,13 +222,15 @@ async fn latencies(
             let v: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
             let id = v["trade_id"].as_u64().unwrap();
             if let Some(t) = s2.lock().unwrap().get(&id) {
-                out.push(now.duration_since(*t).as_secs_f64() * 1e6);
+                out.push((
+                    now.duration_since(*t).as_secs_f64() * 1e6,
+                    t.duration_since(start).as_secs_f64(),
+                ));
             }
         }
         out
     });
     let publisher = server.client().await;
-    let start = Instant::now();
     for (i, (s, b)) in msgs.iter().enumerate() {
         let due = start + Duration::from_secs_f64(i as f64 / LATENCY_RATE as f64);
         tokio::time::sleep_until(due.into()).await;
@@ -238,12 +242,32 @@ async fn latencies(
     }
     publisher.flush().await.unwrap();
     let mut out = receiver.await.unwrap();
-    out.sort_by(f64::total_cmp);
+    out.sort_by(|a, b| a.0.total_cmp(&b.0));
     out
 }
 
-fn pct(v: &[f64], p: f64) -> f64 {
-    v[((v.len() as f64 - 1.0) * p).round() as usize]
+fn pct(v: &[(f64, f64)], p: f64) -> f64 {
+    v[((v.len() as f64 - 1.0) * p).round() as usize].0
+}
+
+/// The tail of a latency run: p90, p95, p99, max and when the slowest
+/// trades were published, to tell a start-up transient from steady stalls.
+fn tail(who: &str, v: &[(f64, f64)]) {
+    let slowest: Vec<String> = v
+        .iter()
+        .rev()
+        .take(8)
+        .map(|(l, at)| format!("{:.1}ms@{at:.2}s", l / 1e3))
+        .collect();
+    println!(
+        "latency tail     {who:<6} n {} p90 {:.0} µs p95 {:.0} µs p99 {:.0} µs max {:.0} µs; slowest: {}",
+        v.len(),
+        pct(v, 0.90),
+        pct(v, 0.95),
+        pct(v, 0.99),
+        pct(v, 1.0),
+        slowest.join(" ")
+    );
 }
 
 async fn latency(server: &NatsServer, msgs: &[(String, Bytes)]) -> ((f64, f64), (f64, f64)) {
@@ -292,6 +316,8 @@ async fn latency(server: &NatsServer, msgs: &[(String, Bytes)]) -> ((f64, f64), 
         weir.len(),
         signalled.len()
     );
+    tail("relay", &raw);
+    tail("weir", &weir);
     (
         (pct(&raw, 0.5), pct(&raw, 0.99)),
         (pct(&weir, 0.5), pct(&weir, 0.99)),

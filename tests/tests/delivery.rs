@@ -120,3 +120,113 @@ async fn order_holds_through_retries_on_a_jetstream_consumer() {
         (0, 0)
     );
 }
+
+/// Payloads `0..n` in order, every 7th trapping its first delivery and
+/// every 11th asking for a retry on it.
+fn batch_payloads(n: usize) -> Vec<String> {
+    (0..n)
+        .map(|i| match (i % 7, i % 11) {
+            (3, _) => format!("{i}-trap-once"),
+            (_, 5) => format!("{i}-fail-once"),
+            _ => i.to_string(),
+        })
+        .collect()
+}
+
+/// `order-once` on one subject, batches allowed (the default).
+fn batch_component(nats: Option<&str>) -> String {
+    order_component(nats)
+        .replace("behaviour = \"order\"", "behaviour = \"order-once\"")
+        .replace("max_deliver = 3", "max_deliver = 3, max_batch = 64")
+}
+
+/// Waits until `o:order` holds `n` payloads; returns it.
+async fn applied_n(host: &Host, n: usize) -> String {
+    let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let got = host.cache().unwrap().get("o:order").await.unwrap();
+        let text = got.map(|b| String::from_utf8(b.to_vec()).unwrap());
+        if let Some(t) = &text
+            && t.matches(',').count() >= n
+        {
+            return t.clone();
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "applied so far: {text:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What a batched run must show: every payload applied once, in order,
+/// though some trapped inside a batch and some asked for a retry there.
+fn check_batched(host: &Host, text: &str, payloads: &[String]) {
+    let want: String = payloads.iter().map(|p| format!("{p},")).collect();
+    assert_eq!(text, want);
+    let s = host.component_stats()[0].1;
+    let traps = payloads.iter().filter(|p| p.contains("trap-once")).count() as u64;
+    let fails = payloads.iter().filter(|p| p.contains("fail-once")).count() as u64;
+    assert!(s.batches > 0 && s.batched >= 2 * s.batches, "{s:?}");
+    assert_eq!(
+        (s.handled, s.dead_lettered),
+        (payloads.len() as u64, 0),
+        "{s:?}"
+    );
+    // A trap-once payload traps alone on its first delivery (once more if
+    // it was in a batch, which is not counted as a delivery); each such
+    // retry and each fail-once is retried once.
+    assert!(s.traps >= traps, "{s:?}");
+    assert_eq!(s.retried, traps + fails, "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_keep_order_through_traps_and_retries_on_the_embedded_bus() {
+    let payloads = batch_payloads(300);
+    let host = Host::start(&manifest(&batch_component(None)))
+        .await
+        .unwrap();
+    for p in &payloads {
+        host.bus()
+            .publish(BusMessage::new("seq.one", p.clone()))
+            .await
+            .unwrap();
+    }
+    let text = applied_n(&host, payloads.len()).await;
+    assert!(host.wait_idle(Duration::from_secs(10)).await);
+    check_batched(&host, &text, &payloads);
+    host.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_keep_order_through_traps_and_retries_on_a_jetstream_consumer() {
+    let server = NatsServer::start();
+    let js = jetstream::new(server.client().await);
+    js.create_stream(stream::Config {
+        name: "SEQ".into(),
+        subjects: vec!["seq.>".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let payloads = batch_payloads(300);
+    weir_tests::publish_acked(
+        &js,
+        payloads
+            .iter()
+            .map(|p| ("seq.one".to_owned(), bytes::Bytes::from(p.clone()))),
+    )
+    .await;
+    let host = Host::start(&manifest(&batch_component(Some(&server.url()))))
+        .await
+        .unwrap();
+    let text = applied_n(&host, payloads.len()).await;
+    assert!(host.wait_idle(Duration::from_secs(10)).await);
+    check_batched(&host, &text, &payloads);
+    host.shutdown(Duration::from_secs(5)).await;
+    // Everything acknowledged, nothing left for redelivery.
+    assert_eq!(
+        weir_tests::consumer_backlog(&js, "SEQ", "order").await,
+        (0, 0)
+    );
+}

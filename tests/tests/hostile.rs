@@ -16,10 +16,14 @@ const TRADES: usize = 600;
 /// Pokes sent to the hostile component.
 const POKES: usize = 3;
 
-fn manifest_with(behaviour: &str) -> String {
+/// The hostile component beside sma-crossover. `batch`: waiting pokes may
+/// go to `handle-batch` together; else one per call (`max_batch = 1`), so
+/// every count is per event.
+fn manifest_with(behaviour: &str, batch: bool) -> String {
     // Wall-clock deadlines on a loaded 2-core machine: only the looping
     // guest should ever reach one.
     let deadline = if behaviour == "loop" { 200 } else { 5000 };
+    let max_batch = if batch { 64 } else { 1 };
     format!(
         r#"
 [components.sma-crossover]
@@ -31,7 +35,7 @@ grants = {{ subscribe = ["TRADE.trade.*"], publish = ["signals.*"], cache = "sma
 wasm = "{{hostile}}"
 subscribe = [{{ subject = "poke.*" }}]
 grants = {{ subscribe = ["poke.*"], cache = "hostile" }}
-limits = {{ memory_mb = 16, time_per_event_ms = {deadline}, max_deliver = 2 }}
+limits = {{ memory_mb = 16, time_per_event_ms = {deadline}, max_deliver = 2, max_batch = {max_batch} }}
 config = {{ behaviour = "{behaviour}" }}
 "#
     )
@@ -39,7 +43,12 @@ config = {{ behaviour = "{behaviour}" }}
 
 /// Runs the hostile component beside sma-crossover; returns its dead letters.
 async fn survive(behaviour: &str) -> Vec<serde_json::Value> {
-    let host = Host::start(&manifest(&manifest_with(behaviour)))
+    survive_in(behaviour, false).await
+}
+
+/// [`survive`], with the pokes batched or not.
+async fn survive_in(behaviour: &str, batch: bool) -> Vec<serde_json::Value> {
+    let host = Host::start(&manifest(&manifest_with(behaviour, batch)))
         .await
         .unwrap();
     let signals = Collector::start(&*host.bus(), "signals.>").await;
@@ -77,10 +86,23 @@ async fn survive(behaviour: &str) -> Vec<serde_json::Value> {
         "{behaviour}"
     );
 
-    // Every poke was tried twice on fresh instances, then dead-lettered.
+    // Every poke was tried twice on fresh instances, then dead-lettered
+    // (in batches: after a failed batch, which is not counted as a delivery).
     let hostile = stats.iter().find(|(n, _)| n == "hostile").unwrap().1;
     assert_eq!(hostile.received, POKES as u64);
-    assert_eq!(hostile.traps, 2 * POKES as u64, "{behaviour}: {hostile:?}");
+    if batch {
+        // The first poke goes alone (it finds no others waiting); the rest
+        // wait behind its retry backoff, so they come in a batch.
+        assert!(hostile.batches >= 1, "{behaviour}: {hostile:?}");
+        assert_eq!(
+            hostile.traps,
+            2 * POKES as u64 + hostile.batches,
+            "{behaviour}: {hostile:?}"
+        );
+    } else {
+        assert_eq!(hostile.traps, 2 * POKES as u64, "{behaviour}: {hostile:?}");
+        assert_eq!(hostile.batches, 0);
+    }
     assert_eq!(hostile.dead_lettered, POKES as u64);
     assert_eq!(hostile.handled, 0);
     host.shutdown(Duration::from_secs(5)).await;
@@ -145,6 +167,20 @@ async fn recursing_component_overflows_its_stack() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trapping_and_looping_components_are_contained_inside_batches() {
+    // A failed batch is thrown away whole and its messages are delivered
+    // again one by one: the same dead letters, errors and counts per event.
+    let e = error_of(&survive_in("trap", true).await);
+    assert!(e.contains("trapped") && e.contains("unreachable"), "{e}");
+    // A loop inside a batch of n runs into n × the per-event deadline.
+    let e = error_of(&survive_in("loop", true).await);
+    assert!(
+        e.contains("missed its deadline") && e.contains("200 ms"),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_instance_takes_over_after_a_trap() {
     let m = manifest(
         r#"
@@ -152,7 +188,7 @@ async fn a_fresh_instance_takes_over_after_a_trap() {
 wasm = "{hostile}"
 subscribe = [{ subject = "poke.*" }]
 grants = { subscribe = ["poke.*"], cache = "hostile" }
-limits = { max_deliver = 3 }
+limits = { max_deliver = 3, max_batch = 1 }
 config = { behaviour = "trap-first" }
 "#,
     );
@@ -193,6 +229,12 @@ async fn contained_with_stats(
     limits: &str,
     handled: bool,
 ) -> (Vec<serde_json::Value>, weir::stats::ComponentSnapshot) {
+    // One poke per call: the quotas and deadlines checked are per event.
+    let limits = if limits.is_empty() {
+        "max_batch = 1".to_owned()
+    } else {
+        format!("max_batch = 1, {limits}")
+    };
     let text = format!(
         r#"
 [components.sma-crossover]
@@ -481,5 +523,42 @@ config = { behaviour = "stall" }
     let stats = host.component_stats();
     let s = stats.iter().find(|(n, _)| n == "hostile").unwrap().1;
     assert_eq!((s.traps, s.deadline_hits, s.dead_lettered), (2, 2, 1));
+    host.shutdown(Duration::from_secs(5)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_answered_with_nothing_is_delivered_one_by_one() {
+    // A `handle-batch` that answers for no event breaks the contract; weir
+    // must not offer the same batch forever.
+    let m = manifest(
+        r#"
+[components.hostile]
+wasm = "{hostile}"
+subscribe = [{ subject = "poke.*" }]
+grants = { subscribe = ["poke.*"], cache = "hostile" }
+config = { behaviour = "batch-empty" }
+"#,
+    );
+    let host = Host::start(&m).await.unwrap();
+    for i in 0..40 {
+        host.bus()
+            .publish(BusMessage::new(format!("poke.{}", i % 4), "{}"))
+            .await
+            .unwrap();
+    }
+    assert!(host.wait_idle(Duration::from_secs(20)).await);
+    let s = host.component_stats()[0].1;
+    assert!(s.batches >= 1, "{s:?}");
+    assert_eq!((s.handled, s.dead_lettered, s.traps), (40, 0, 0), "{s:?}");
+    // Each handled once, by `handle`, after every batch came back empty.
+    let cache = host.cache().unwrap();
+    let seen = cache.get("hostile:seen").await.unwrap();
+    assert_eq!(seen.as_deref(), Some(&b"40"[..]));
+    let empty = cache.get("hostile:empty-answers").await.unwrap();
+    assert_eq!(
+        empty,
+        Some(s.batches.to_string().into_bytes().into()),
+        "{s:?}"
+    );
     host.shutdown(Duration::from_secs(5)).await;
 }

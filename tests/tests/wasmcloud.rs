@@ -545,11 +545,12 @@ fn inspect_tells_each_world_and_marks_every_import_of_the_demo_components_provid
         fuel: false,
     })
     .unwrap();
-    for (file, world) in [
-        ("wasmcloud_kv", World::WasmCloud),
-        ("wasmcloud_echo", World::WasmCloud),
-        ("sma_crossover", World::Weir),
-        ("price_alert", World::Weir),
+    // sma-crossover also exports the batch form of weir's handler.
+    for (file, world, batch) in [
+        ("wasmcloud_kv", World::WasmCloud, false),
+        ("wasmcloud_echo", World::WasmCloud, false),
+        ("sma_crossover", World::Weir, true),
+        ("price_alert", World::Weir, false),
     ] {
         let bytes = std::fs::read(wasm(file)).unwrap();
         let r = runtime.inspect(&bytes).unwrap();
@@ -564,6 +565,10 @@ fn inspect_tells_each_world_and_marks_every_import_of_the_demo_components_provid
             r.imports
         );
         assert_eq!(r.sha256, weir::digest::sha256_hex(&bytes));
-        assert_eq!(r.exports, [world.handler()], "{file}");
+        let mut exports = vec![world.handler()];
+        if batch {
+            exports.push(weir::runtime::BATCH_HANDLER);
+        }
+        assert_eq!(r.exports, exports, "{file}");
     }
 }

@@ -29,11 +29,17 @@
 //! - `order`: appends each payload to the cache key `order` (comma after
 //!   each); a payload containing `fail-once` asks for a retry on its first
 //!   delivery (tests that order holds through retries)
+//! - `order-once`: `order` for payloads that start with their index, each
+//!   applied once (an index at or below the last applied one is skipped, as
+//!   a strategy skips a redelivered trade); a payload containing
+//!   `trap-once` traps on its first delivery
 //! - `probe`: publishes on `probe.out` what the guest sees: wall-clock
 //!   ms, 8 random bytes (hex) and the cache key `k`; a payload `set`
 //!   first caches `k` for 1 s (tests the replay's virtual clock)
 //! - `tag`: publishes `<config version>|<payload>` on `tag.out` (tests
 //!   which version of a hot-updated component handled each message)
+//! - `batch-empty`: `handle` handles everything like `ok`; `handle-batch`
+//!   answers with an empty list (tests that weir still makes progress)
 //! - `ok`: handles everything (counts messages in the cache under `seen`)
 
 #![allow(unsafe_code)] // the ABI glue that wit-bindgen generates is unsafe
@@ -43,7 +49,9 @@ use std::hint::black_box;
 
 wit_bindgen::generate!({
     path: "../../wit",
-    world: "weir:host/strategy",
+    // The batch form too: weir's tests of `handle-batch` (set
+    // `limits.max_batch = 1` for one message per call).
+    world: "weir:host/batch-strategy",
 });
 
 use exports::weir::host::handler::{Delivery, Guest, HandleError};
@@ -186,6 +194,36 @@ impl Guest for Hostile {
                     .map_err(|e| HandleError::Reject(format!("{e:?}")))
             }
             "trap-first" if delivery.attempt <= 1 => core::arch::wasm32::unreachable(),
+            "order-once" => {
+                let text = String::from_utf8_lossy(&msg.payload).into_owned();
+                if text.contains("trap-once") && delivery.attempt <= 1 {
+                    core::arch::wasm32::unreachable()
+                }
+                if text.contains("fail-once") && delivery.attempt <= 1 {
+                    return Err(HandleError::Retry("first delivery fails on purpose".into()));
+                }
+                let index: u64 = text
+                    .split(|c: char| !c.is_ascii_digit())
+                    .next()
+                    .and_then(|d| d.parse().ok())
+                    .unwrap_or(0);
+                let retry = |e| HandleError::Retry(format!("{e:?}"));
+                let last = cache::get("last")
+                    .map_err(retry)?
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .and_then(|s| s.parse::<u64>().ok());
+                if last.is_some_and(|l| index <= l) {
+                    return Ok(());
+                }
+                let mut seen = cache::get("order")
+                    .map_err(retry)?
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .unwrap_or_default();
+                seen.push_str(&text);
+                seen.push(',');
+                cache::set("order", seen.as_bytes(), None).map_err(retry)?;
+                cache::set("last", index.to_string().as_bytes(), None).map_err(retry)
+            }
             "order" => {
                 let text = String::from_utf8_lossy(&msg.payload).into_owned();
                 if text.contains("fail-once") && delivery.attempt <= 1 {
@@ -258,6 +296,36 @@ impl Guest for Hostile {
                     .map_err(|e| HandleError::Retry(format!("{e:?}")))
             }
         }
+    }
+}
+
+impl exports::weir::host::batch_handler::Guest for Hostile {
+    /// Each message as `handle` would, in order; stops after the first error.
+    fn handle_batch(
+        events: Vec<exports::weir::host::batch_handler::Event>,
+    ) -> Vec<Result<(), HandleError>> {
+        if config::get("behaviour").as_deref() == Some("batch-empty") {
+            // Against the contract: answers for none of the events (and
+            // counts such answers under `empty-answers`).
+            let n = cache::get("empty-answers")
+                .ok()
+                .flatten()
+                .and_then(|b| String::from_utf8(b).ok())
+                .and_then(|s| s.parse::<u64>().ok())
+                .unwrap_or(0);
+            let _ = cache::set("empty-answers", (n + 1).to_string().as_bytes(), None);
+            return Vec::new();
+        }
+        let mut out = Vec::with_capacity(events.len());
+        for event in events {
+            let result = <Hostile as Guest>::handle(event.msg, event.delivery);
+            let failed = result.is_err();
+            out.push(result);
+            if failed {
+                break;
+            }
+        }
+        out
     }
 }
 

@@ -232,6 +232,14 @@ impl Capabilities {
         self.reply_to = reply_to;
     }
 
+    /// Starts a batch of `events` messages (none with a reply-to): the
+    /// per-event budget times their number.
+    pub fn begin_batch(&mut self, events: usize) {
+        let n = u32::try_from(events).unwrap_or(u32::MAX);
+        self.calls_left = self.ctx.limits.host_calls_per_event.saturating_mul(n);
+        self.reply_to = None;
+    }
+
     /// Spends one host call from the event's budget.
     fn spend(&mut self) -> Result<(), GuestError> {
         if self.calls_left == 0 {

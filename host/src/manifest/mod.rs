@@ -379,6 +379,10 @@ pub struct Limits {
     pub publish_per_sec: Option<u32>,
     /// Table elements per instance.
     pub table_elements: usize,
+    /// Most waiting messages handed to a component's `handle-batch` in one
+    /// call; 1: every message alone (strict per-event deadlines, lowest
+    /// latency of the first message). Ignored without a batch export.
+    pub max_batch: usize,
 }
 
 impl Default for Limits {
@@ -393,6 +397,7 @@ impl Default for Limits {
             fuel_per_event: None,
             publish_per_sec: None,
             table_elements: 20_000,
+            max_batch: 64,
         }
     }
 }

@@ -169,6 +169,7 @@ fn check_limits(spec: &ComponentSpec) -> Result<(), (&'static str, String)> {
     range("limits.time_per_event_ms", l.time_per_event_ms, 1, 600_000)?;
     range("limits.instances", l.instances as u64, 1, 64)?;
     range("limits.max_deliver", u64::from(l.max_deliver), 1, 1000)?;
+    range("limits.max_batch", l.max_batch as u64, 1, 64)?;
     range(
         "limits.max_payload_bytes",
         l.max_payload_bytes as u64,

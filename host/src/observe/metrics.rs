@@ -73,7 +73,7 @@ fn gauge(
 type ComponentCounter = (&'static str, &'static str, fn(&ComponentStats) -> u64);
 
 /// Per-component counters (what is not tied to one subscription).
-const COMPONENT_COUNTERS: [ComponentCounter; 6] = [
+const COMPONENT_COUNTERS: [ComponentCounter; 8] = [
     (
         "weir_traps",
         "Instances that failed (trap, deadline, limit)",
@@ -103,6 +103,14 @@ const COMPONENT_COUNTERS: [ComponentCounter; 6] = [
         "weir_log_lines_dropped",
         "Guest log lines dropped by the rate limit",
         |s| load(&s.log_dropped),
+    ),
+    ("weir_batch_calls", "handle-batch calls made", |s| {
+        load(&s.batches)
+    }),
+    (
+        "weir_messages_batched",
+        "Messages passed to handle-batch calls",
+        |s| load(&s.batched),
     ),
 ];
 

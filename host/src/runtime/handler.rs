@@ -8,6 +8,7 @@ use wasmtime::Engine;
 use wasmtime::component::{Component, Instance, InstancePre};
 
 use crate::capability::bindings::exports::wasmcloud::messaging::handler as wasmcloud;
+use crate::capability::bindings::exports::weir::host::batch_handler as batch;
 use crate::capability::bindings::exports::weir::host::handler as weir;
 
 /// The world a component is written for.
@@ -38,16 +39,21 @@ impl World {
     }
 }
 
+/// The optional batch form of weir's handler.
+pub const BATCH_HANDLER: &str = "weir:host/batch-handler@0.1.0";
+
 /// Where the handler is among a component's exports, found once.
 #[derive(Clone)]
 pub(crate) enum HandlerIndices {
-    Weir(weir::GuestIndices),
+    /// weir's handler, and its batch form when the component exports it.
+    Weir(weir::GuestIndices, Option<batch::GuestIndices>),
     WasmCloud(wasmcloud::GuestIndices),
 }
 
 /// The handler of one instance.
 pub(crate) enum Handler {
-    Weir(weir::Guest),
+    /// `handle`, and `handle-batch` when exported.
+    Weir(weir::Guest, Option<batch::Guest>),
     WasmCloud(wasmcloud::Guest),
 }
 
@@ -56,7 +62,7 @@ impl HandlerIndices {
     /// wasmCloud's; the error lists what it exports instead.
     pub(crate) fn find<T>(pre: &InstancePre<T>, engine: &Engine) -> Result<Self, String> {
         if let Ok(i) = weir::GuestIndices::new(pre) {
-            return Ok(HandlerIndices::Weir(i));
+            return Ok(HandlerIndices::Weir(i, batch::GuestIndices::new(pre).ok()));
         }
         if let Ok(i) = wasmcloud::GuestIndices::new(pre) {
             return Ok(HandlerIndices::WasmCloud(i));
@@ -82,9 +88,14 @@ impl HandlerIndices {
     /// The world this handler belongs to.
     pub(crate) fn world(&self) -> World {
         match self {
-            HandlerIndices::Weir(_) => World::Weir,
+            HandlerIndices::Weir(..) => World::Weir,
             HandlerIndices::WasmCloud(_) => World::WasmCloud,
         }
+    }
+
+    /// Whether the component exports `handle-batch` too.
+    pub(crate) fn batches(&self) -> bool {
+        matches!(self, HandlerIndices::Weir(_, Some(_)))
     }
 
     /// The handler of a new instance (type-checked against the WIT).
@@ -94,7 +105,14 @@ impl HandlerIndices {
         instance: &Instance,
     ) -> wasmtime::Result<Handler> {
         Ok(match self {
-            HandlerIndices::Weir(i) => Handler::Weir(i.load(store, instance)?),
+            HandlerIndices::Weir(i, b) => {
+                let mut store = store;
+                let batch = match b {
+                    Some(b) => Some(b.load(&mut store, instance)?),
+                    None => None,
+                };
+                Handler::Weir(i.load(&mut store, instance)?, batch)
+            }
             HandlerIndices::WasmCloud(i) => Handler::WasmCloud(i.load(store, instance)?),
         })
     }

@@ -14,6 +14,7 @@ use super::handler::Handler;
 use super::limiter::{LimitHit, Limiter};
 use crate::bus::BusMessage;
 use crate::capability::bindings::exports::wasmcloud::messaging::handler::BrokerMessage;
+use crate::capability::bindings::exports::weir::host::batch_handler::Event;
 use crate::capability::bindings::exports::weir::host::handler::{Delivery, HandleError};
 use crate::capability::bindings::weir::host::messaging::MessageParam;
 use crate::capability::{Capabilities, ComponentContext};
@@ -261,7 +262,7 @@ impl Instance {
         let started = tokio::time::Instant::now();
         let grace = self.deadline + Duration::from_millis(50);
         let result = match &self.handler {
-            Handler::Weir(handler) => {
+            Handler::Weir(handler, _) => {
                 let headers: Vec<(&str, &str)> = msg
                     .headers
                     .iter()
@@ -312,6 +313,127 @@ impl Instance {
                 kind: FailureKind::Deadline,
                 detail: format!(
                     "handle took longer than {} ms (waiting in a host call)",
+                    template.ctx.limits.time_per_event_ms
+                ),
+            }),
+        }
+    }
+}
+
+/// One message of a batch, with what is known about this delivery of it.
+pub struct BatchItem<'a> {
+    /// The message (never one with a reply-to).
+    pub msg: &'a BusMessage,
+    /// The JetStream stream it came from.
+    pub stream: Option<&'a str>,
+    /// Its sequence there.
+    pub sequence: Option<u64>,
+    /// 1 on first delivery.
+    pub attempt: u32,
+}
+
+impl Instance {
+    /// Calls `handle-batch` with the items, the deadline and fuel the
+    /// per-event ones times their number. `Ok` holds one outcome per item
+    /// handled, in order: `Handled` ones, then at most one error, where
+    /// the batch stopped (what the guest answered past its first error is
+    /// ignored: those items are not counted handled). `Err`: drop the
+    /// instance. Without a batch export, calls `handle` for each item.
+    pub async fn handle_batch(
+        &mut self,
+        template: &ComponentTemplate,
+        items: &[BatchItem<'_>],
+    ) -> Result<Vec<HandleOutcome>, Failure> {
+        let Handler::Weir(_, Some(batch)) = &self.handler else {
+            let mut outcomes = Vec::with_capacity(items.len());
+            for it in items {
+                let outcome = self
+                    .handle(template, it.msg, it.stream, it.sequence, it.attempt)
+                    .await;
+                match outcome {
+                    HandleOutcome::Failed(f) => return Err(f),
+                    HandleOutcome::Handled => outcomes.push(outcome),
+                    _ => {
+                        outcomes.push(outcome);
+                        break;
+                    }
+                }
+            }
+            return Ok(outcomes);
+        };
+        let n = u32::try_from(items.len()).unwrap_or(u32::MAX);
+        self.store.data_mut().caps.begin_batch(items.len());
+        self.store
+            .set_epoch_deadline(self.deadline_ticks.saturating_mul(u64::from(n)));
+        if let Some(f) = self.fuel
+            && let Err(e) = self.store.set_fuel(f.saturating_mul(u64::from(n)))
+        {
+            return Err(template.failure(e));
+        }
+        let started = tokio::time::Instant::now();
+        let grace = self.deadline.saturating_mul(n) + Duration::from_millis(50);
+        // The headers of every message first: the events borrow them.
+        let headers: Vec<Vec<(&str, &str)>> = items
+            .iter()
+            .map(|it| {
+                it.msg
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect()
+            })
+            .collect();
+        let events: Vec<Event<'_>> = items
+            .iter()
+            .zip(&headers)
+            .map(|(it, headers)| Event {
+                msg: MessageParam {
+                    subject: &it.msg.subject,
+                    reply_to: None,
+                    headers,
+                    payload: &it.msg.payload,
+                },
+                delivery: Delivery {
+                    stream: it.stream,
+                    sequence: it.sequence,
+                    attempt: it.attempt,
+                },
+            })
+            .collect();
+        let call = batch.call_handle_batch(&mut self.store, &events);
+        match within(call, started, grace).await {
+            Some(Ok(answers)) => {
+                let mut outcomes = Vec::with_capacity(answers.len().min(items.len()));
+                for answer in answers.into_iter().take(items.len()) {
+                    match answer {
+                        Ok(()) => outcomes.push(HandleOutcome::Handled),
+                        Err(HandleError::Retry(reason)) => {
+                            outcomes.push(HandleOutcome::Retry(reason));
+                            break;
+                        }
+                        Err(HandleError::Reject(reason)) => {
+                            outcomes.push(HandleOutcome::Reject(reason));
+                            break;
+                        }
+                    }
+                }
+                Ok(outcomes)
+            }
+            Some(Err(e)) => {
+                let mut failure = template.failure(e);
+                if failure.kind == FailureKind::Deadline {
+                    failure.detail = format!(
+                        "handle-batch of {n} events took longer than {n} × {} ms",
+                        template.ctx.limits.time_per_event_ms
+                    );
+                }
+                Err(failure)
+            }
+            None => Err(Failure {
+                component: template.ctx.name.clone(),
+                kind: FailureKind::Deadline,
+                detail: format!(
+                    "handle-batch of {n} events took longer than {n} × {} ms (waiting in a host call)",
                     template.ctx.limits.time_per_event_ms
                 ),
             }),

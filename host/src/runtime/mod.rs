@@ -15,8 +15,8 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use crate::capability::{self, ComponentContext};
 
-pub use handler::{PROVIDED, World};
-pub use instance::{Failure, FailureKind, HandleOutcome, Instance, InstanceState};
+pub use handler::{BATCH_HANDLER, PROVIDED, World};
+pub use instance::{BatchItem, Failure, FailureKind, HandleOutcome, Instance, InstanceState};
 
 use handler::HandlerIndices;
 
@@ -458,6 +458,11 @@ impl ComponentTemplate {
     /// The world it is written for, recognised from its exports.
     pub fn world(&self) -> World {
         self.handler.world()
+    }
+
+    /// Whether it takes runs of messages in one call (`handle-batch`).
+    pub fn batches(&self) -> bool {
+        self.handler.batches()
     }
 
     /// Its version in this host: 1 at start, one more per hot update.

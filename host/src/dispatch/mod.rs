@@ -14,7 +14,14 @@
 //! delivery → dead letter on `dlq.<subject>`, then term. A dead letter
 //! that cannot be stored leaves the message to its transport's redelivery
 //! (JetStream) or is logged as lost (core: at most once).
+//!
+//! Batches: a component that exports `handle-batch` gets the messages
+//! already waiting for its instance in one call (see [`batch`]), with the
+//! same policy for each of them.
 
+mod batch;
+
+use std::collections::VecDeque;
 use std::hash::BuildHasher;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -129,12 +136,35 @@ async fn worker(
                 continue;
             }
         }
-        for (delivery, flow) in run.drain(..) {
+        let mut pending = VecDeque::from(std::mem::take(&mut run));
+        while !pending.is_empty() {
             if current.has_changed().unwrap_or(false) {
                 take_new_version(&mut current, &mut template, &mut instance, index);
             }
-            handle_one(&template, index, &mut instance, delivery, &flow, &*bus).await;
+            let n = batch::batchable(&template, &pending);
+            if n >= 2 {
+                let taken: Vec<Queued> = pending.drain(..n).collect();
+                match batch::handle(&template, index, &mut instance, taken, &*bus).await {
+                    // Not reached (the batch stopped at an error): in
+                    // front of the queue again, in order.
+                    batch::Rest::Again(rest) => {
+                        for q in rest.into_iter().rev() {
+                            pending.push_front(q);
+                        }
+                    }
+                    // The instance failed: one by one, before the rest.
+                    batch::Rest::Singly(rest) => {
+                        for (delivery, flow) in rest {
+                            handle_one(&template, index, &mut instance, delivery, &flow, &*bus)
+                                .await;
+                        }
+                    }
+                }
+            } else if let Some((delivery, flow)) = pending.pop_front() {
+                handle_one(&template, index, &mut instance, delivery, &flow, &*bus).await;
+            }
         }
+        run = Vec::from(pending);
     }
 }
 
@@ -313,11 +343,28 @@ pub(crate) async fn deliver(
     delivery: Delivery,
     bus: &dyn Bus,
 ) {
+    deliver_from(template, flow, index, slot, delivery, bus, None).await;
+}
+
+/// [`deliver`], with the outcome of the first attempt already known when
+/// `first` holds it (an error answered inside a batch).
+async fn deliver_from(
+    template: &ComponentTemplate,
+    flow: &FlowStats,
+    index: usize,
+    slot: &mut Option<Instance>,
+    delivery: Delivery,
+    bus: &dyn Bus,
+    mut first: Option<HandleOutcome>,
+) {
     let Delivery { msg, meta, settle } = delivery;
     let max = template.ctx.limits.max_deliver;
     let mut attempt = meta.attempt.max(1);
     let reason = loop {
-        let outcome = attempt_once(template, slot, &msg, &meta, attempt).await;
+        let outcome = match first.take() {
+            Some(outcome) => outcome,
+            None => attempt_once(template, slot, &msg, &meta, attempt).await,
+        };
         match judge(template, flow, index, slot, &msg, attempt, outcome) {
             Ok(()) => return settled(template, &meta, "ack", settle.ack().await),
             Err(Verdict::Reject(reason)) => break reason,

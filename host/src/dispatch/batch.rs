@@ -1,0 +1,145 @@
+//! Runs of messages through a component's `handle-batch`: one call (one
+//! crossing into the guest, one fiber) for the messages already waiting
+//! for an instance, with the policy of [`super::deliver`] for each.
+//!
+//! - Order: a batch is a stretch of one worker's queue, in arrival order;
+//!   what the guest did not reach goes back to the front of the queue.
+//! - Each `ok` is acknowledged as it would be alone. The first error is
+//!   judged and retried in place (alone, with backoff) or dead-lettered
+//!   before any later message is delivered.
+//! - A failed instance (trap, deadline, limit) is replaced and the whole
+//!   batch is delivered again one by one: events the guest handled before
+//!   it failed may be handled twice, as under a JetStream redelivery.
+//! - An answer for none of the events (against the contract) delivers
+//!   them one by one, so a batch always makes progress.
+//! - A message with a reply-to, or one over the payload limit, is never
+//!   batched: the reply rule and the refusal at the door are per event.
+
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+
+use tracing::Instrument;
+
+use super::{Queued, settled};
+use crate::bus::Bus;
+use crate::runtime::{BatchItem, ComponentTemplate, FailureKind, HandleOutcome, Instance};
+use crate::stats::ComponentStats;
+
+/// What a batch left to deliver, in order.
+pub(super) enum Rest {
+    /// Messages after the one the batch stopped at: deliver them as usual.
+    Again(Vec<Queued>),
+    /// The whole batch: the instance failed, so deliver them one by one.
+    Singly(Vec<Queued>),
+}
+
+/// How many messages at the front of `queue` can go in one batch (up to
+/// `limits.max_batch`): none when the component has no `handle-batch`.
+pub(super) fn batchable(template: &ComponentTemplate, queue: &VecDeque<Queued>) -> usize {
+    let limits = &template.ctx.limits;
+    if !template.batches() || limits.max_batch < 2 {
+        return 0;
+    }
+    let limit = limits.max_payload_bytes;
+    queue
+        .iter()
+        .take(limits.max_batch)
+        .take_while(|(d, _)| d.msg.reply_to.is_none() && d.msg.payload.len() <= limit)
+        .count()
+}
+
+/// Delivers `batch` in one `handle-batch` call and settles what it answered.
+pub(super) async fn handle(
+    template: &ComponentTemplate,
+    index: usize,
+    slot: &mut Option<Instance>,
+    batch: Vec<Queued>,
+    bus: &dyn Bus,
+) -> Rest {
+    let span = tracing::debug_span!("batch", component = template.name(), events = batch.len());
+    run(template, index, slot, batch, bus)
+        .instrument(span)
+        .await
+}
+
+async fn run(
+    template: &ComponentTemplate,
+    index: usize,
+    slot: &mut Option<Instance>,
+    batch: Vec<Queued>,
+    bus: &dyn Bus,
+) -> Rest {
+    let start = std::time::Instant::now();
+    let inst = match slot {
+        Some(inst) => inst,
+        None => match template.instantiate().await {
+            Ok(inst) => slot.insert(inst),
+            // Alone, each meets the failure under the usual policy.
+            Err(_) => return Rest::Singly(batch),
+        },
+    };
+    let items: Vec<BatchItem<'_>> = batch
+        .iter()
+        .map(|(d, _)| BatchItem {
+            msg: &d.msg,
+            stream: d.meta.stream.as_deref(),
+            sequence: d.meta.sequence,
+            attempt: d.meta.attempt.max(1),
+        })
+        .collect();
+    let stats = &template.ctx.stats;
+    ComponentStats::bump(&stats.batches);
+    stats
+        .batched
+        .fetch_add(items.len() as u64, Ordering::Relaxed);
+    let answered = inst.handle_batch(template, &items).await;
+    drop(items);
+    let outcomes = match answered {
+        Ok(outcomes) => outcomes,
+        Err(failure) => {
+            *slot = None;
+            ComponentStats::bump(&stats.traps);
+            ComponentStats::bump(&stats.restarts);
+            if failure.kind == FailureKind::Deadline {
+                ComponentStats::bump(&stats.deadline_hits);
+            }
+            tracing::error!(
+                component = template.name(),
+                instance = index,
+                events = batch.len(),
+                "{failure}; the batch's events are delivered again one by one"
+            );
+            return Rest::Singly(batch);
+        }
+    };
+    if outcomes.is_empty() {
+        // Against the contract, and no progress: batching again could loop.
+        tracing::warn!(
+            component = template.name(),
+            events = batch.len(),
+            "handle-batch answered for none of its events; they are delivered one by one"
+        );
+        return Rest::Singly(batch);
+    }
+    let mut rest = batch.into_iter();
+    for outcome in outcomes {
+        let Some((delivery, flow)) = rest.next() else {
+            break;
+        };
+        let stop = !matches!(outcome, HandleOutcome::Handled);
+        if stop {
+            // Judged, retried in place or dead-lettered, before the rest.
+            super::deliver_from(template, &flow, index, slot, delivery, bus, Some(outcome)).await;
+        } else {
+            ComponentStats::bump(&flow.handled);
+            let ack = delivery.settle.ack().await;
+            settled(template, &delivery.meta, "ack", ack);
+        }
+        flow.latency.record(start.elapsed());
+        stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if stop {
+            break;
+        }
+    }
+    Rest::Again(rest.collect())
+}
