@@ -50,21 +50,7 @@ config = {{ behaviour = "order" }}
 }
 
 async fn applied(host: &Host) -> String {
-    let until = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let got = host.cache().unwrap().get("o:order").await.unwrap();
-        let text = got.map(|b| String::from_utf8(b.to_vec()).unwrap());
-        if let Some(t) = &text
-            && t.matches(',').count() >= MESSAGES
-        {
-            return t.clone();
-        }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "applied so far: {text:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    applied_n(host, MESSAGES).await
 }
 
 fn expected() -> String {
