@@ -25,6 +25,9 @@ use crate::bus::Bus;
 use crate::runtime::{BatchItem, ComponentTemplate, FailureKind, HandleOutcome, Instance};
 use crate::stats::ComponentStats;
 
+/// Longest deadline a batch may have, in milliseconds.
+const MAX_BATCH_DEADLINE_MS: u64 = 15_000;
+
 /// What a batch left to deliver, in order.
 pub(super) enum Rest {
     /// Messages after the one the batch stopped at: deliver them as usual.
@@ -40,12 +43,23 @@ pub(super) fn batchable(template: &ComponentTemplate, queue: &VecDeque<Queued>) 
     if !template.batches() || limits.max_batch < 2 {
         return 0;
     }
+    let most = most_per_batch(limits);
     let limit = limits.max_payload_bytes;
     queue
         .iter()
-        .take(limits.max_batch)
+        .take(most)
         .take_while(|(d, _)| d.msg.reply_to.is_none() && d.msg.payload.len() <= limit)
         .count()
+}
+
+/// `limits.max_batch`, cut so that a batch's deadline (the per-event one
+/// times its size) stays within half the shortest default `ack_wait`
+/// (30 s): JetStream must not redeliver a batch's messages while it runs.
+fn most_per_batch(limits: &crate::manifest::Limits) -> usize {
+    let by_deadline = (MAX_BATCH_DEADLINE_MS / limits.time_per_event_ms.max(1)).max(1);
+    limits
+        .max_batch
+        .min(usize::try_from(by_deadline).unwrap_or(usize::MAX))
 }
 
 /// Delivers `batch` in one `handle-batch` call and settles what it answered.
@@ -142,4 +156,24 @@ async fn run(
         }
     }
     Rest::Again(rest.collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::most_per_batch;
+    use crate::manifest::Limits;
+
+    #[test]
+    fn a_batch_deadline_stays_within_fifteen_seconds() {
+        let with = |time_per_event_ms, max_batch| Limits {
+            time_per_event_ms,
+            max_batch,
+            ..Limits::default()
+        };
+        assert_eq!(most_per_batch(&Limits::default()), 64);
+        assert_eq!(most_per_batch(&with(1000, 64)), 15);
+        assert_eq!(most_per_batch(&with(5000, 64)), 3);
+        assert_eq!(most_per_batch(&with(60_000, 64)), 1);
+        assert_eq!(most_per_batch(&with(10, 8)), 8);
+    }
 }
