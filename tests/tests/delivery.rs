@@ -74,8 +74,8 @@ async fn order_holds_through_retries_on_the_embedded_bus() {
     host.shutdown(Duration::from_secs(5)).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn order_holds_through_retries_on_a_jetstream_consumer() {
+/// A nats-server with the `SEQ` stream (`seq.>`).
+async fn seq_stream() -> (NatsServer, jetstream::Context) {
     let server = NatsServer::start();
     let js = jetstream::new(server.client().await);
     js.create_stream(stream::Config {
@@ -85,6 +85,12 @@ async fn order_holds_through_retries_on_a_jetstream_consumer() {
     })
     .await
     .unwrap();
+    (server, js)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn order_holds_through_retries_on_a_jetstream_consumer() {
+    let (server, js) = seq_stream().await;
     for p in payloads() {
         js.publish("seq.one", p.into())
             .await
@@ -186,15 +192,7 @@ async fn batches_keep_order_through_traps_and_retries_on_the_embedded_bus() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn batches_keep_order_through_traps_and_retries_on_a_jetstream_consumer() {
-    let server = NatsServer::start();
-    let js = jetstream::new(server.client().await);
-    js.create_stream(stream::Config {
-        name: "SEQ".into(),
-        subjects: vec!["seq.>".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    let (server, js) = seq_stream().await;
     let payloads = batch_payloads(300);
     weir_tests::publish_acked(
         &js,

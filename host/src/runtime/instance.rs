@@ -338,28 +338,19 @@ impl Instance {
     /// handled, in order: `Handled` ones, then at most one error, where
     /// the batch stopped (what the guest answered past its first error is
     /// ignored: those items are not counted handled). `Err`: drop the
-    /// instance. Without a batch export, calls `handle` for each item.
+    /// instance (also when the component has no batch export).
     pub async fn handle_batch(
         &mut self,
         template: &ComponentTemplate,
         items: &[BatchItem<'_>],
     ) -> Result<Vec<HandleOutcome>, Failure> {
         let Handler::Weir(_, Some(batch)) = &self.handler else {
-            let mut outcomes = Vec::with_capacity(items.len());
-            for it in items {
-                let outcome = self
-                    .handle(template, it.msg, it.stream, it.sequence, it.attempt)
-                    .await;
-                match outcome {
-                    HandleOutcome::Failed(f) => return Err(f),
-                    HandleOutcome::Handled => outcomes.push(outcome),
-                    _ => {
-                        outcomes.push(outcome);
-                        break;
-                    }
-                }
-            }
-            return Ok(outcomes);
+            // The dispatcher batches only components that export it.
+            return Err(Failure {
+                component: template.ctx.name.clone(),
+                kind: FailureKind::Trap,
+                detail: format!("it exports no {}", super::handler::BATCH_HANDLER),
+            });
         };
         let n = u32::try_from(items.len()).unwrap_or(u32::MAX);
         self.store.data_mut().caps.begin_batch(items.len());
