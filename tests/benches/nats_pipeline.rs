@@ -108,6 +108,79 @@ async fn wait_for_count(count: &impl Fn() -> u64, at_least: u64, every_us: u64) 
     }
 }
 
+/// How many events went through `handle-batch` calls, and how many per call.
+fn batching(part: &str, host: &Host) {
+    let s = &host.component_stats()[0].1;
+    println!(
+        "batching {part:<9} {} of {} events in {} handle-batch calls ({:.1} per call)",
+        s.batched,
+        s.handled,
+        s.batches,
+        s.batched as f64 / s.batches.max(1) as f64
+    );
+}
+
+/// CPU time so far (ns, from the kernel's per-thread `schedstat`) of this
+/// process's runtime workers, of its other threads (the publisher runs in
+/// `block_on` on the main thread) and of nats-server.
+#[derive(Clone, Copy)]
+struct Cpu {
+    workers: u64,
+    others: u64,
+    server: u64,
+}
+
+impl Cpu {
+    fn now(server: &NatsServer) -> Cpu {
+        let (workers, others) = threads_cpu("self");
+        let server = server
+            .pid()
+            .map(|p| {
+                let (a, b) = threads_cpu(&p.to_string());
+                a + b
+            })
+            .unwrap_or(0);
+        Cpu {
+            workers,
+            others,
+            server,
+        }
+    }
+
+    /// µs of CPU per event since `before`, for each part.
+    fn report(part: &str, who: &str, before: Cpu, after: Cpu, events: u64) {
+        let per = |a: u64, b: u64| (a - b) as f64 / 1e3 / events as f64;
+        println!(
+            "cpu per event    {part} {who:<6} runtime workers {:.2} µs, other threads {:.2} µs, nats-server {:.2} µs",
+            per(after.workers, before.workers),
+            per(after.others, before.others),
+            per(after.server, before.server),
+        );
+    }
+}
+
+/// (tokio worker threads, other threads) CPU ns of process `pid`.
+fn threads_cpu(pid: &str) -> (u64, u64) {
+    let (mut workers, mut others) = (0, 0);
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return (0, 0);
+    };
+    for task in tasks.flatten() {
+        let read = |f: &str| std::fs::read_to_string(task.path().join(f)).unwrap_or_default();
+        let ns: u64 = read("schedstat")
+            .split_whitespace()
+            .next()
+            .and_then(|n| n.parse().ok())
+            .unwrap_or(0);
+        if read("comm").starts_with("tokio-rt-worker") {
+            workers += ns;
+        } else {
+            others += ns;
+        }
+    }
+    (workers, others)
+}
+
 fn rate(n: u64, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
@@ -125,7 +198,9 @@ async fn core_throughput(server: &NatsServer, msgs: &[(String, Bytes)]) -> (f64,
     });
     sub_client.flush().await.unwrap();
     let publisher = server.client().await;
+    let before = Cpu::now(server);
     let raw = pump(&publisher, msgs, || got.load(Ordering::Relaxed)).await;
+    Cpu::report("core", "raw", before, Cpu::now(server), msgs.len() as u64);
     counter.abort();
 
     let host = Host::start(&sma_manifest(
@@ -135,7 +210,10 @@ async fn core_throughput(server: &NatsServer, msgs: &[(String, Bytes)]) -> (f64,
     .await
     .unwrap();
     host.nats().unwrap().client().flush().await.unwrap();
+    let before = Cpu::now(server);
     let weir = pump(&publisher, msgs, || host.component_stats()[0].1.handled).await;
+    Cpu::report("core", "weir", before, Cpu::now(server), msgs.len() as u64);
+    batching("core", &host);
     host.shutdown(Duration::from_secs(5)).await;
     (rate(msgs.len() as u64, raw), rate(msgs.len() as u64, weir))
 }
@@ -199,6 +277,7 @@ async fn jetstream_throughput(server: &NatsServer, msgs: &[(String, Bytes)]) -> 
     let start = Instant::now();
     wait_for_count(&handled, n, 500).await;
     let weir = start.elapsed();
+    batching("jetstream", &host);
     host.shutdown(Duration::from_secs(5)).await;
     (rate(n - 1, raw), rate(n - counted, weir))
 }
@@ -315,6 +394,7 @@ async fn latency(server: &NatsServer, msgs: &[(String, Bytes)]) -> ((f64, f64), 
     .unwrap();
     host.nats().unwrap().client().flush().await.unwrap();
     let weir = latencies(server, msgs, &signalled).await;
+    batching("latency", &host);
     host.shutdown(Duration::from_secs(5)).await;
     assert!(
         weir.len() * 10 >= signalled.len() * 9,

@@ -127,6 +127,11 @@ impl NatsServer {
         }
     }
 
+    /// The server's process id, while it runs (benches read its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.process.child.as_ref().map(Child::id)
+    }
+
     /// `nats://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)

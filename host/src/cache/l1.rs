@@ -8,7 +8,7 @@
 //! entries are dropped when read and by [`MemoryStore::purge_expired`],
 //! which the host runs periodically.
 
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -55,20 +55,17 @@ struct Inner {
     shards: Vec<Mutex<Shard>>,
     /// Per-shard share of the byte bound.
     shard_max_bytes: usize,
-    /// Seeds the key hash that picks the shard and counts frequencies:
-    /// random per process, fixed on a virtual clock (so evictions replay
-    /// the same way).
-    seed: u64,
+    /// The key hash that picks the shard and counts frequencies: foldhash
+    /// (a few times cheaper than SipHash, and computed on every get and
+    /// set), seeded at random per process, fixed on a virtual clock (so
+    /// evictions replay the same way).
+    hasher: foldhash::quality::FixedState,
     /// TTLs count on this clock.
     clock: Clock,
     /// Bumped by every delete and invalidation (under the shard's lock):
     /// fills from a shared layer check it (see [`MemoryStore::fill`]).
     generation: AtomicU64,
-    hits: AtomicU64,
-    misses: AtomicU64,
-    sets: AtomicU64,
     deletes: AtomicU64,
-    evictions: AtomicU64,
 }
 
 struct Shard {
@@ -77,6 +74,12 @@ struct Shard {
     sketch: FrequencySketch,
     /// Bytes charged for the entries in `map`.
     bytes: usize,
+    /// Counters, under the shard's lock (taken anyway) rather than
+    /// atomics shared by every core that uses the cache.
+    hits: u64,
+    misses: u64,
+    sets: u64,
+    evictions: u64,
 }
 
 struct Entry {
@@ -105,6 +108,10 @@ impl MemoryStore {
                     map: LruCache::new(cap),
                     sketch: FrequencySketch::new(per_shard),
                     bytes: 0,
+                    hits: 0,
+                    misses: 0,
+                    sets: 0,
+                    evictions: 0,
                 })
             })
             .collect();
@@ -112,28 +119,20 @@ impl MemoryStore {
             inner: Arc::new(Inner {
                 shards,
                 shard_max_bytes: (config.max_bytes / SHARDS).max(1),
-                seed: if clock.is_virtual() {
+                hasher: foldhash::quality::FixedState::with_seed(if clock.is_virtual() {
                     0
                 } else {
                     std::collections::hash_map::RandomState::new().hash_one(0u8)
-                },
+                }),
                 clock,
                 generation: AtomicU64::new(0),
-                hits: AtomicU64::new(0),
-                misses: AtomicU64::new(0),
-                sets: AtomicU64::new(0),
                 deletes: AtomicU64::new(0),
-                evictions: AtomicU64::new(0),
             }),
         }
     }
 
     fn hash(&self, key: &str) -> u64 {
-        // SipHash with fixed keys; the seed does the rest.
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        self.inner.seed.hash(&mut h);
-        key.hash(&mut h);
-        h.finish()
+        self.inner.hasher.hash_one(key)
     }
 
     fn now(&self) -> u64 {
@@ -186,13 +185,11 @@ impl MemoryStore {
             }
             None => None,
         };
-        drop(shard);
-        let counter = if found.is_some() {
-            &self.inner.hits
+        if found.is_some() {
+            shard.hits += 1;
         } else {
-            &self.inner.misses
-        };
-        counter.fetch_add(1, Ordering::Relaxed);
+            shard.misses += 1;
+        }
         found
     }
 
@@ -275,8 +272,8 @@ impl MemoryStore {
                 if full && !always_admit && !self.admit(shard, hash) {
                     // Colder than what it would replace: not kept. Like an
                     // eviction of the newcomer; the caller's write still counts.
-                    self.inner.sets.fetch_add(1, Ordering::Relaxed);
-                    self.inner.evictions.fetch_add(1, Ordering::Relaxed);
+                    shard.sets += 1;
+                    shard.evictions += 1;
                     return;
                 }
             }
@@ -291,19 +288,23 @@ impl MemoryStore {
                 None => break,
             }
         }
-        let replaced = shard.map.push(key.to_owned(), Entry { value, expires_at });
-        if let Some((k, e)) = replaced
-            && k != key
-        {
-            // The entry bound pushed out the least recently used entry.
-            shard.bytes -= charge(&k, &e.value);
-            evicted += 1;
+        if let Some(entry) = shard.map.get_mut(key) {
+            // Rewritten in place (and made most recent): the key's
+            // string is kept, not allocated again.
+            *entry = Entry { value, expires_at };
+        } else {
+            let replaced = shard.map.push(key.to_owned(), Entry { value, expires_at });
+            if let Some((k, e)) = replaced
+                && k != key
+            {
+                // The entry bound pushed out the least recently used entry.
+                shard.bytes -= charge(&k, &e.value);
+                evicted += 1;
+            }
         }
         shard.bytes += size;
-        self.inner.sets.fetch_add(1, Ordering::Relaxed);
-        if evicted > 0 {
-            self.inner.evictions.fetch_add(evicted, Ordering::Relaxed);
-        }
+        shard.sets += 1;
+        shard.evictions += evicted;
     }
 
     /// Adds `delta` to the decimal counter at `key` under its shard's lock
@@ -437,23 +438,20 @@ impl MemoryStore {
 
     /// Figures for this layer.
     pub fn layer_stats(&self) -> LayerStats {
-        let (mut entries, mut bytes) = (0u64, 0u64);
+        let mut stats = LayerStats {
+            deletes: self.inner.deletes.load(Ordering::Relaxed),
+            ..LayerStats::empty(Layer::L1)
+        };
         for shard in &self.inner.shards {
             let shard = shard.lock().unwrap_or_else(|e| e.into_inner());
-            entries += shard.map.len() as u64;
-            bytes += shard.bytes as u64;
+            stats.entries += shard.map.len() as u64;
+            stats.bytes += shard.bytes as u64;
+            stats.hits += shard.hits;
+            stats.misses += shard.misses;
+            stats.sets += shard.sets;
+            stats.evictions += shard.evictions;
         }
-        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
-        LayerStats {
-            hits: load(&self.inner.hits),
-            misses: load(&self.inner.misses),
-            sets: load(&self.inner.sets),
-            deletes: load(&self.inner.deletes),
-            evictions: load(&self.inner.evictions),
-            entries,
-            bytes,
-            ..LayerStats::empty(Layer::L1)
-        }
+        stats
     }
 }
 

@@ -308,6 +308,10 @@ impl CacheStore for LayeredCache {
     }
 
     async fn set(&self, key: &str, value: Bytes, ttl: Duration) -> Result<(), CacheError> {
+        if self.inner.l2.is_none() && self.inner.l3.is_none() {
+            // L1 alone: what `write` would do, without building its list.
+            return self.inner.l1.set_now(key, value, self.l1_ttl(ttl));
+        }
         self.write(vec![(key.to_owned(), value)], ttl).await
     }
 

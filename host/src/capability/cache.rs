@@ -1,7 +1,6 @@
 //! `weir:host/cache`: namespaced keys, size limits and errors over a
 //! [`CacheStore`](crate::cache::CacheStore).
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -25,12 +24,13 @@ impl From<CacheError> for GuestError {
 
 impl Capabilities {
     /// The store and the component's context, after spending a host call
-    /// and checking the namespace grant.
-    pub(super) fn cache(
-        &mut self,
-    ) -> Result<(Arc<dyn CacheStore>, Arc<ComponentContext>), GuestError> {
+    /// and checking the namespace grant. Borrowed, not cloned: both are
+    /// shared by every instance of the component, and a clone per call
+    /// would make each cache call write their reference counts, lines
+    /// that the component's other instances write too.
+    pub(super) fn cache(&mut self) -> Result<(&dyn CacheStore, &ComponentContext), GuestError> {
         self.spend()?;
-        let ctx = &self.ctx;
+        let ctx = &*self.ctx;
         if ctx.grants.cache.is_none() {
             ComponentStats::bump(&ctx.stats.denied);
             return Err(GuestError::Denied(format!(
@@ -39,7 +39,7 @@ impl Capabilities {
             )));
         }
         match &ctx.cache {
-            Some(store) => Ok((store.clone(), ctx.clone())),
+            Some(store) => Ok((&**store, ctx)),
             None => Err(GuestError::Unavailable(
                 "the cache is disabled on this host (cache.enabled = false)".into(),
             )),

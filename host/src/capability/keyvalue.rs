@@ -7,8 +7,6 @@
 //! granted the same namespace reads it as `b:k`. `open("")` opens bucket
 //! `default`. Values live for the cache's default TTL, like any cache value.
 
-use std::sync::Arc;
-
 use bytes::Bytes;
 use wasmtime::component::Resource;
 
@@ -58,13 +56,13 @@ fn valid_bucket(name: &str) -> bool {
 
 /// One key-value call: the store, the context and the bucket's prefix,
 /// after spending a host call and checking the namespace grant.
-struct Call {
-    store: Arc<dyn CacheStore>,
-    ctx: Arc<ComponentContext>,
+struct Call<'a> {
+    store: &'a dyn CacheStore,
+    ctx: &'a ComponentContext,
     prefix: String,
 }
 
-impl Call {
+impl Call<'_> {
     /// The cache key of `key` in this bucket.
     fn key(&self, key: &str) -> Result<String, KvError> {
         if key.is_empty() {
@@ -82,7 +80,7 @@ impl Call {
 }
 
 impl Capabilities {
-    fn kv(&mut self, bucket: &Resource<Bucket>) -> wasmtime::Result<Result<Call, KvError>> {
+    fn kv(&mut self, bucket: &Resource<Bucket>) -> wasmtime::Result<Result<Call<'_>, KvError>> {
         let prefix = self.table.get(bucket)?.prefix.clone();
         Ok(self
             .cache()

@@ -53,8 +53,9 @@ type Queued = (Delivery, Arc<FlowStats>);
 #[derive(Clone)]
 pub struct Workers {
     senders: Arc<Vec<mpsc::Sender<Queued>>>,
-    /// Picks the worker from the subject.
-    hasher: std::collections::hash_map::RandomState,
+    /// Picks the worker from the subject (foldhash: only spreads subjects
+    /// over workers, and is paid on every message).
+    hasher: foldhash::fast::RandomState,
     stats: Arc<ComponentStats>,
     /// The counters of the subscription this handle feeds from.
     flow: Arc<FlowStats>,
@@ -104,8 +105,10 @@ impl Workers {
     pub async fn dispatch(&self, delivery: Delivery) -> bool {
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         ComponentStats::bump(&self.flow.received);
-        let subject = &delivery.msg.subject;
-        let worker = &self.senders[(self.hasher.hash_one(subject) as usize) % self.senders.len()];
+        let worker = match &self.senders[..] {
+            [only] => only,
+            all => &all[(self.hasher.hash_one(&delivery.msg.subject) as usize) % all.len()],
+        };
         if worker.send((delivery, self.flow.clone())).await.is_err() {
             self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
             return false;

@@ -230,7 +230,7 @@ async fn route(
         let (m, acker) = msg.split();
         let job = Delivery {
             msg: BusMessage {
-                subject: m.subject.to_string(),
+                subject: m.subject.as_str().to_owned(),
                 reply_to: None,
                 headers: crate::bus::from_header_map(m.headers.as_ref()),
                 payload: m.payload,

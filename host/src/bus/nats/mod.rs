@@ -190,8 +190,8 @@ pub(crate) fn from_header_map(headers: Option<&HeaderMap>) -> Vec<(String, Strin
 
 pub(crate) fn from_nats(m: async_nats::Message) -> BusMessage {
     BusMessage {
-        subject: m.subject.to_string(),
-        reply_to: m.reply.map(|r| r.to_string()),
+        subject: m.subject.as_str().to_owned(),
+        reply_to: m.reply.map(|r| r.as_str().to_owned()),
         headers: from_header_map(m.headers.as_ref()),
         payload: m.payload,
     }
