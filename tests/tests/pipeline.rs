@@ -77,8 +77,14 @@ async fn sample_data_gives_exactly_the_reference_signals_and_alerts() {
     );
     assert_eq!(sma.published as usize, total);
     assert!(dlq.messages().is_empty());
+    // sma keeps each symbol's state in the cache: one read and one write
+    // per call (a `handle-batch` call reads a symbol's state once and
+    // writes it once), plus the cached signal. Only the first read of
+    // each of the 4 symbols misses.
+    let calls = sma.batches + (sma.handled - sma.batched);
     let l1 = host.cache_stats()[0];
-    assert!(l1.hits > 10_000 && l1.hit_rate() > 0.5, "{l1:?}");
+    assert!(l1.sets >= calls + total as u64, "{l1:?}, {calls} calls");
+    assert!(l1.hits + 4 >= calls, "{l1:?}, {calls} calls");
     host.shutdown(Duration::from_secs(5)).await;
 }
 

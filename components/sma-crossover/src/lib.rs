@@ -6,6 +6,10 @@
 //! stopped. When the fast average crosses the slow one it publishes a signal
 //! on `signals.<SYMBOL>` and caches `trading_signal_<SYMBOL>`.
 //!
+//! Through `handle-batch` each symbol's state is read at its first trade of
+//! the batch and written once after it: in a batch of 30 trades over two
+//! symbols, two reads and two writes instead of thirty of each.
+//!
 //! Config: `fast_window` (default 5), `slow_window` (default 20),
 //! `signal_ttl_secs` (default 3600), `publish` = `core` (default) or
 //! `jetstream`: signals stored in a stream with `Nats-Msg-Id`
@@ -24,7 +28,8 @@ use serde_json::json;
 wit_bindgen::generate!({
     path: "../../wit",
     // With the batch form of the handler: the messages waiting for an
-    // instance come in one call (12% fewer instructions per event).
+    // instance come in one call, and each symbol's state is read and
+    // written once per call.
     world: "weir:host/batch-strategy",
 });
 
@@ -145,22 +150,125 @@ fn round6(x: f64) -> f64 {
 
 struct SmaCrossover;
 
+/// A symbol's state held through one batch: read from the cache at its
+/// first trade, written back once after the batch.
+struct Held {
+    symbol: String,
+    key: String,
+    state: State,
+    /// The first event of the batch that changed it (not yet written).
+    first_change: Option<usize>,
+}
+
 impl exports::weir::host::batch_handler::Guest for SmaCrossover {
-    /// Each trade as `handle` would, in order; stops after the first error.
+    /// Each trade as `handle` would, in order, stopping after the first
+    /// error; but each symbol's state is read once and written once per
+    /// batch, not once per trade. A state that cannot be written takes the
+    /// answers back from the first event that changed it: that event is
+    /// retried and the later ones delivered again (the trade ids in the
+    /// states that were written make those harmless, as on a redelivery).
     fn handle_batch(
         events: Vec<exports::weir::host::batch_handler::Event>,
     ) -> Vec<Result<(), HandleError>> {
+        let mut held: Vec<Held> = Vec::new();
         let mut out = Vec::with_capacity(events.len());
-        for event in events {
-            let result = <SmaCrossover as Guest>::handle(event.msg, event.delivery);
+        for (index, event) in events.into_iter().enumerate() {
+            let result = step_held(&event.msg, &mut held, index);
             let failed = result.is_err();
             out.push(result);
             if failed {
                 break;
             }
         }
+        let mut unwritten: Option<(usize, HandleError)> = None;
+        for h in &held {
+            let Some(first) = h.first_change else {
+                continue;
+            };
+            if let Err(e) = cache::set(&h.key, &h.state.encode(), None)
+                && unwritten.as_ref().is_none_or(|(i, _)| first < *i)
+            {
+                unwritten = Some((first, host_error(e)));
+            }
+        }
+        if let Some((first, error)) = unwritten
+            && first < out.len()
+        {
+            out.truncate(first);
+            out.push(Err(error));
+        }
         out
     }
+}
+
+/// One trade of a batch, on the state held for its symbol.
+fn step_held(msg: &Message, held: &mut Vec<Held>, index: usize) -> Result<(), HandleError> {
+    let settings = settings()?;
+    let trade = Trade::parse(&msg.payload).map_err(HandleError::Reject)?;
+    let at = match held.iter().position(|h| h.symbol == trade.symbol) {
+        Some(at) => at,
+        None => {
+            let key = format!("sma:{}", trade.symbol);
+            let state = load(&key)?;
+            held.push(Held {
+                symbol: trade.symbol.clone(),
+                key,
+                state,
+                first_change: None,
+            });
+            held.len() - 1
+        }
+    };
+    let h = &mut held[at];
+    // On a copy: a trade whose signal fails leaves the held state as it was.
+    if let Some(next) = apply(settings, &trade, &h.state)? {
+        h.state = next;
+        h.first_change.get_or_insert(index);
+    }
+    Ok(())
+}
+
+/// The symbol's state in the cache, or a fresh one.
+fn load(key: &str) -> Result<State, HandleError> {
+    Ok(match cache::get(key).map_err(host_error)? {
+        Some(bytes) => State::decode(&bytes),
+        None => State {
+            side: Side::Unknown,
+            last_trade_id: 0,
+            prices: Vec::new(),
+        },
+    })
+}
+
+/// The state after `trade` (publishing a signal when the averages cross),
+/// or `None` for a trade already applied (a redelivery: nothing to do).
+fn apply(settings: &Settings, trade: &Trade, state: &State) -> Result<Option<State>, HandleError> {
+    if trade.trade_id != 0 && trade.trade_id <= state.last_trade_id {
+        return Ok(None);
+    }
+    let mut prices = Vec::with_capacity(settings.slow + 1);
+    let keep = state.prices.len().saturating_sub(settings.slow - 1);
+    prices.extend_from_slice(&state.prices[keep..]);
+    prices.push(trade.price);
+    let mut next = State {
+        side: state.side,
+        last_trade_id: trade.trade_id,
+        prices,
+    };
+    if let Some((fast, slow)) = sma_pair(&next.prices, settings.fast, settings.slow) {
+        let side = if fast > slow {
+            Side::Above
+        } else if fast < slow {
+            Side::Below
+        } else {
+            next.side
+        };
+        if next.side != Side::Unknown && side != next.side {
+            signal(settings, trade, side == Side::Above, fast, slow)?;
+        }
+        next.side = side;
+    }
+    Ok(Some(next))
 }
 
 impl Guest for SmaCrossover {
@@ -168,39 +276,13 @@ impl Guest for SmaCrossover {
         let settings = settings()?;
         let trade = Trade::parse(&msg.payload).map_err(HandleError::Reject)?;
         let state_key = format!("sma:{}", trade.symbol);
-        let mut state = match cache::get(&state_key).map_err(host_error)? {
-            Some(bytes) => State::decode(&bytes),
-            None => State {
-                side: Side::Unknown,
-                last_trade_id: 0,
-                prices: Vec::new(),
-            },
-        };
-        if trade.trade_id != 0 && trade.trade_id <= state.last_trade_id {
-            // A redelivery of a trade already applied: nothing to do.
-            return Ok(());
+        let state = load(&state_key)?;
+        match apply(settings, &trade, &state)? {
+            // Written after the signal went out: a failure in between means
+            // a redelivery that publishes the signal again (at least once).
+            Some(next) => cache::set(&state_key, &next.encode(), None).map_err(host_error),
+            None => Ok(()),
         }
-        state.last_trade_id = trade.trade_id;
-        state.prices.push(trade.price);
-        if state.prices.len() > settings.slow {
-            state.prices.drain(..state.prices.len() - settings.slow);
-        }
-        if let Some((fast, slow)) = sma_pair(&state.prices, settings.fast, settings.slow) {
-            let side = if fast > slow {
-                Side::Above
-            } else if fast < slow {
-                Side::Below
-            } else {
-                state.side
-            };
-            if state.side != Side::Unknown && side != state.side {
-                signal(settings, &trade, side == Side::Above, fast, slow)?;
-            }
-            state.side = side;
-        }
-        // Written after the signal went out: a failure in between means a
-        // redelivery that publishes the signal again (at least once).
-        cache::set(&state_key, &state.encode(), None).map_err(host_error)
     }
 }
 
