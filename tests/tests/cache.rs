@@ -704,3 +704,97 @@ async fn counters_in_redis_keep_their_envelope_ttl_and_refuse_what_is_not_a_coun
         "{e:?}"
     );
 }
+
+/// sma-crossover writes each symbol's state once per `handle-batch` call.
+/// With `l2_required`, a write Redis does not confirm fails: the trades
+/// that changed that state must then not count as handled. Here every
+/// trade sent while Redis is down is retried and dead-lettered with the
+/// reason; none is acknowledged with its state unwritten, and trades after
+/// the restart carry on from the state Redis confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batched_state_writes_that_redis_refuses_are_not_acknowledged() {
+    let mut redis = RedisServer::start();
+    let m = weir_tests::manifest(&format!(
+        r#"
+[host]
+http = "127.0.0.1:0"
+
+[redis]
+url = "{}"
+
+[cache]
+l2_required = true
+redis_timeout_ms = 100
+
+[components.sma-crossover]
+wasm = "{{sma}}"
+subscribe = [{{ subject = "TRADE.trade.*" }}]
+grants = {{ subscribe = ["TRADE.trade.*"], publish = ["signals.*"], cache = "sma" }}
+limits = {{ max_deliver = 2, time_per_event_ms = 1000 }}
+"#,
+        redis.url()
+    ));
+    let host = weir::Host::start(&m).await.unwrap();
+    let dlq = weir_tests::Collector::start(&*host.bus(), "dlq.>").await;
+    let trades = weir_tests::sample_trade_messages(usize::MAX);
+    let stats = || host.component_stats()[0].1;
+    let send = |range: std::ops::Range<usize>| {
+        let (bus, batch) = (host.bus(), trades[range].to_vec());
+        async move {
+            for t in batch {
+                bus.publish(t).await.unwrap();
+            }
+        }
+    };
+    let until = |done: &'static str, what: fn(&weir::stats::ComponentSnapshot) -> bool| {
+        let stats = &stats;
+        async move {
+            let deadline = tokio::time::Instant::now() + MIN;
+            while !what(&stats()) {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "{done}: {:?}",
+                    stats()
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+
+    send(0..200).await;
+    until("the first 200 trades handled", |s| s.handled == 200).await;
+
+    redis.kill();
+    let before = stats();
+    send(200..240).await;
+    until("the outage's trades settled", |s| {
+        s.handled + s.dead_lettered == 240
+    })
+    .await;
+    let after = stats();
+    assert_eq!((after.handled, after.dead_lettered), (200, 40), "{after:?}");
+    assert!(
+        after.batches > before.batches,
+        "through handle-batch: {after:?}"
+    );
+    // Each says why: Redis, not a deadline (a Redis call that times out
+    // takes 100 ms, within the 1 s deadline).
+    for letter in dlq.wait_for(40, Duration::from_secs(5)).await {
+        let letter: serde_json::Value = serde_json::from_slice(&letter.payload).unwrap();
+        let error = letter["error"].as_str().unwrap();
+        assert!(
+            error.starts_with("retry requested:") && error.contains("Redis at"),
+            "dead letter says why: {error}"
+        );
+    }
+
+    // Sent once the host sees Redis again (its circuit closes after a probe).
+    redis.restart();
+    let addr = host.http_addr().unwrap().to_string();
+    let ready = readyz_until(&addr, 200, MIN, || async {}).await;
+    assert_eq!(ready.0, 200, "{ready:?}");
+    send(240..280).await;
+    until("trades after the restart handled", |s| s.handled == 240).await;
+    assert_eq!(stats().dead_lettered, 40);
+    host.shutdown(Duration::from_secs(2)).await;
+}
