@@ -154,7 +154,6 @@ struct SmaCrossover;
 /// first trade, written back once after the batch.
 struct Held {
     symbol: String,
-    key: String,
     state: State,
     /// The first event of the batch that changed it (not yet written).
     first_change: Option<usize>,
@@ -185,7 +184,7 @@ impl exports::weir::host::batch_handler::Guest for SmaCrossover {
             let Some(first) = h.first_change else {
                 continue;
             };
-            if let Err(e) = cache::set(&h.key, &h.state.encode(), None)
+            if let Err(e) = cache::set(&state_key(&h.symbol), &h.state.encode(), None)
                 && unwritten.as_ref().is_none_or(|(i, _)| first < *i)
             {
                 unwritten = Some((first, host_error(e)));
@@ -208,11 +207,9 @@ fn step_held(msg: &Message, held: &mut Vec<Held>, index: usize) -> Result<(), Ha
     let at = match held.iter().position(|h| h.symbol == trade.symbol) {
         Some(at) => at,
         None => {
-            let key = format!("sma:{}", trade.symbol);
-            let state = load(&key)?;
+            let state = load(&state_key(&trade.symbol))?;
             held.push(Held {
                 symbol: trade.symbol.clone(),
-                key,
                 state,
                 first_change: None,
             });
@@ -226,6 +223,11 @@ fn step_held(msg: &Message, held: &mut Vec<Held>, index: usize) -> Result<(), Ha
         h.first_change.get_or_insert(index);
     }
     Ok(())
+}
+
+/// The cache key of a symbol's state.
+fn state_key(symbol: &str) -> String {
+    format!("sma:{symbol}")
 }
 
 /// The symbol's state in the cache, or a fresh one.
@@ -275,12 +277,12 @@ impl Guest for SmaCrossover {
     fn handle(msg: Message, _delivery: Delivery) -> Result<(), HandleError> {
         let settings = settings()?;
         let trade = Trade::parse(&msg.payload).map_err(HandleError::Reject)?;
-        let state_key = format!("sma:{}", trade.symbol);
-        let state = load(&state_key)?;
+        let key = state_key(&trade.symbol);
+        let state = load(&key)?;
         match apply(settings, &trade, &state)? {
             // Written after the signal went out: a failure in between means
             // a redelivery that publishes the signal again (at least once).
-            Some(next) => cache::set(&state_key, &next.encode(), None).map_err(host_error),
+            Some(next) => cache::set(&key, &next.encode(), None).map_err(host_error),
             None => Ok(()),
         }
     }

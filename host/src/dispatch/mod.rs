@@ -105,10 +105,8 @@ impl Workers {
     pub async fn dispatch(&self, delivery: Delivery) -> bool {
         self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
         ComponentStats::bump(&self.flow.received);
-        let worker = match &self.senders[..] {
-            [only] => only,
-            all => &all[(self.hasher.hash_one(&delivery.msg.subject) as usize) % all.len()],
-        };
+        let at = self.hasher.hash_one(&delivery.msg.subject) as usize % self.senders.len();
+        let worker = &self.senders[at];
         if worker.send((delivery, self.flow.clone())).await.is_err() {
             self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
             return false;
