@@ -26,7 +26,7 @@ pub fn set(key: &str, value: &[u8], ttl: Option<Duration>) -> Result<(), Error> 
 pub fn get_json<T: DeserializeOwned>(key: &str) -> Result<Option<T>, HandleError> {
     match raw::get(key)? {
         None => Ok(None),
-        Some(bytes) => serde_json::from_slice(&bytes)
+        Some(bytes) => crate::events::from_json(&bytes)
             .map(Some)
             .map_err(|e| reject(format!("cache value {key} is not the JSON expected: {e}"))),
     }
@@ -50,7 +50,7 @@ pub fn get_many_json<T: DeserializeOwned>(keys: &[String]) -> Result<Vec<Option<
         .zip(keys)
         .map(|(v, key)| match v {
             None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
+            Some(bytes) => crate::events::from_json(&bytes)
                 .map(Some)
                 .map_err(|e| reject(format!("cache value {key} is not the JSON expected: {e}"))),
         })

@@ -144,7 +144,7 @@ impl From<Error> for HandleError {
 impl Message {
     /// The payload as JSON; malformed JSON rejects the message.
     pub fn json<T: serde::de::DeserializeOwned>(&self) -> Result<T, HandleError> {
-        serde_json::from_slice(&self.payload)
+        events::from_json(&self.payload)
             .map_err(|e| reject(format!("malformed JSON on {}: {e}", self.subject)))
     }
 

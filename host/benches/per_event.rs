@@ -102,19 +102,46 @@ fn native_apply(
         if *side != 0 && new != *side {
             let signal = if new == 1 { "buy" } else { "sell" };
             let ts = iso8601_ms(t.ts);
-            let cached = serde_json::json!({"signal": signal, "confidence": 0.5, "timestamp": ts});
+            // Typed, as sma-crossover writes them (no `Value` tree).
+            #[derive(serde::Serialize)]
+            struct Cached<'a> {
+                confidence: f64,
+                signal: &'a str,
+                timestamp: &'a str,
+            }
+            #[derive(serde::Serialize)]
+            struct Out<'a> {
+                fast_sma: f64,
+                price: f64,
+                signal: &'a str,
+                slow_sma: f64,
+                symbol: &'a str,
+                timestamp: &'a str,
+                trade_id: u64,
+            }
+            let cached = Cached {
+                confidence: 0.5,
+                signal,
+                timestamp: &ts,
+            };
             l1.set_now(
                 &format!("sma:native_signal_{}", t.symbol),
-                Bytes::from(cached.to_string()),
+                Bytes::from(serde_json::to_vec(&cached).unwrap()),
                 Duration::from_secs(3600),
             )
             .unwrap();
-            let out = serde_json::json!({"symbol": t.symbol, "signal": signal, "price": t.price, "fast_sma": fast, "slow_sma": slow, "trade_id": t.trade_id, "timestamp": ts});
-            rt.block_on(bus.publish(BusMessage::new(
-                format!("signals.{}", t.symbol),
-                out.to_string(),
-            )))
+            let out = serde_json::to_vec(&Out {
+                fast_sma: fast,
+                price: t.price,
+                signal,
+                slow_sma: slow,
+                symbol: &t.symbol,
+                timestamp: &ts,
+                trade_id: t.trade_id,
+            })
             .unwrap();
+            rt.block_on(bus.publish(BusMessage::new(format!("signals.{}", t.symbol), out)))
+                .unwrap();
         }
         *side = new;
     }

@@ -126,6 +126,50 @@ fn inspect_says_whether_a_component_takes_batches() {
     assert!(!stdout.contains("batches"), "{stdout}");
 }
 
+/// `WEIR_PROFILER=perfmap` writes the map `perf` reads to name a
+/// component's compiled functions; a value weir does not know is one line.
+#[test]
+fn a_profiler_map_names_the_guests_functions() {
+    let wasm = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/wasm32-wasip2/release/sma_crossover.wasm");
+    let child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["inspect", wasm.to_str().unwrap()])
+        .env("WEIR_PROFILER", "perfmap")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let map = std::path::PathBuf::from(format!("/tmp/perf-{}.map", child.id()));
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let text = std::fs::read_to_string(&map).unwrap();
+    std::fs::remove_file(&map).unwrap();
+    // `<start> <size> <name>` lines; the strategy's own step among them.
+    let apply = text
+        .lines()
+        .find(|l| l.contains("sma_crossover5apply"))
+        .unwrap_or_else(|| panic!("no sma_crossover::apply in {}", map.display()));
+    let fields: Vec<&str> = apply.splitn(3, ' ').collect();
+    assert!(
+        u64::from_str_radix(fields[0].trim_start_matches("0x"), 16).is_ok_and(|a| a > 0),
+        "{apply}"
+    );
+    assert!(
+        u64::from_str_radix(fields[1], 16).is_ok_and(|n| n > 0),
+        "{apply}"
+    );
+
+    let out = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .args(["inspect", wasm.to_str().unwrap()])
+        .env("WEIR_PROFILER", "vtune-please")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert_one_line(
+        &String::from_utf8_lossy(&out.stderr),
+        "WEIR_PROFILER=\"vtune-please\": use perfmap, jitdump or none",
+    );
+}
+
 /// A running `weir run` takes a new component version on SIGHUP (and keeps
 /// running), and on a file change with `--watch`.
 #[test]

@@ -15,6 +15,18 @@ pub fn sma_pair(prices: &[f64], fast: usize, slow: usize) -> Option<(f64, f64)> 
     Some((mean(fast), mean(slow)))
 }
 
+/// The averages [`sma_pair`] gives for `prices` with `next` appended, without
+/// building that vector: the same additions in the same order, so the same
+/// bits.
+pub fn sma_pair_after(prices: &[f64], next: f64, fast: usize, slow: usize) -> Option<(f64, f64)> {
+    let len = prices.len() + 1;
+    if fast == 0 || slow == 0 || len < slow || len < fast {
+        return None;
+    }
+    let mean = |n: usize| (prices[len - n..].iter().sum::<f64>() + next) / n as f64;
+    Some((mean(fast), mean(slow)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -23,5 +35,23 @@ mod tests {
     fn sma_needs_full_window() {
         assert_eq!(sma_pair(&[1.0, 2.0], 1, 3), None);
         assert_eq!(sma_pair(&[1.0, 2.0, 3.0], 1, 3), Some((3.0, 2.0)));
+    }
+
+    #[test]
+    fn sma_after_matches_sma_on_the_longer_window() {
+        let prices: Vec<f64> = (0..30)
+            .map(|i| 100.0 + (i as f64 * 0.37).sin() * 3.1)
+            .collect();
+        for len in 0..prices.len() {
+            for (fast, slow) in [(1, 2), (5, 20), (3, 3), (0, 4)] {
+                let with = sma_pair(&prices[..=len], fast, slow);
+                let after = sma_pair_after(&prices[..len], prices[len], fast, slow);
+                assert_eq!(
+                    with.map(|(f, s)| (f.to_bits(), s.to_bits())),
+                    after.map(|(f, s)| (f.to_bits(), s.to_bits())),
+                    "len {len} fast {fast} slow {slow}"
+                );
+            }
+        }
     }
 }

@@ -22,8 +22,8 @@
 
 use std::sync::OnceLock;
 
-use market::{Trade, iso8601_ms, sma_pair};
-use serde_json::json;
+use market::{Trade, iso8601_ms, sma_pair_after};
+use serde::Serialize;
 
 wit_bindgen::generate!({
     path: "../../wit",
@@ -217,9 +217,8 @@ fn step_held(msg: &Message, held: &mut Vec<Held>, index: usize) -> Result<(), Ha
         }
     };
     let h = &mut held[at];
-    // On a copy: a trade whose signal fails leaves the held state as it was.
-    if let Some(next) = apply(settings, &trade, &h.state)? {
-        h.state = next;
+    // A trade whose signal fails leaves the held state as it was.
+    if apply(settings, &trade, &mut h.state)? {
         h.first_change.get_or_insert(index);
     }
     Ok(())
@@ -242,35 +241,36 @@ fn load(key: &str) -> Result<State, HandleError> {
     })
 }
 
-/// The state after `trade` (publishing a signal when the averages cross),
-/// or `None` for a trade already applied (a redelivery: nothing to do).
-fn apply(settings: &Settings, trade: &Trade, state: &State) -> Result<Option<State>, HandleError> {
+/// Applies `trade` to `state` (publishing a signal when the averages
+/// cross). `Ok(false)` for a trade already applied (a redelivery: nothing
+/// to do). The averages are taken before the state changes, so a signal
+/// that fails leaves `state` as it was.
+fn apply(settings: &Settings, trade: &Trade, state: &mut State) -> Result<bool, HandleError> {
     if trade.trade_id != 0 && trade.trade_id <= state.last_trade_id {
-        return Ok(None);
+        return Ok(false);
     }
-    let mut prices = Vec::with_capacity(settings.slow + 1);
-    let keep = state.prices.len().saturating_sub(settings.slow - 1);
-    prices.extend_from_slice(&state.prices[keep..]);
-    prices.push(trade.price);
-    let mut next = State {
-        side: state.side,
-        last_trade_id: trade.trade_id,
-        prices,
-    };
-    if let Some((fast, slow)) = sma_pair(&next.prices, settings.fast, settings.slow) {
-        let side = if fast > slow {
+    let mut side = state.side;
+    if let Some((fast, slow)) =
+        sma_pair_after(&state.prices, trade.price, settings.fast, settings.slow)
+    {
+        side = if fast > slow {
             Side::Above
         } else if fast < slow {
             Side::Below
         } else {
-            next.side
+            state.side
         };
-        if next.side != Side::Unknown && side != next.side {
+        if state.side != Side::Unknown && side != state.side {
             signal(settings, trade, side == Side::Above, fast, slow)?;
         }
-        next.side = side;
     }
-    Ok(Some(next))
+    // The newest `slow` prices, the trade's last.
+    let drop = state.prices.len().saturating_sub(settings.slow - 1);
+    state.prices.drain(..drop);
+    state.prices.push(trade.price);
+    state.side = side;
+    state.last_trade_id = trade.trade_id;
+    Ok(true)
 }
 
 impl Guest for SmaCrossover {
@@ -278,14 +278,40 @@ impl Guest for SmaCrossover {
         let settings = settings()?;
         let trade = Trade::parse(&msg.payload).map_err(HandleError::Reject)?;
         let key = state_key(&trade.symbol);
-        let state = load(&key)?;
-        match apply(settings, &trade, &state)? {
+        let mut state = load(&key)?;
+        if apply(settings, &trade, &mut state)? {
             // Written after the signal went out: a failure in between means
             // a redelivery that publishes the signal again (at least once).
-            Some(next) => cache::set(&key, &next.encode(), None).map_err(host_error),
-            None => Ok(()),
+            cache::set(&key, &state.encode(), None).map_err(host_error)?;
         }
+        Ok(())
     }
+}
+
+/// `trading_signal_<SYMBOL>` in the seed's format. Fields in name order
+/// (as a `serde_json::Value` prints them), written without building one.
+#[derive(Serialize)]
+struct CachedSignal<'a> {
+    confidence: f64,
+    signal: &'a str,
+    timestamp: &'a str,
+}
+
+/// A signal as published on `signals.<SYMBOL>`, fields in name order.
+#[derive(Serialize)]
+struct Signal<'a> {
+    confidence: f64,
+    fast_sma: f64,
+    price: f64,
+    signal: &'a str,
+    slow_sma: f64,
+    symbol: &'a str,
+    timestamp: &'a str,
+    trade_id: u64,
+}
+
+fn encode(value: &impl Serialize) -> Result<Vec<u8>, HandleError> {
+    serde_json::to_vec(value).map_err(|e| HandleError::Reject(format!("cannot encode: {e}")))
 }
 
 /// Caches `trading_signal_<SYMBOL>` in the seed's format and publishes the signal.
@@ -301,31 +327,34 @@ fn signal(
     let spread = (fast - slow).abs() / slow;
     let confidence = ((0.5 + spread * 100.0).min(0.99) * 1e4).round() / 1e4;
     let timestamp = iso8601_ms(trade.ts);
-    let cached = json!({"signal": signal, "confidence": confidence, "timestamp": timestamp});
+    let cached = CachedSignal {
+        confidence,
+        signal,
+        timestamp: &timestamp,
+    };
     cache::set(
         &format!("trading_signal_{}", trade.symbol),
-        cached.to_string().as_bytes(),
+        &encode(&cached)?,
         Some(settings.signal_ttl_ms),
     )
     .map_err(host_error)?;
-    let out = json!({
-        "symbol": trade.symbol,
-        "signal": signal,
-        "confidence": confidence,
-        "price": trade.price,
-        "fast_sma": round6(fast),
-        "slow_sma": round6(slow),
-        "trade_id": trade.trade_id,
-        "timestamp": timestamp,
-    });
+    let out = encode(&Signal {
+        confidence,
+        fast_sma: round6(fast),
+        price: trade.price,
+        signal,
+        slow_sma: round6(slow),
+        symbol: &trade.symbol,
+        timestamp: &timestamp,
+        trade_id: trade.trade_id,
+    })?;
     let subject = format!("signals.{}", trade.symbol);
     let headers = [("content-type".to_owned(), "application/json".to_owned())];
     if settings.jetstream {
         let id = format!("sma-{}-{}", trade.symbol, trade.trade_id);
-        messaging::jetstream_publish(&subject, out.to_string().as_bytes(), &headers, Some(&id))
-            .map(|_| ())
+        messaging::jetstream_publish(&subject, &out, &headers, Some(&id)).map(|_| ())
     } else {
-        messaging::publish(&subject, out.to_string().as_bytes(), &headers)
+        messaging::publish(&subject, &out, &headers)
     }
     .map_err(host_error)
 }

@@ -137,6 +137,19 @@ pub enum LoadError {
     },
 }
 
+/// `WEIR_PROFILER=perfmap` (or `jitdump`) lets `perf` name the functions
+/// of compiled components: `/tmp/perf-<pid>.map` is written as they load
+/// (for `perf report`); `jitdump` writes `jit-<pid>.dump` for `perf inject`.
+fn profiler_from_env() -> anyhow::Result<wasmtime::ProfilingStrategy> {
+    use wasmtime::ProfilingStrategy;
+    match std::env::var("WEIR_PROFILER").as_deref() {
+        Err(_) | Ok("") | Ok("none") => Ok(ProfilingStrategy::None),
+        Ok("perfmap") => Ok(ProfilingStrategy::PerfMap),
+        Ok("jitdump") => Ok(ProfilingStrategy::JitDump),
+        Ok(other) => anyhow::bail!("WEIR_PROFILER={other:?}: use perfmap, jitdump or none"),
+    }
+}
+
 /// The engine, the linker with every capability, and the epoch ticker.
 #[derive(Clone)]
 pub struct Runtime {
@@ -161,6 +174,7 @@ impl Runtime {
         config.concurrency_support(false);
         config.epoch_interruption(true);
         config.consume_fuel(cfg.fuel);
+        config.profiler(profiler_from_env()?);
         let slots = cfg.max_instances.max(1);
         let mut pool = PoolingAllocationConfig::default();
         pool.total_component_instances(slots)
