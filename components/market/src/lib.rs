@@ -8,16 +8,12 @@ pub use weir_guest::events::{Trade, iso8601_ms};
 ///
 /// `prices` is oldest first; returns `None` until it holds `slow` prices.
 pub fn sma_pair(prices: &[f64], fast: usize, slow: usize) -> Option<(f64, f64)> {
-    if fast == 0 || slow == 0 || prices.len() < slow || prices.len() < fast {
-        return None;
-    }
-    let mean = |n: usize| prices[prices.len() - n..].iter().sum::<f64>() / n as f64;
-    Some((mean(fast), mean(slow)))
+    let (&next, before) = prices.split_last()?;
+    sma_pair_after(before, next, fast, slow)
 }
 
-/// The averages [`sma_pair`] gives for `prices` with `next` appended, without
-/// building that vector: the same additions in the same order, so the same
-/// bits.
+/// [`sma_pair`] of `prices` with `next` appended, without building that
+/// vector (a strategy can take the averages before it changes its state).
 pub fn sma_pair_after(prices: &[f64], next: f64, fast: usize, slow: usize) -> Option<(f64, f64)> {
     let len = prices.len() + 1;
     if fast == 0 || slow == 0 || len < slow || len < fast {
