@@ -13,6 +13,8 @@
 
 use serde::{Deserialize, Deserializer, Serialize};
 
+mod trade_scan;
+
 /// Decodes JSON from bytes, checking the UTF-8 once for the whole input.
 /// `serde_json::from_slice` checks it again for every string it meets
 /// (keys included), which for a trade's six short strings costs more in
@@ -46,9 +48,17 @@ pub struct Trade {
 }
 
 impl Trade {
-    /// Parses a trade and checks that its numbers make sense.
+    /// Parses a trade and checks that its numbers make sense. A trade in
+    /// the usual shape takes a quick scan; any other goes through serde
+    /// (same answers, and serde's words for what is wrong).
     pub fn parse(payload: &[u8]) -> Result<Trade, String> {
-        let trade: Trade = from_json(payload).map_err(|e| format!("malformed trade JSON: {e}"))?;
+        let quick = std::str::from_utf8(payload)
+            .ok()
+            .and_then(trade_scan::trade);
+        let trade = match quick {
+            Some(trade) => trade,
+            None => from_json(payload).map_err(|e| format!("malformed trade JSON: {e}"))?,
+        };
         if trade.symbol.is_empty() {
             return Err("trade has an empty symbol".into());
         }

@@ -107,6 +107,9 @@ async fn run(
         .batched
         .fetch_add(items.len() as u64, Ordering::Relaxed);
     let answered = inst.handle_batch(template, &items).await;
+    // One clock read for the batch: an event the guest handled took as
+    // long as the call (an ack is handed to the connection, no round trip).
+    let took = start.elapsed();
     drop(items);
     let outcomes = match answered {
         Ok(outcomes) => outcomes,
@@ -144,12 +147,13 @@ async fn run(
         if stop {
             // Judged, retried in place or dead-lettered, before the rest.
             super::deliver_from(template, &flow, index, slot, delivery, bus, Some(outcome)).await;
+            flow.latency.record(start.elapsed());
         } else {
             ComponentStats::bump(&flow.handled);
             let ack = delivery.settle.ack().await;
             settled(template, &delivery.meta, "ack", ack);
+            flow.latency.record(took);
         }
-        flow.latency.record(start.elapsed());
         stats.in_flight.fetch_sub(1, Ordering::Relaxed);
         if stop {
             break;
