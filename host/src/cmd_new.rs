@@ -23,6 +23,10 @@ const SDK: &[(&str, &str)] = &[
     ("src/config.rs", include_str!("../../guest/src/config.rs")),
     ("src/events.rs", include_str!("../../guest/src/events.rs")),
     (
+        "src/events/trade_scan.rs",
+        include_str!("../../guest/src/events/trade_scan.rs"),
+    ),
+    (
         "src/messaging.rs",
         include_str!("../../guest/src/messaging.rs"),
     ),
