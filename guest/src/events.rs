@@ -21,10 +21,12 @@ mod trade_scan;
 /// wasm than the whole check over the payload; the inputs accepted and
 /// refused are the same.
 pub fn from_json<'a, T: Deserialize<'a>>(bytes: &'a [u8]) -> Result<T, serde_json::Error> {
-    match std::str::from_utf8(bytes) {
-        Ok(text) => serde_json::from_str(text),
-        Err(e) => Err(serde::de::Error::custom(format_args!("not UTF-8: {e}"))),
-    }
+    utf8(bytes).and_then(serde_json::from_str)
+}
+
+/// The text of a JSON payload, or the error serde's would be worded as.
+fn utf8(bytes: &[u8]) -> Result<&str, serde_json::Error> {
+    std::str::from_utf8(bytes).map_err(|e| serde::de::Error::custom(format_args!("not UTF-8: {e}")))
 }
 
 /// One executed trade.
@@ -52,12 +54,11 @@ impl Trade {
     /// the usual shape takes a quick scan; any other goes through serde
     /// (same answers, and serde's words for what is wrong).
     pub fn parse(payload: &[u8]) -> Result<Trade, String> {
-        let quick = std::str::from_utf8(payload)
-            .ok()
-            .and_then(trade_scan::trade);
-        let trade = match quick {
+        let malformed = |e| format!("malformed trade JSON: {e}");
+        let text = utf8(payload).map_err(malformed)?;
+        let trade = match trade_scan::trade(text) {
             Some(trade) => trade,
-            None => from_json(payload).map_err(|e| format!("malformed trade JSON: {e}"))?,
+            None => serde_json::from_str(text).map_err(malformed)?,
         };
         if trade.symbol.is_empty() {
             return Err("trade has an empty symbol".into());

@@ -1,7 +1,8 @@
 //! A single pass over a trade in its usual shape: a flat JSON object whose
-//! strings have no escapes and whose prices are short decimals. In wasm
-//! this costs about a fifth of serde_json's generic parse (which walks a
-//! visitor per field and a float parser per number).
+//! strings have no escapes and whose prices are short decimals. In wasm it
+//! costs about 3,600 instructions per trade, against about 4,500 for
+//! serde_json's generic parse (a visitor per field, a float parser per
+//! number).
 //!
 //! It answers only where serde_json would answer the same, bit for bit,
 //! and gives up (`None`) on anything else — escapes, exponents, long
@@ -40,19 +41,12 @@ pub(super) fn trade(text: &str) -> Option<Trade> {
         c.ws();
         c.eat(b':')?;
         c.ws();
-        // A field seen twice is serde's to refuse.
         match key {
-            "symbol" | "s" if symbol.is_none() => {
-                c.eat(b'"')?;
-                symbol = Some(c.string()?);
-            }
-            "price" | "p" if price.is_none() => price = Some(c.number_or_string()?),
-            "qty" | "q" if qty.is_none() => qty = Some(c.number_or_string()?),
-            "ts" | "T" if ts.is_none() => ts = Some(c.signed()?),
-            "trade_id" | "t" if trade_id.is_none() => trade_id = Some(c.unsigned()?),
-            "symbol" | "s" | "price" | "p" | "qty" | "q" | "ts" | "T" | "trade_id" | "t" => {
-                return None;
-            }
+            "symbol" | "s" => once(&mut symbol, c.eat(b'"').and_then(|()| c.string()))?,
+            "price" | "p" => once(&mut price, c.number_or_string())?,
+            "qty" | "q" => once(&mut qty, c.number_or_string())?,
+            "ts" | "T" => once(&mut ts, c.signed())?,
+            "trade_id" | "t" => once(&mut trade_id, c.unsigned())?,
             _ => c.skip_scalar()?,
         }
         c.ws();
@@ -65,16 +59,23 @@ pub(super) fn trade(text: &str) -> Option<Trade> {
     if c.at != text.len() {
         return None;
     }
-    let ts = ts?;
     Some(Trade {
         symbol: symbol?.to_owned(),
         price: price?,
         qty: qty.unwrap_or(0.0),
-        ts: i64::try_from(ts.1)
-            .ok()
-            .map(|t| if ts.0 { -t } else { t })?,
+        ts: ts?,
         trade_id: trade_id.unwrap_or(0),
     })
+}
+
+/// Fills a field's slot with its value; `None` when the field came before
+/// (serde refuses a duplicate) or the value is not in the usual shape.
+fn once<T>(slot: &mut Option<T>, value: Option<T>) -> Option<()> {
+    if slot.is_some() {
+        return None;
+    }
+    *slot = Some(value?);
+    Some(())
 }
 
 /// A position in the text being scanned.
@@ -176,12 +177,17 @@ impl<'a> Cursor<'a> {
         Some(v)
     }
 
-    /// An integer with an optional minus: (negative, magnitude). serde_json
-    /// reads `-0` as the float -0.0 (which an `i64` refuses): left to it.
-    fn signed(&mut self) -> Option<(bool, u64)> {
+    /// An integer with an optional minus that fits an `i64` (not its
+    /// minimum, which serde reads too). serde_json reads `-0` as the float
+    /// -0.0, which an `i64` refuses: left to it too.
+    fn signed(&mut self) -> Option<i64> {
         let negative = self.eat(b'-').is_some();
-        let magnitude = self.unsigned()?;
-        (!negative || magnitude > 0).then_some((negative, magnitude))
+        let magnitude = i64::try_from(self.unsigned()?).ok()?;
+        if negative {
+            (magnitude > 0).then_some(-magnitude)
+        } else {
+            Some(magnitude)
+        }
     }
 
     /// A whole number, with no fraction or exponent after it.
@@ -226,9 +232,7 @@ impl<'a> Cursor<'a> {
 
     /// One or more digits.
     fn digits(&mut self) -> Option<()> {
-        let start = self.at;
-        self.run_of_digits(0);
-        (self.at > start).then_some(())
+        (self.run_of_digits(0).1 > 0).then_some(())
     }
 }
 
