@@ -29,10 +29,22 @@
 
 #![allow(unsafe_code)] // the ABI glue that wit-bindgen generates is unsafe
 
+pub mod alloc;
 pub mod cache;
 pub mod config;
 pub mod events;
 pub mod messaging;
+
+/// Small blocks from free lists (see [`alloc`]): a few hundred fewer wasm
+/// instructions per event than dlmalloc alone.
+#[cfg(all(
+    feature = "small-blocks",
+    target_arch = "wasm32",
+    not(target_feature = "atomics")
+))]
+#[global_allocator]
+static ALLOCATOR: alloc::SmallBlocks<std::alloc::System> =
+    alloc::SmallBlocks::new(std::alloc::System);
 
 /// The raw bindings of the `weir:host/batch-strategy` world (a strategy
 /// that also takes runs of messages), for what the helpers do not cover.

@@ -19,6 +19,7 @@ pub enum Kind {
 /// The SDK's sources, as `weir-guest/<path>` in the new project.
 const SDK: &[(&str, &str)] = &[
     ("src/lib.rs", include_str!("../../guest/src/lib.rs")),
+    ("src/alloc.rs", include_str!("../../guest/src/alloc.rs")),
     ("src/cache.rs", include_str!("../../guest/src/cache.rs")),
     ("src/config.rs", include_str!("../../guest/src/config.rs")),
     ("src/events.rs", include_str!("../../guest/src/events.rs")),
@@ -48,6 +49,10 @@ version = "0.1.0"
 edition = "2024"
 license = "Apache-2.0"
 publish = false
+
+[features]
+default = ["small-blocks"]
+small-blocks = []
 
 [dependencies]
 serde = { version = "1", features = ["derive"] }

@@ -119,10 +119,14 @@ pub struct CoreSource(pub Subscription);
 impl DeliverySource for CoreSource {
     async fn run(self: Box<Self>, workers: Workers, mut shutdown: watch::Receiver<bool>) {
         let mut sub = self.0;
+        // One shutdown future for the whole run: a new one per message
+        // would lock the watch's waiter list twice for every message.
+        let stop = shutdown.wait_for(|stop| *stop);
+        tokio::pin!(stop);
         loop {
             let msg = tokio::select! {
                 biased;
-                _ = shutdown.wait_for(|stop| *stop) => break,
+                _ = &mut stop => break,
                 msg = sub.next() => match msg { Some(m) => m, None => break },
             };
             if !workers.dispatch(Delivery::core(msg)).await {

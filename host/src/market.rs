@@ -157,9 +157,12 @@ impl MarketStore {
         let store = self.clone();
         let stream = stream.to_owned();
         Ok(async move {
+            // One shutdown future for the run, not one per message.
+            let stop = shutdown.wait_for(|stop| *stop);
+            tokio::pin!(stop);
             loop {
                 tokio::select! {
-                    _ = shutdown.wait_for(|stop| *stop) => return,
+                    _ = &mut stop => return,
                     next = messages.next() => match next {
                         None => return,
                         Some(Ok(m)) => store.take(&m.subject, &m.payload),
@@ -199,9 +202,11 @@ impl MarketStore {
         let store = self.clone();
         Ok(async move {
             let mut all = futures::stream::select_all(subs);
+            let stop = shutdown.wait_for(|stop| *stop);
+            tokio::pin!(stop);
             loop {
                 tokio::select! {
-                    _ = shutdown.wait_for(|stop| *stop) => return,
+                    _ = &mut stop => return,
                     next = all.next() => match next {
                         None => return,
                         Some(m) => store.take(&m.subject, &m.payload),
