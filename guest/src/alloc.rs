@@ -13,6 +13,10 @@
 //! more aligned allocations go to the standard allocator unchanged, and an
 //! allocation the memory limit refuses fails as it would without this.
 //!
+//! Measured (callgrind, per_event, sma-crossover): 6–7% fewer instructions
+//! per event than dlmalloc alone (22,557 → 21,185 one call per event,
+//! 13,468 → 12,471 in batches of 16).
+//!
 //! Installed as the global allocator by the `small-blocks` feature (on by
 //! default) in single-threaded wasm; a component that wants its own turns
 //! the SDK's default features off.

@@ -40,12 +40,27 @@ impl Process {
             dir: crate::tempdir(tag),
             child: None,
         };
-        p.spawn();
+        // A free port can be taken by another test's process before the
+        // server binds it: the server then exits. Try another port.
+        for _ in 0..4 {
+            match p.spawn() {
+                Ok(()) => return p,
+                Err(why) => {
+                    eprintln!("{why}; trying another port");
+                    p.port = free_port();
+                }
+            }
+        }
+        let port = p.port;
+        p.spawn()
+            .unwrap_or_else(|why| panic!("{why} (last port tried {port})"));
         p
     }
 
-    fn spawn(&mut self) {
-        let child = Command::new(&self.bin)
+    /// Starts the server and waits until it listens on its port; `Err`
+    /// when it exited instead (its port taken, say).
+    fn spawn(&mut self) -> Result<(), String> {
+        let mut child = Command::new(&self.bin)
             .args((self.args)(self.port, &self.dir))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -56,17 +71,32 @@ impl Process {
                     self.bin
                 )
             });
-        self.child = Some(child);
+        let exited = |child: &mut Child| {
+            child
+                .try_wait()
+                .ok()
+                .flatten()
+                .map(|status| format!("{} on port {} exited: {status}", self.bin, self.port))
+        };
         let until = Instant::now() + Duration::from_secs(10);
         while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(
-                Instant::now() < until,
-                "{} did not open port {} within 10 s",
-                self.bin,
-                self.port
-            );
+            if let Some(why) = exited(&mut child) {
+                return Err(why);
+            }
+            if Instant::now() >= until {
+                let _ = child.kill();
+                panic!("{} did not open port {} within 10 s", self.bin, self.port);
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
+        // What answered may be another process on that port while ours
+        // fails to bind it and exits: give it a moment to do so.
+        std::thread::sleep(Duration::from_millis(30));
+        if let Some(why) = exited(&mut child) {
+            return Err(why);
+        }
+        self.child = Some(child);
+        Ok(())
     }
 
     fn kill(&mut self) {
@@ -78,7 +108,10 @@ impl Process {
 
     fn restart(&mut self) {
         self.kill();
-        self.spawn();
+        // The same port: clients reconnect to it.
+        if let Err(why) = self.spawn() {
+            panic!("restart failed: {why}");
+        }
     }
 }
 
