@@ -90,8 +90,9 @@ impl Process {
             std::thread::sleep(Duration::from_millis(20));
         }
         // What answered may be another process on that port while ours
-        // fails to bind it and exits: give it a moment to do so.
-        std::thread::sleep(Duration::from_millis(30));
+        // fails to bind it and exits (nats-server does within 10 ms here):
+        // give it a moment to do so.
+        std::thread::sleep(Duration::from_millis(50));
         if let Some(why) = exited(&mut child) {
             return Err(why);
         }
@@ -305,5 +306,45 @@ impl NatsCluster {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A port someone else holds: the port answers, but the server we
+    /// started exits, and `spawn` must say so rather than hand out a
+    /// server that is not there.
+    #[test]
+    fn a_server_whose_port_is_taken_is_seen_to_exit() {
+        let squatter = TcpListener::bind("127.0.0.1:0").unwrap();
+        let taken = squatter.local_addr().unwrap().port();
+        let nats = NatsServer::start();
+        let mut p = Process {
+            bin: std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into()),
+            args: Box::new(|port, dir| {
+                let dir = dir.display().to_string();
+                [
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "-js",
+                    "-sd",
+                    &dir,
+                ]
+                .map(str::to_owned)
+                .to_vec()
+            }),
+            port: taken,
+            dir: crate::tempdir("nats-taken"),
+            child: None,
+        };
+        let why = p.spawn().expect_err("nats-server cannot bind a taken port");
+        assert!(why.contains("exited"), "{why}");
+        assert!(p.child.is_none());
+        // A server started the usual way still comes up and answers.
+        assert!(TcpStream::connect(("127.0.0.1", nats.port)).is_ok());
     }
 }
