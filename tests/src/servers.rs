@@ -138,7 +138,17 @@ impl NatsServer {
 
     /// Starts a JetStream-enabled server with `extra` arguments.
     fn with_args(extra: Vec<String>) -> NatsServer {
-        let args: Args = Box::new(move |port, dir| {
+        let args = NatsServer::args(extra);
+        let process = Process::start("NATS_SERVER_BIN", "nats-server", "nats", args);
+        NatsServer {
+            port: process.port,
+            process,
+        }
+    }
+
+    /// `nats-server -js` on the port and store directory, then `extra`.
+    fn args(extra: Vec<String>) -> Args {
+        Box::new(move |port, dir| {
             let dir = dir.display().to_string();
             let mut args = [
                 "-a",
@@ -153,12 +163,7 @@ impl NatsServer {
             .to_vec();
             args.extend(extra.iter().cloned());
             args
-        });
-        let process = Process::start("NATS_SERVER_BIN", "nats-server", "nats", args);
-        NatsServer {
-            port: process.port,
-            process,
-        }
+        })
     }
 
     /// The server's process id, while it runs (benches read its CPU time).
@@ -323,20 +328,7 @@ mod tests {
         let nats = NatsServer::start();
         let mut p = Process {
             bin: std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into()),
-            args: Box::new(|port, dir| {
-                let dir = dir.display().to_string();
-                [
-                    "-a",
-                    "127.0.0.1",
-                    "-p",
-                    &port.to_string(),
-                    "-js",
-                    "-sd",
-                    &dir,
-                ]
-                .map(str::to_owned)
-                .to_vec()
-            }),
+            args: NatsServer::args(Vec::new()),
             port: taken,
             dir: crate::tempdir("nats-taken"),
             child: None,
