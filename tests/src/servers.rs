@@ -31,29 +31,32 @@ struct Process {
 }
 
 impl Process {
-    fn start(bin_var: &str, default_bin: &str, tag: &str, args: Args) -> Process {
-        let bin = std::env::var(bin_var).unwrap_or_else(|_| default_bin.into());
-        let mut p = Process {
-            bin,
+    /// A process not yet started, on `port`.
+    fn new(bin_var: &str, default_bin: &str, tag: &str, args: Args, port: u16) -> Process {
+        Process {
+            bin: std::env::var(bin_var).unwrap_or_else(|_| default_bin.into()),
             args,
-            port: free_port(),
+            port,
             dir: crate::tempdir(tag),
             child: None,
-        };
+        }
+    }
+
+    fn start(bin_var: &str, default_bin: &str, tag: &str, args: Args) -> Process {
+        let mut p = Process::new(bin_var, default_bin, tag, args, free_port());
         // A free port can be taken by another test's process before the
         // server binds it: the server then exits. Try another port.
-        for _ in 0..4 {
+        const TRIES: u32 = 5;
+        for attempt in 1..=TRIES {
             match p.spawn() {
-                Ok(()) => return p,
-                Err(why) => {
+                Ok(()) => break,
+                Err(why) if attempt < TRIES => {
                     eprintln!("{why}; trying another port");
                     p.port = free_port();
                 }
+                Err(why) => panic!("{why} ({TRIES} ports tried)"),
             }
         }
-        let port = p.port;
-        p.spawn()
-            .unwrap_or_else(|why| panic!("{why} (last port tried {port})"));
         p
     }
 
@@ -326,13 +329,8 @@ mod tests {
         let squatter = TcpListener::bind("127.0.0.1:0").unwrap();
         let taken = squatter.local_addr().unwrap().port();
         let nats = NatsServer::start();
-        let mut p = Process {
-            bin: std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".into()),
-            args: NatsServer::args(Vec::new()),
-            port: taken,
-            dir: crate::tempdir("nats-taken"),
-            child: None,
-        };
+        let args = NatsServer::args(Vec::new());
+        let mut p = Process::new("NATS_SERVER_BIN", "nats-server", "nats", args, taken);
         let why = p.spawn().expect_err("nats-server cannot bind a taken port");
         assert!(why.contains("exited"), "{why}");
         assert!(p.child.is_none());
