@@ -30,6 +30,7 @@
 #![allow(unsafe_code)] // the ABI glue that wit-bindgen generates is unsafe
 
 pub mod alloc;
+pub mod batch;
 pub mod cache;
 pub mod config;
 pub mod events;
@@ -93,9 +94,9 @@ macro_rules! export_handler {
         }
         impl $crate::bindings::exports::weir::host::batch_handler::Guest for __WeirGuestExport {
             fn handle_batch(
-                events: ::std::vec::Vec<$crate::bindings::exports::weir::host::batch_handler::Event>,
+                batch: $crate::batch::Batch,
             ) -> ::std::vec::Vec<::core::result::Result<(), $crate::HandleError>> {
-                $crate::handle_each(events, <$handler as $crate::Handler>::handle)
+                $crate::handle_each(&batch, <$handler as $crate::Handler>::handle)
             }
         }
         $crate::bindings::export!(__WeirGuestExport with_types_in $crate::bindings);
@@ -106,12 +107,12 @@ macro_rules! export_handler {
 /// order, stop after the first error (weir delivers the rest again).
 #[doc(hidden)]
 pub fn handle_each(
-    events: Vec<bindings::exports::weir::host::batch_handler::Event>,
+    batch: &batch::Batch,
     handle: impl Fn(Message, Delivery) -> Result<(), HandleError>,
 ) -> Vec<Result<(), HandleError>> {
-    let mut out = Vec::with_capacity(events.len());
-    for event in events {
-        let result = handle(event.msg, event.delivery);
+    let mut out = Vec::with_capacity(batch.len());
+    for event in batch.events() {
+        let result = event.and_then(|e| handle(e.to_message(), e.delivery()));
         let failed = result.is_err();
         out.push(result);
         if failed {

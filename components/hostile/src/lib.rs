@@ -301,9 +301,7 @@ impl Guest for Hostile {
 
 impl exports::weir::host::batch_handler::Guest for Hostile {
     /// Each message as `handle` would, in order; stops after the first error.
-    fn handle_batch(
-        events: Vec<exports::weir::host::batch_handler::Event>,
-    ) -> Vec<Result<(), HandleError>> {
+    fn handle_batch(batch: exports::weir::host::batch_handler::Batch) -> Vec<Result<(), HandleError>> {
         if config::get("behaviour").as_deref() == Some("batch-empty") {
             // Against the contract: answers for none of the events (and
             // counts such answers under `empty-answers`).
@@ -316,9 +314,11 @@ impl exports::weir::host::batch_handler::Guest for Hostile {
             let _ = cache::set("empty-answers", (n + 1).to_string().as_bytes(), None);
             return Vec::new();
         }
-        let mut out = Vec::with_capacity(events.len());
-        for event in events {
-            let result = <Hostile as Guest>::handle(event.msg, event.delivery);
+        let mut out = Vec::with_capacity(batch.frames.len());
+        for frame in &batch.frames {
+            let result = unpack(&batch, frame)
+                .ok_or_else(|| HandleError::Retry("batch frame outside its batch".into()))
+                .and_then(|(msg, delivery)| <Hostile as Guest>::handle(msg, delivery));
             let failed = result.is_err();
             out.push(result);
             if failed {
@@ -330,3 +330,29 @@ impl exports::weir::host::batch_handler::Guest for Hostile {
 }
 
 export!(Hostile);
+
+/// A frame of a batch as the message and delivery `handle` takes.
+fn unpack(
+    batch: &exports::weir::host::batch_handler::Batch,
+    frame: &exports::weir::host::batch_handler::Frame,
+) -> Option<(Message, Delivery)> {
+    use exports::weir::host::batch_handler::Span;
+    let range = |s: Span| Some((s.start as usize)..(s.start as usize).checked_add(s.len as usize)?);
+    let text = |s: Span| batch.text.get(range(s)?).map(str::to_owned);
+    let stream = match frame.stream {
+        Some(s) => Some(text(s)?),
+        None => None,
+    };
+    let msg = Message {
+        subject: text(frame.subject)?,
+        reply_to: None,
+        headers: batch.headers.get(range(frame.headers)?)?.to_vec(),
+        payload: batch.bytes.get(range(frame.payload)?)?.to_vec(),
+    };
+    let delivery = Delivery {
+        stream,
+        sequence: frame.sequence,
+        attempt: frame.attempt,
+    };
+    Some((msg, delivery))
+}

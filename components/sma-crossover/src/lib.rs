@@ -33,6 +33,7 @@ wit_bindgen::generate!({
     world: "weir:host/batch-strategy",
 });
 
+use exports::weir::host::batch_handler::{Batch, Frame};
 use exports::weir::host::handler::{Delivery, Guest, HandleError};
 use weir::host::messaging::{self, Message};
 use weir::host::{cache, config, types};
@@ -166,13 +167,12 @@ impl exports::weir::host::batch_handler::Guest for SmaCrossover {
     /// answers back from the first event that changed it: that event is
     /// retried and the later ones delivered again (the trade ids in the
     /// states that were written make those harmless, as on a redelivery).
-    fn handle_batch(
-        events: Vec<exports::weir::host::batch_handler::Event>,
-    ) -> Vec<Result<(), HandleError>> {
+    fn handle_batch(batch: Batch) -> Vec<Result<(), HandleError>> {
         let mut held: Vec<Held> = Vec::new();
-        let mut out = Vec::with_capacity(events.len());
-        for (index, event) in events.into_iter().enumerate() {
-            let result = step_held(&event.msg, &mut held, index);
+        let mut out = Vec::with_capacity(batch.frames.len());
+        for (index, frame) in batch.frames.iter().enumerate() {
+            // Each trade read in place, from the batch's payload buffer.
+            let result = payload(&batch, frame).and_then(|p| step_held(p, &mut held, index));
             let failed = result.is_err();
             out.push(result);
             if failed {
@@ -200,10 +200,20 @@ impl exports::weir::host::batch_handler::Guest for SmaCrossover {
     }
 }
 
+/// A frame's payload in the batch's buffer; a retry if it lies outside
+/// (weir never sends such a frame).
+fn payload<'a>(batch: &'a Batch, frame: &Frame) -> Result<&'a [u8], HandleError> {
+    let start = frame.payload.start as usize;
+    start
+        .checked_add(frame.payload.len as usize)
+        .and_then(|end| batch.bytes.get(start..end))
+        .ok_or_else(|| HandleError::Retry("batch frame outside its batch".into()))
+}
+
 /// One trade of a batch, on the state held for its symbol.
-fn step_held(msg: &Message, held: &mut Vec<Held>, index: usize) -> Result<(), HandleError> {
+fn step_held(payload: &[u8], held: &mut Vec<Held>, index: usize) -> Result<(), HandleError> {
     let settings = settings()?;
-    let trade = Trade::parse(&msg.payload).map_err(HandleError::Reject)?;
+    let trade = Trade::parse(payload).map_err(HandleError::Reject)?;
     let at = match held.iter().position(|h| h.symbol == trade.symbol) {
         Some(at) => at,
         None => {

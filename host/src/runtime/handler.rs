@@ -62,7 +62,13 @@ impl HandlerIndices {
     /// wasmCloud's; the error lists what it exports instead.
     pub(crate) fn find<T>(pre: &InstancePre<T>, engine: &Engine) -> Result<Self, String> {
         if let Ok(i) = weir::GuestIndices::new(pre) {
-            return Ok(HandlerIndices::Weir(i, batch::GuestIndices::new(pre).ok()));
+            // Found by name alone; its type is only checked when an
+            // instance loads it, so an export of another shape (an older
+            // SDK's) must not get this far, or every instance would fail.
+            let batch = batch::GuestIndices::new(pre)
+                .ok()
+                .filter(|_| exports_packed_batch(pre.component(), engine));
+            return Ok(HandlerIndices::Weir(i, batch));
         }
         if let Ok(i) = wasmcloud::GuestIndices::new(pre) {
             return Ok(HandlerIndices::WasmCloud(i));
@@ -115,6 +121,40 @@ impl HandlerIndices {
             }
             HandlerIndices::WasmCloud(i) => Handler::WasmCloud(i.load(store, instance)?),
         })
+    }
+}
+
+/// Whether the component exports an interface named [`BATCH_HANDLER`],
+/// whatever its shape (one weir would not call has another shape).
+pub(crate) fn exports_batch_handler(component: &Component, engine: &Engine) -> bool {
+    component
+        .component_type()
+        .exports(engine)
+        .any(|(name, _)| name == BATCH_HANDLER)
+}
+
+/// Whether `handle-batch` takes this weir's packed batch: one record of
+/// `text`, `bytes`, `headers` and `frames` (the earlier shape took a list).
+fn exports_packed_batch(component: &Component, engine: &Engine) -> bool {
+    use wasmtime::component::types::{ComponentItem, Type};
+    let ty = component.component_type();
+    let Some(ComponentItem::ComponentInstance(iface)) =
+        ty.get_export(engine, BATCH_HANDLER).map(|e| e.ty)
+    else {
+        return false;
+    };
+    let Some(ComponentItem::ComponentFunc(func)) =
+        iface.get_export(engine, "handle-batch").map(|e| e.ty)
+    else {
+        return false;
+    };
+    let mut params = func.params();
+    match (params.next(), params.next()) {
+        (Some((_, Type::Record(r))), None) => r
+            .fields()
+            .map(|f| f.name)
+            .eq(["text", "bytes", "headers", "frames"]),
+        _ => false,
     }
 }
 

@@ -12,9 +12,9 @@ use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 use super::ComponentTemplate;
 use super::handler::Handler;
 use super::limiter::{LimitHit, Limiter};
+use super::packed::Packer;
 use crate::bus::BusMessage;
 use crate::capability::bindings::exports::wasmcloud::messaging::handler::BrokerMessage;
-use crate::capability::bindings::exports::weir::host::batch_handler::Event;
 use crate::capability::bindings::exports::weir::host::handler::{Delivery, HandleError};
 use crate::capability::bindings::weir::host::messaging::MessageParam;
 use crate::capability::{Capabilities, ComponentContext};
@@ -143,6 +143,9 @@ pub struct Instance {
     deadline_ticks: u64,
     /// Fuel per event, when fuel is on.
     fuel: Option<u64>,
+    /// The buffers `handle-batch`'s messages are packed into, kept for
+    /// the next batch.
+    packer: Packer,
 }
 
 impl ComponentTemplate {
@@ -186,6 +189,7 @@ impl ComponentTemplate {
             deadline,
             deadline_ticks,
             fuel,
+            packer: Packer::default(),
         })
     }
 
@@ -363,35 +367,16 @@ impl Instance {
         }
         let started = tokio::time::Instant::now();
         let grace = self.deadline.saturating_mul(n) + Duration::from_millis(50);
-        // The headers of every message first: the events borrow them.
-        let headers: Vec<Vec<(&str, &str)>> = items
-            .iter()
-            .map(|it| {
-                it.msg
-                    .headers
-                    .iter()
-                    .map(|(k, v)| (k.as_str(), v.as_str()))
-                    .collect()
-            })
-            .collect();
-        let events: Vec<Event<'_>> = items
-            .iter()
-            .zip(&headers)
-            .map(|(it, headers)| Event {
-                msg: MessageParam {
-                    subject: &it.msg.subject,
-                    reply_to: None,
-                    headers,
-                    payload: &it.msg.payload,
-                },
-                delivery: Delivery {
-                    stream: it.stream,
-                    sequence: it.sequence,
-                    attempt: it.attempt,
-                },
-            })
-            .collect();
-        let call = batch.call_handle_batch(&mut self.store, &events);
+        let mut headers = Vec::new();
+        let Ok(packed) = self.packer.pack(items, &mut headers) else {
+            // Not reached: a batch holds at most 64 payloads within the limit.
+            return Err(Failure {
+                component: template.ctx.name.clone(),
+                kind: FailureKind::Trap,
+                detail: format!("a batch of {n} events is too large for 32-bit offsets"),
+            });
+        };
+        let call = batch.call_handle_batch(&mut self.store, packed);
         match within(call, started, grace).await {
             Some(Ok(answers)) => {
                 let mut outcomes = Vec::with_capacity(answers.len().min(items.len()));

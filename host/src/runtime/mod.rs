@@ -4,6 +4,7 @@
 mod handler;
 mod instance;
 mod limiter;
+mod packed;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -321,6 +322,14 @@ impl Runtime {
                 reason,
             },
         })?;
+        if !handler.batches() && handler::exports_batch_handler(&component, &self.engine) {
+            // Still runs, one message per call: say why it got slower.
+            tracing::warn!(
+                component = %name,
+                "{} exports {BATCH_HANDLER} in another shape than this weir's (built with an older weir-guest SDK?): each message goes to handle alone; rebuild it to have batches again",
+                shown
+            );
+        }
         Ok(ComponentTemplate {
             ctx,
             pre,
