@@ -20,6 +20,7 @@ pub enum Kind {
 const SDK: &[(&str, &str)] = &[
     ("src/lib.rs", include_str!("../../guest/src/lib.rs")),
     ("src/alloc.rs", include_str!("../../guest/src/alloc.rs")),
+    ("src/batch.rs", include_str!("../../guest/src/batch.rs")),
     ("src/cache.rs", include_str!("../../guest/src/cache.rs")),
     ("src/config.rs", include_str!("../../guest/src/config.rs")),
     ("src/events.rs", include_str!("../../guest/src/events.rs")),

@@ -214,3 +214,55 @@ async fn batches_keep_order_through_traps_and_retries_on_a_jetstream_consumer() 
         (0, 0)
     );
 }
+
+/// A batch carries every part of every message: subject, headers, stream,
+/// sequence and attempt come out of the packed frames as they went into
+/// the stream, message by message, whatever batches they were cut into.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_carries_every_part_of_every_message() {
+    let (server, js) = seq_stream().await;
+    let n = 200u64;
+    let mut want = String::new();
+    for i in 1..=n {
+        let subject = format!("seq.s{}", i % 3);
+        let payload = format!("p{i}{}", "x".repeat((i % 5) as usize));
+        let mut headers = async_nats::HeaderMap::new();
+        // Some with none, some with one, some with a repeated name.
+        for k in 0..(i % 3) {
+            headers.append("k", format!("v{i}-{k}").as_str());
+        }
+        let seen: Vec<(String, String)> = (0..(i % 3))
+            .map(|k| ("k".to_owned(), format!("v{i}-{k}")))
+            .collect();
+        js.publish_with_headers(subject.clone(), headers, payload.clone().into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        want.push_str(&format!(
+            "{subject}|{seen:?}|{:?}|{:?}|1|{payload}\n",
+            Some("SEQ"),
+            Some(i)
+        ));
+    }
+    let toml = order_component(Some(&server.url()))
+        .replace("behaviour = \"order\"", "behaviour = \"describe\"")
+        .replace("instances = 2", "instances = 1");
+    let host = Host::start(&manifest(&toml)).await.unwrap();
+    let until = tokio::time::Instant::now() + Duration::from_secs(60);
+    let got = loop {
+        let got = host.cache().unwrap().get("o:described").await.unwrap();
+        let text = got.map(|b| String::from_utf8(b.to_vec()).unwrap());
+        if let Some(t) = text.filter(|t| t.lines().count() as u64 >= n) {
+            break t;
+        }
+        assert!(tokio::time::Instant::now() < until, "not all described");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(host.wait_idle(Duration::from_secs(10)).await);
+    assert_eq!(got, want);
+    let s = host.component_stats()[0].1;
+    // They came in batches (a stored stream is read in pulls of many).
+    assert!(s.batches > 0 && s.batched >= n / 2, "{s:?}");
+    host.shutdown(Duration::from_secs(5)).await;
+}

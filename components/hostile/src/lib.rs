@@ -26,6 +26,9 @@
 //!   host's refusal
 //! - `echo`: an ordinary request answerer: publishes the payload back to
 //!   the message's reply-to; a refused reply rejects with the refusal
+//! - `describe`: appends a line per message to the cache key `described`:
+//!   subject, headers, stream, sequence, attempt and payload, `|` between
+//!   (tests that a batch carries every part of every message)
 //! - `order`: appends each payload to the cache key `order` (comma after
 //!   each); a payload containing `fail-once` asks for a retry on its first
 //!   delivery (tests that order holds through retries)
@@ -194,6 +197,27 @@ impl Guest for Hostile {
                     .map_err(|e| HandleError::Reject(format!("{e:?}")))
             }
             "trap-first" if delivery.attempt <= 1 => core::arch::wasm32::unreachable(),
+            "describe" => {
+                // Everything the message arrived with, one line per
+                // message, appended in handling order.
+                let line = format!(
+                    "{}|{:?}|{:?}|{:?}|{}|{}\n",
+                    msg.subject,
+                    msg.headers,
+                    delivery.stream,
+                    delivery.sequence,
+                    delivery.attempt,
+                    String::from_utf8_lossy(&msg.payload)
+                );
+                let retry = |e| HandleError::Retry(format!("{e:?}"));
+                let mut seen = cache::get("described")
+                    .map_err(retry)?
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .unwrap_or_default();
+                seen.push_str(&line);
+                cache::set("described", seen.as_bytes(), None).map_err(retry)?;
+                Ok(())
+            }
             "order-once" => {
                 let text = String::from_utf8_lossy(&msg.payload).into_owned();
                 if text.contains("trap-once") && delivery.attempt <= 1 {
