@@ -529,22 +529,42 @@ config = { behaviour = "stall" }
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_answered_with_nothing_is_delivered_one_by_one() {
     // A `handle-batch` that answers for no event breaks the contract; weir
-    // must not offer the same batch forever.
-    let m = manifest(
+    // must not offer the same batch forever. The messages wait in a stream
+    // before weir starts, so its first pull holds many and batches form
+    // (on a live subject they form only when the publisher outruns the
+    // handler, which a busy machine does not promise).
+    let server = weir_tests::servers::NatsServer::start();
+    let js = async_nats::jetstream::new(server.client().await);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "POKE".into(),
+        subjects: vec!["poke.*".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    weir_tests::publish_acked(
+        &js,
+        (0..40).map(|i| (format!("poke.{}", i % 4), bytes::Bytes::from("{}"))),
+    )
+    .await;
+    let m = manifest(&format!(
         r#"
+[nats]
+url = "{}"
+
 [components.hostile]
-wasm = "{hostile}"
-subscribe = [{ subject = "poke.*" }]
-grants = { subscribe = ["poke.*"], cache = "hostile" }
-config = { behaviour = "batch-empty" }
+wasm = "{{hostile}}"
+subscribe = [{{ subject = "poke.*", stream = "POKE", consumer = "hostile" }}]
+grants = {{ subscribe = ["poke.*"], streams = ["POKE"], cache = "hostile" }}
+config = {{ behaviour = "batch-empty" }}
 "#,
-    );
+        server.url()
+    ));
     let host = Host::start(&m).await.unwrap();
-    for i in 0..40 {
-        host.bus()
-            .publish(BusMessage::new(format!("poke.{}", i % 4), "{}"))
-            .await
-            .unwrap();
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    while host.component_stats()[0].1.handled < 40 {
+        assert!(tokio::time::Instant::now() < until, "{:?}", host.component_stats());
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(host.wait_idle(Duration::from_secs(20)).await);
     let s = host.component_stats()[0].1;
@@ -561,4 +581,9 @@ config = { behaviour = "batch-empty" }
         "{s:?}"
     );
     host.shutdown(Duration::from_secs(5)).await;
+    // Each acknowledged once handled: nothing left for redelivery.
+    assert_eq!(
+        weir_tests::consumer_backlog(&js, "POKE", "hostile").await,
+        (0, 0)
+    );
 }
