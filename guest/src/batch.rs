@@ -157,7 +157,10 @@ mod tests {
         assert_eq!(events[0].delivery().sequence, Some(9));
         assert_eq!(events[0].delivery().attempt, 2);
         let m = events[1].to_message();
-        assert_eq!((m.subject.as_str(), m.payload.as_slice()), ("c", &b"two"[..]));
+        assert_eq!(
+            (m.subject.as_str(), m.payload.as_slice()),
+            ("c", &b"two"[..])
+        );
         assert_eq!(m.headers, vec![("k".to_owned(), "v".to_owned())]);
         assert_eq!(events[1].delivery().stream, None);
     }

@@ -563,7 +563,11 @@ config = {{ behaviour = "batch-empty" }}
     let host = Host::start(&m).await.unwrap();
     let until = tokio::time::Instant::now() + Duration::from_secs(20);
     while host.component_stats()[0].1.handled < 40 {
-        assert!(tokio::time::Instant::now() < until, "{:?}", host.component_stats());
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{:?}",
+            host.component_stats()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(host.wait_idle(Duration::from_secs(20)).await);

@@ -325,7 +325,9 @@ impl Guest for Hostile {
 
 impl exports::weir::host::batch_handler::Guest for Hostile {
     /// Each message as `handle` would, in order; stops after the first error.
-    fn handle_batch(batch: exports::weir::host::batch_handler::Batch) -> Vec<Result<(), HandleError>> {
+    fn handle_batch(
+        batch: exports::weir::host::batch_handler::Batch,
+    ) -> Vec<Result<(), HandleError>> {
         if config::get("behaviour").as_deref() == Some("batch-empty") {
             // Against the contract: answers for none of the events (and
             // counts such answers under `empty-answers`).

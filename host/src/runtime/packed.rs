@@ -133,8 +133,11 @@ mod tests {
                 let p = &batch.bytes[f.payload.start as usize..][..f.payload.len as usize];
                 assert_eq!(p, &m.payload[..]);
                 let h = &batch.headers[f.headers.start as usize..][..f.headers.len as usize];
-                let want: Vec<(&str, &str)> =
-                    m.headers.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let want: Vec<(&str, &str)> = m
+                    .headers
+                    .iter()
+                    .map(|(k, v)| (k.as_str(), v.as_str()))
+                    .collect();
                 assert_eq!(h, &want[..]);
                 assert_eq!(f.stream.map(|s| text(&batch, s)), it.stream);
                 assert_eq!(f.sequence, it.sequence);
