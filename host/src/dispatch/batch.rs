@@ -39,18 +39,34 @@ pub(super) enum Rest {
 /// How many messages at the front of `queue` can go in one batch (up to
 /// `limits.max_batch`): none when the component has no `handle-batch`.
 pub(super) fn batchable(template: &ComponentTemplate, queue: &VecDeque<Queued>) -> usize {
-    let limits = &template.ctx.limits;
-    if !template.batches() || limits.max_batch < 2 {
+    if !template.batches() {
+        return 0;
+    }
+    batchable_under(&template.ctx.limits, queue)
+}
+
+/// [`batchable`] for a component that exports `handle-batch`.
+fn batchable_under(limits: &crate::manifest::Limits, queue: &VecDeque<Queued>) -> usize {
+    if limits.max_batch < 2 {
         return 0;
     }
     let most = most_per_batch(limits);
     let limit = limits.max_payload_bytes;
+    let mut bytes = 0usize;
     queue
         .iter()
         .take(most)
-        .take_while(|(d, _)| d.msg.reply_to.is_none() && d.msg.payload.len() <= limit)
+        .take_while(|(d, _)| {
+            bytes = bytes.saturating_add(d.msg.payload.len());
+            d.msg.reply_to.is_none() && d.msg.payload.len() <= limit && bytes <= MAX_BATCH_BYTES
+        })
         .count()
 }
+
+/// Most payload bytes one batch carries (the largest payload a manifest
+/// may allow): a packed batch's offsets stay far within 32 bits, and a
+/// batch never asks the guest for more memory than one message may.
+const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
 
 /// `limits.max_batch`, cut so that a batch's deadline (the per-event one
 /// times its size) stays within half the shortest default `ack_wait`
@@ -166,6 +182,49 @@ async fn run(
 mod tests {
     use super::most_per_batch;
     use crate::manifest::Limits;
+
+    #[test]
+    fn a_batch_stops_before_a_reply_an_oversized_payload_or_64_mib() {
+        use std::collections::VecDeque;
+        use std::sync::Arc;
+
+        use super::{MAX_BATCH_BYTES, batchable_under};
+        use crate::bus::BusMessage;
+        use crate::delivery::Delivery;
+
+        let queue = |sizes: &[usize], reply_at: Option<usize>| -> VecDeque<super::Queued> {
+            sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| {
+                    let mut msg = BusMessage::new("s", vec![0u8; n]);
+                    if reply_at == Some(i) {
+                        msg.reply_to = Some("_INBOX.x".into());
+                    }
+                    (Delivery::core(msg), Arc::default())
+                })
+                .collect()
+        };
+        let limits = Limits {
+            max_payload_bytes: MAX_BATCH_BYTES,
+            ..Limits::default()
+        };
+        assert_eq!(batchable_under(&limits, &queue(&[10; 80], None)), 64);
+        assert_eq!(batchable_under(&limits, &queue(&[10; 8], Some(3))), 3);
+        let big = MAX_BATCH_BYTES / 2;
+        assert_eq!(batchable_under(&limits, &queue(&[big, big, 1, 1], None)), 2);
+        assert_eq!(batchable_under(&limits, &queue(&[big, big + 1], None)), 1);
+        let small = Limits {
+            max_payload_bytes: 100,
+            ..Limits::default()
+        };
+        assert_eq!(batchable_under(&small, &queue(&[10, 10, 101, 10], None)), 2);
+        let single = Limits {
+            max_batch: 1,
+            ..Limits::default()
+        };
+        assert_eq!(batchable_under(&single, &queue(&[10; 8], None)), 0);
+    }
 
     #[test]
     fn a_batch_deadline_stays_within_fifteen_seconds() {
