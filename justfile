@@ -2,7 +2,7 @@
 
 set shell := ["bash", "-euo", "pipefail", "-c"]
 
-guests := "-p sma-crossover -p price-alert -p hostile -p wasmcloud-echo -p wasmcloud-kv -p predictor -p explainer"
+guests := "-p sma-crossover -p price-alert -p hostile -p wasmcloud-echo -p wasmcloud-kv -p predictor -p explainer -p legacy-batch"
 
 # List the recipes.
 default:
@@ -33,7 +33,7 @@ replay *ARGS: build
 
 # Run every test (unit, integration with real components).
 test: build-components pytools
-    cargo test --workspace --exclude sma-crossover --exclude price-alert --exclude hostile --exclude wasmcloud-echo --exclude wasmcloud-kv --exclude predictor --exclude explainer
+    cargo test --workspace --exclude sma-crossover --exclude price-alert --exclude hostile --exclude wasmcloud-echo --exclude wasmcloud-kv --exclude predictor --exclude explainer --exclude legacy-batch
 
 # Benchmarks (criterion and load runs), then one table: each figure beside its baseline from the same run.
 bench: build-components
@@ -54,7 +54,7 @@ bench: build-components
 # Format check and clippy with warnings as errors (host and guests).
 lint:
     cargo fmt --all --check
-    cargo clippy --workspace --exclude sma-crossover --exclude price-alert --exclude hostile --exclude wasmcloud-echo --exclude wasmcloud-kv --exclude predictor --exclude explainer --all-targets -- -D warnings
+    cargo clippy --workspace --exclude sma-crossover --exclude price-alert --exclude hostile --exclude wasmcloud-echo --exclude wasmcloud-kv --exclude predictor --exclude explainer --exclude legacy-batch --all-targets -- -D warnings
     cargo clippy --target wasm32-wasip2 {{guests}} -- -D warnings
 
 # Regenerate the sample market data: trades and OHLCV candles (fixed seeds).

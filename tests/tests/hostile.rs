@@ -591,3 +591,61 @@ config = {{ behaviour = "batch-empty" }}
         (0, 0)
     );
 }
+
+/// A component built against the earlier `batch-handler` shape (a list of
+/// messages) still runs: weir sees that the shape is not its own and sends
+/// each message to `handle` alone. Its `handle-batch` traps, so a batch
+/// that reached it would show; and the messages wait in a stream before
+/// weir starts, where its first pull would otherwise make batches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_with_the_earlier_batch_shape_runs_one_message_per_call() {
+    let server = weir_tests::servers::NatsServer::start();
+    let js = async_nats::jetstream::new(server.client().await);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "POKE".into(),
+        subjects: vec!["poke.*".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    weir_tests::publish_acked(
+        &js,
+        (0..40).map(|i| (format!("poke.{}", i % 4), bytes::Bytes::from("{}"))),
+    )
+    .await;
+    let m = manifest(&format!(
+        r#"
+[nats]
+url = "{}"
+
+[components.legacy]
+wasm = "{}"
+subscribe = [{{ subject = "poke.*", stream = "POKE", consumer = "legacy" }}]
+grants = {{ subscribe = ["poke.*"], streams = ["POKE"] }}
+"#,
+        server.url(),
+        weir_tests::wasm("legacy_batch").display()
+    ));
+    let host = Host::start(&m).await.unwrap();
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    while host.component_stats()[0].1.handled < 40 {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{:?}",
+            host.component_stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(host.wait_idle(Duration::from_secs(10)).await);
+    let s = host.component_stats()[0].1;
+    assert_eq!(
+        (s.handled, s.batches, s.traps, s.dead_lettered, s.retried),
+        (40, 0, 0, 0, 0),
+        "{s:?}"
+    );
+    host.shutdown(Duration::from_secs(5)).await;
+    assert_eq!(
+        weir_tests::consumer_backlog(&js, "POKE", "legacy").await,
+        (0, 0)
+    );
+}
