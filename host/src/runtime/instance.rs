@@ -369,7 +369,8 @@ impl Instance {
         let grace = self.deadline.saturating_mul(n) + Duration::from_millis(50);
         let mut headers = Vec::new();
         let Ok(packed) = self.packer.pack(items, &mut headers) else {
-            // Not reached: a batch holds at most 64 payloads within the limit.
+            // Not reached: the dispatcher cuts a batch at 64 MiB of
+            // payloads (`dispatch::batch`), far below 4 GiB.
             return Err(Failure {
                 component: template.ctx.name.clone(),
                 kind: FailureKind::Trap,
