@@ -20,6 +20,9 @@ pub(crate) struct Packer {
     frames: Vec<Frame>,
 }
 
+/// Largest buffer kept for the next batch: 64 messages of 16 KiB.
+const KEEP_BYTES: usize = 1024 * 1024;
+
 /// A batch too large to address with the WIT's 32-bit offsets.
 #[derive(Debug)]
 pub(crate) struct TooLarge;
@@ -40,6 +43,14 @@ impl Packer {
         items: &'a [BatchItem<'a>],
         headers: &'a mut Vec<(&'a str, &'a str)>,
     ) -> Result<Batch<'a>, TooLarge> {
+        // A buffer grown by an unusually large batch is let go, not kept
+        // for the instance's lifetime (up to 64 MiB for each instance).
+        if self.bytes.capacity() > KEEP_BYTES {
+            self.bytes = Vec::new();
+        }
+        if self.text.capacity() > KEEP_BYTES {
+            self.text = String::new();
+        }
         self.text.clear();
         self.bytes.clear();
         self.frames.clear();
@@ -151,6 +162,30 @@ mod tests {
                 a.subject.len() + b.subject.len() + c.subject.len() + "TRADE".len() + "OTHER".len()
             );
         }
+    }
+
+    #[test]
+    fn a_large_batch_s_buffer_is_not_kept() {
+        let big = msg("s", &"x".repeat(2 * KEEP_BYTES), &[]);
+        let small = msg("s", "y", &[]);
+        let item = |msg| BatchItem {
+            msg,
+            stream: None,
+            sequence: None,
+            attempt: 1,
+        };
+        let mut packer = Packer::default();
+        let mut headers = Vec::new();
+        packer.pack(&[item(&small)], &mut headers).unwrap();
+        let kept = packer.bytes.capacity();
+        let mut headers = Vec::new();
+        packer.pack(&[item(&big)], &mut headers).unwrap();
+        assert!(packer.bytes.capacity() >= 2 * KEEP_BYTES);
+        let items = [item(&small)];
+        let mut headers = Vec::new();
+        let batch = packer.pack(&items, &mut headers).unwrap();
+        assert_eq!(batch.bytes, b"y");
+        assert!(packer.bytes.capacity() <= KEEP_BYTES.max(kept));
     }
 
     #[test]
