@@ -529,48 +529,14 @@ config = { behaviour = "stall" }
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_answered_with_nothing_is_delivered_one_by_one() {
     // A `handle-batch` that answers for no event breaks the contract; weir
-    // must not offer the same batch forever. The messages wait in a stream
-    // before weir starts, so its first pull holds many and batches form
-    // (on a live subject they form only when the publisher outruns the
-    // handler, which a busy machine does not promise).
-    let server = weir_tests::servers::NatsServer::start();
-    let js = async_nats::jetstream::new(server.client().await);
-    js.create_stream(async_nats::jetstream::stream::Config {
-        name: "POKE".into(),
-        subjects: vec!["poke.*".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    weir_tests::publish_acked(
-        &js,
-        (0..40).map(|i| (format!("poke.{}", i % 4), bytes::Bytes::from("{}"))),
+    // must not offer the same batch forever.
+    let (host, _server, js) = on_stored_pokes(
+        "hostile",
+        "{hostile}",
+        r#", cache = "hostile""#,
+        r#"config = { behaviour = "batch-empty" }"#,
     )
     .await;
-    let m = manifest(&format!(
-        r#"
-[nats]
-url = "{}"
-
-[components.hostile]
-wasm = "{{hostile}}"
-subscribe = [{{ subject = "poke.*", stream = "POKE", consumer = "hostile" }}]
-grants = {{ subscribe = ["poke.*"], streams = ["POKE"], cache = "hostile" }}
-config = {{ behaviour = "batch-empty" }}
-"#,
-        server.url()
-    ));
-    let host = Host::start(&m).await.unwrap();
-    let until = tokio::time::Instant::now() + Duration::from_secs(20);
-    while host.component_stats()[0].1.handled < 40 {
-        assert!(
-            tokio::time::Instant::now() < until,
-            "{:?}",
-            host.component_stats()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(host.wait_idle(Duration::from_secs(20)).await);
     let s = host.component_stats()[0].1;
     assert!(s.batches >= 1, "{s:?}");
     assert_eq!((s.handled, s.dead_lettered, s.traps), (40, 0, 0), "{s:?}");
@@ -595,48 +561,11 @@ config = {{ behaviour = "batch-empty" }}
 /// A component built against the earlier `batch-handler` shape (a list of
 /// messages) still runs: weir sees that the shape is not its own and sends
 /// each message to `handle` alone. Its `handle-batch` traps, so a batch
-/// that reached it would show; and the messages wait in a stream before
-/// weir starts, where its first pull would otherwise make batches.
+/// that reached it would show (stored messages would otherwise make them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_component_with_the_earlier_batch_shape_runs_one_message_per_call() {
-    let server = weir_tests::servers::NatsServer::start();
-    let js = async_nats::jetstream::new(server.client().await);
-    js.create_stream(async_nats::jetstream::stream::Config {
-        name: "POKE".into(),
-        subjects: vec!["poke.*".into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
-    weir_tests::publish_acked(
-        &js,
-        (0..40).map(|i| (format!("poke.{}", i % 4), bytes::Bytes::from("{}"))),
-    )
-    .await;
-    let m = manifest(&format!(
-        r#"
-[nats]
-url = "{}"
-
-[components.legacy]
-wasm = "{}"
-subscribe = [{{ subject = "poke.*", stream = "POKE", consumer = "legacy" }}]
-grants = {{ subscribe = ["poke.*"], streams = ["POKE"] }}
-"#,
-        server.url(),
-        weir_tests::wasm("legacy_batch").display()
-    ));
-    let host = Host::start(&m).await.unwrap();
-    let until = tokio::time::Instant::now() + Duration::from_secs(20);
-    while host.component_stats()[0].1.handled < 40 {
-        assert!(
-            tokio::time::Instant::now() < until,
-            "{:?}",
-            host.component_stats()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(host.wait_idle(Duration::from_secs(10)).await);
+    let wasm = weir_tests::wasm("legacy_batch").display().to_string();
+    let (host, _server, js) = on_stored_pokes("legacy", &wasm, "", "").await;
     let s = host.component_stats()[0].1;
     assert_eq!(
         (s.handled, s.batches, s.traps, s.dead_lettered, s.retried),
@@ -648,4 +577,65 @@ grants = {{ subscribe = ["poke.*"], streams = ["POKE"] }}
         weir_tests::consumer_backlog(&js, "POKE", "legacy").await,
         (0, 0)
     );
+}
+
+/// Messages [`on_stored_pokes`] stores.
+const STORED_POKES: u64 = 40;
+
+/// A host running component `name` (`wasm`) on a durable consumer of the
+/// stream POKE, whose [`STORED_POKES`] messages (`poke.0` … `poke.3`) were stored
+/// before weir started: its first pull holds many, so batches form
+/// whatever the machine's load (on a live subject they form only when the
+/// publisher outruns the handler). `more_grants` goes inside its grants
+/// table, `more` after it. Returns once all are handled and the host is
+/// idle.
+async fn on_stored_pokes(
+    name: &str,
+    wasm: &str,
+    more_grants: &str,
+    more: &str,
+) -> (
+    Host,
+    weir_tests::servers::NatsServer,
+    async_nats::jetstream::Context,
+) {
+    let server = weir_tests::servers::NatsServer::start();
+    let js = async_nats::jetstream::new(server.client().await);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "POKE".into(),
+        subjects: vec!["poke.*".into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    weir_tests::publish_acked(
+        &js,
+        (0..STORED_POKES).map(|i| (format!("poke.{}", i % 4), bytes::Bytes::from("{}"))),
+    )
+    .await;
+    let m = manifest(&format!(
+        r#"
+[nats]
+url = "{}"
+
+[components.{name}]
+wasm = "{wasm}"
+subscribe = [{{ subject = "poke.*", stream = "POKE", consumer = "{name}" }}]
+grants = {{ subscribe = ["poke.*"], streams = ["POKE"]{more_grants} }}
+{more}
+"#,
+        server.url()
+    ));
+    let host = Host::start(&m).await.unwrap();
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    while host.component_stats()[0].1.handled < STORED_POKES {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{:?}",
+            host.component_stats()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(host.wait_idle(Duration::from_secs(20)).await);
+    (host, server, js)
 }

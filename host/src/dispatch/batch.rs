@@ -66,7 +66,7 @@ fn batchable_under(limits: &crate::manifest::Limits, queue: &VecDeque<Queued>) -
 /// Most payload bytes one batch carries (the largest payload a manifest
 /// may allow): a packed batch's offsets stay far within 32 bits, and a
 /// batch never asks the guest for more memory than one message may.
-const MAX_BATCH_BYTES: usize = 64 * 1024 * 1024;
+const MAX_BATCH_BYTES: usize = crate::manifest::MAX_PAYLOAD_BYTES;
 
 /// `limits.max_batch`, cut so that a batch's deadline (the per-event one
 /// times its size) stays within half the shortest default `ack_wait`

@@ -357,6 +357,9 @@ pub struct Grants {
     pub data_dir: Option<PathBuf>,
 }
 
+/// The largest `limits.max_payload_bytes` a manifest may set.
+pub const MAX_PAYLOAD_BYTES: usize = 64 * 1024 * 1024;
+
 /// Per-component limits.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]

@@ -174,7 +174,7 @@ fn check_limits(spec: &ComponentSpec) -> Result<(), (&'static str, String)> {
         "limits.max_payload_bytes",
         l.max_payload_bytes as u64,
         1,
-        64 * 1024 * 1024,
+        super::MAX_PAYLOAD_BYTES as u64,
     )?;
     range(
         "limits.host_calls_per_event",

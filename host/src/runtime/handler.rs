@@ -67,7 +67,7 @@ impl HandlerIndices {
             // SDK's) must not get this far, or every instance would fail.
             let batch = batch::GuestIndices::new(pre)
                 .ok()
-                .filter(|_| exports_packed_batch(pre.component(), engine));
+                .filter(|_| batch_export(pre.component(), engine) == BatchExport::Packed);
             return Ok(HandlerIndices::Weir(i, batch));
         }
         if let Ok(i) = wasmcloud::GuestIndices::new(pre) {
@@ -124,37 +124,46 @@ impl HandlerIndices {
     }
 }
 
-/// Whether the component exports an interface named [`BATCH_HANDLER`],
-/// whatever its shape (one weir would not call has another shape).
-pub(crate) fn exports_batch_handler(component: &Component, engine: &Engine) -> bool {
-    component
-        .component_type()
-        .exports(engine)
-        .any(|(name, _)| name == BATCH_HANDLER)
+/// What a component exports as [`BATCH_HANDLER`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum BatchExport {
+    /// Nothing of that name.
+    Absent,
+    /// `handle-batch` taking this weir's packed batch: one record of
+    /// `text`, `bytes`, `headers` and `frames`.
+    Packed,
+    /// Another shape (an older SDK's took a list of messages): weir does
+    /// not call it.
+    OtherShape,
 }
 
-/// Whether `handle-batch` takes this weir's packed batch: one record of
-/// `text`, `bytes`, `headers` and `frames` (the earlier shape took a list).
-fn exports_packed_batch(component: &Component, engine: &Engine) -> bool {
+/// Reads the shape of the component's batch export from its type.
+pub(crate) fn batch_export(component: &Component, engine: &Engine) -> BatchExport {
     use wasmtime::component::types::{ComponentItem, Type};
     let ty = component.component_type();
-    let Some(ComponentItem::ComponentInstance(iface)) =
-        ty.get_export(engine, BATCH_HANDLER).map(|e| e.ty)
-    else {
-        return false;
+    let Some(export) = ty.get_export(engine, BATCH_HANDLER) else {
+        return BatchExport::Absent;
+    };
+    let ComponentItem::ComponentInstance(iface) = export.ty else {
+        return BatchExport::OtherShape;
     };
     let Some(ComponentItem::ComponentFunc(func)) =
         iface.get_export(engine, "handle-batch").map(|e| e.ty)
     else {
-        return false;
+        return BatchExport::OtherShape;
     };
     let mut params = func.params();
-    match (params.next(), params.next()) {
+    let packed = match (params.next(), params.next()) {
         (Some((_, Type::Record(r))), None) => r
             .fields()
             .map(|f| f.name)
             .eq(["text", "bytes", "headers", "frames"]),
         _ => false,
+    };
+    if packed {
+        BatchExport::Packed
+    } else {
+        BatchExport::OtherShape
     }
 }
 

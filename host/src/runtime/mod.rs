@@ -322,7 +322,7 @@ impl Runtime {
                 reason,
             },
         })?;
-        if !handler.batches() && handler::exports_batch_handler(&component, &self.engine) {
+        if handler::batch_export(&component, &self.engine) == handler::BatchExport::OtherShape {
             // Still runs, one message per call: say why it got slower.
             tracing::warn!(
                 component = %name,
