@@ -55,10 +55,9 @@ impl Trade {
     /// (same answers, and serde's words for what is wrong).
     pub fn parse(payload: &[u8]) -> Result<Trade, String> {
         let malformed = |e| format!("malformed trade JSON: {e}");
-        let text = utf8(payload).map_err(malformed)?;
-        let trade = match trade_scan::trade(text) {
+        let trade = match trade_scan::trade(payload) {
             Some(trade) => trade,
-            None => serde_json::from_str(text).map_err(malformed)?,
+            None => from_json(payload).map_err(malformed)?,
         };
         if trade.symbol.is_empty() {
             return Err("trade has an empty symbol".into());

@@ -147,6 +147,14 @@ fn native_apply(
     }
 }
 
+/// A symbol's state key, joined by hand as sma-crossover joins its own.
+fn native_key(symbol: &str) -> String {
+    let mut key = String::with_capacity(11 + symbol.len());
+    key.push_str("sma:native:");
+    key.push_str(symbol);
+    key
+}
+
 /// The strategy step in plain Rust, on the same cache and bus.
 fn native_step(
     l1: &MemoryStore,
@@ -155,7 +163,7 @@ fn native_step(
     rt: &tokio::runtime::Runtime,
 ) {
     let t = Trade::parse(&msg.payload).unwrap();
-    let key = format!("sma:native:{}", t.symbol);
+    let key = native_key(&t.symbol);
     let mut state = native_load(l1, &key);
     native_apply(l1, bus, &t, &mut state, rt);
     native_store(l1, &key, &state);
@@ -175,7 +183,7 @@ fn native_batch(
         let at = match held.iter().position(|(s, _, _)| *s == t.symbol) {
             Some(at) => at,
             None => {
-                let key = format!("sma:native:{}", t.symbol);
+                let key = native_key(&t.symbol);
                 let state = native_load(l1, &key);
                 held.push((t.symbol.clone(), key, state));
                 held.len() - 1
