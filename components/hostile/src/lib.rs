@@ -340,8 +340,8 @@ impl exports::weir::host::batch_handler::Guest for Hostile {
             let _ = cache::set("empty-answers", (n + 1).to_string().as_bytes(), None);
             return Vec::new();
         }
-        let mut out = Vec::with_capacity(batch.frames.len());
-        for frame in &batch.frames {
+        let mut out = Vec::with_capacity(batch.frames.len() / 12);
+        for frame in batch.frames.chunks_exact(12) {
             let result = unpack(&batch, frame)
                 .ok_or_else(|| HandleError::Retry("batch frame outside its batch".into()))
                 .and_then(|(msg, delivery)| <Hostile as Guest>::handle(msg, delivery));
@@ -357,28 +357,32 @@ impl exports::weir::host::batch_handler::Guest for Hostile {
 
 export!(Hostile);
 
-/// A frame of a batch as the message and delivery `handle` takes.
+/// A frame of a batch (its twelve numbers, as `wit/handler.wit` lays them
+/// out) as the message and delivery `handle` takes.
 fn unpack(
     batch: &exports::weir::host::batch_handler::Batch,
-    frame: &exports::weir::host::batch_handler::Frame,
+    w: &[u32],
 ) -> Option<(Message, Delivery)> {
-    use exports::weir::host::batch_handler::Span;
-    let range = |s: Span| Some((s.start as usize)..(s.start as usize).checked_add(s.len as usize)?);
-    let text = |s: Span| batch.text.get(range(s)?).map(str::to_owned);
-    let stream = match frame.stream {
-        Some(s) => Some(text(s)?),
-        None => None,
+    let range = |at: usize| {
+        let start = *w.get(at)? as usize;
+        Some(start..start.checked_add(*w.get(at + 1)? as usize)?)
+    };
+    let text = |at: usize| batch.text.get(range(at)?).map(str::to_owned);
+    let flags = *w.get(11)?;
+    let stream = match flags & 1 {
+        0 => None,
+        _ => Some(text(6)?),
     };
     let msg = Message {
-        subject: text(frame.subject)?,
+        subject: text(0)?,
         reply_to: None,
-        headers: batch.headers.get(range(frame.headers)?)?.to_vec(),
-        payload: batch.bytes.get(range(frame.payload)?)?.to_vec(),
+        headers: batch.headers.get(range(4)?)?.to_vec(),
+        payload: batch.bytes.get(range(2)?)?.to_vec(),
     };
     let delivery = Delivery {
         stream,
-        sequence: frame.sequence,
-        attempt: frame.attempt,
+        sequence: (flags & 2 != 0).then(|| u64::from(w[8]) | u64::from(w[9]) << 32),
+        attempt: *w.get(10)?,
     };
     Some((msg, delivery))
 }

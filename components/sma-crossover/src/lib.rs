@@ -33,7 +33,7 @@ wit_bindgen::generate!({
     world: "weir:host/batch-strategy",
 });
 
-use exports::weir::host::batch_handler::{Batch, Frame};
+use exports::weir::host::batch_handler::Batch;
 use exports::weir::host::handler::{Delivery, Guest, HandleError};
 use weir::host::messaging::{self, Message};
 use weir::host::{cache, config, types};
@@ -186,9 +186,9 @@ impl exports::weir::host::batch_handler::Guest for SmaCrossover {
         };
         // The trades, each read in place from the batch's payload buffer,
         // up to the first that cannot be read.
-        let mut trades = Vec::with_capacity(batch.frames.len());
+        let mut trades = Vec::with_capacity(batch.frames.len() / FRAME_WORDS);
         let mut unreadable = None;
-        for frame in &batch.frames {
+        for frame in batch.frames.chunks_exact(FRAME_WORDS) {
             match payload(&batch, frame).and_then(|p| Trade::parse(p).map_err(HandleError::Reject))
             {
                 Ok(trade) => trades.push(trade),
@@ -229,7 +229,7 @@ impl exports::weir::host::batch_handler::Guest for SmaCrossover {
                 Err(e) => return vec![Err(host_error(e))],
             }
         }
-        let mut out = Vec::with_capacity(batch.frames.len());
+        let mut out = Vec::with_capacity(trades.len() + 1);
         for (index, (trade, &slot)) in trades.iter().zip(&slots).enumerate() {
             let Some(h) = held.get_mut(slot) else { break };
             // A trade whose signal fails leaves the held state as it was.
@@ -266,14 +266,23 @@ impl exports::weir::host::batch_handler::Guest for SmaCrossover {
     }
 }
 
+/// Numbers per message in `batch.frames` (`wit/handler.wit` lays them
+/// out; words 2 and 3 are the payload's start and length).
+const FRAME_WORDS: usize = 12;
+
 /// A frame's payload in the batch's buffer; a retry if it lies outside
 /// (weir never sends such a frame).
-fn payload<'a>(batch: &'a Batch, frame: &Frame) -> Result<&'a [u8], HandleError> {
-    let start = frame.payload.start as usize;
+fn payload<'a>(batch: &'a Batch, frame: &[u32]) -> Result<&'a [u8], HandleError> {
+    let outside = || HandleError::Retry("batch frame outside its batch".into());
+    let (&start, &len) = (
+        frame.get(2).ok_or_else(outside)?,
+        frame.get(3).ok_or_else(outside)?,
+    );
+    let start = start as usize;
     start
-        .checked_add(frame.payload.len as usize)
+        .checked_add(len as usize)
         .and_then(|end| batch.bytes.get(start..end))
-        .ok_or_else(|| HandleError::Retry("batch frame outside its batch".into()))
+        .ok_or_else(outside)
 }
 
 /// The cache key of a symbol's state.

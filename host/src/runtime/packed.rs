@@ -1,11 +1,14 @@
 //! A batch as `handle-batch` takes it: every subject and stream name in
-//! one string, every payload in one byte list, and a frame per message
-//! saying where its parts are. wasmtime lowers a list of messages with a
-//! `cabi_realloc` call into the guest for each string and list, three per
-//! message; packed, a batch costs four, whatever its size. The buffers are
-//! kept between batches, so packing allocates nothing once they have grown.
+//! one string, every payload in one byte list, and twelve numbers per
+//! message saying where its parts are. wasmtime lowers a list of messages
+//! with a `cabi_realloc` call into the guest for each string and list,
+//! three per message; packed, a batch costs four, whatever its size. The
+//! frames are a flat `list<u32>` because wasmtime copies an integer list
+//! in one go and stores a list of records field by field (about 1,000
+//! instructions per event in batches of 16). The buffers are kept between
+//! batches, so packing allocates nothing once they have grown.
 
-use crate::capability::bindings::exports::weir::host::batch_handler::{Batch, Frame, Span};
+use crate::capability::bindings::exports::weir::host::batch_handler::Batch;
 
 use super::BatchItem;
 
@@ -16,8 +19,24 @@ pub(crate) struct Packer {
     text: String,
     /// Payloads, one after another.
     bytes: Vec<u8>,
-    /// One per message, in order.
-    frames: Vec<Frame>,
+    /// [`FRAME_WORDS`] per message, in order.
+    frames: Vec<u32>,
+}
+
+/// Numbers per message in a batch's frames, laid out as the WIT's table
+/// says (`wit/handler.wit`, `batch-handler`).
+pub(crate) const FRAME_WORDS: usize = 12;
+
+/// Word 11: words 6 and 7 hold a stream.
+const HAS_STREAM: u32 = 1;
+/// Word 11: words 8 and 9 hold a sequence.
+const HAS_SEQUENCE: u32 = 2;
+
+/// A stretch of one of the batch's buffers.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct Span {
+    start: u32,
+    len: u32,
 }
 
 /// Largest buffer kept for the next batch: 64 messages of 16 KiB.
@@ -54,6 +73,7 @@ impl Packer {
         self.text.clear();
         self.bytes.clear();
         self.frames.clear();
+        self.frames.reserve(items.len() * FRAME_WORDS);
         headers.clear();
         // One stream name per run of messages from the same stream.
         let mut last_stream: Option<(&str, Span)> = None;
@@ -75,14 +95,29 @@ impl Packer {
                     Some(at)
                 }
             };
-            self.frames.push(Frame {
-                subject,
-                payload,
-                headers: header_span,
-                stream,
-                sequence: item.sequence,
-                attempt: item.attempt,
+            let mut flags = 0;
+            let stream = stream.map_or(Span { start: 0, len: 0 }, |at| {
+                flags |= HAS_STREAM;
+                at
             });
+            if item.sequence.is_some() {
+                flags |= HAS_SEQUENCE;
+            }
+            let sequence = item.sequence.unwrap_or(0);
+            self.frames.extend_from_slice(&[
+                subject.start,
+                subject.len,
+                payload.start,
+                payload.len,
+                header_span.start,
+                header_span.len,
+                stream.start,
+                stream.len,
+                sequence as u32,
+                (sequence >> 32) as u32,
+                item.attempt,
+                flags,
+            ]);
         }
         Ok(Batch {
             text: &self.text,
@@ -116,6 +151,21 @@ mod tests {
         &b.text[s.start as usize..(s.start + s.len) as usize]
     }
 
+    /// Frame `i`, read back by the SDK's reader (what a component sees).
+    fn frame(b: &Batch<'_>, i: usize) -> weir_guest::batch::Frame {
+        assert_eq!(weir_guest::batch::FRAME_WORDS, FRAME_WORDS);
+        let words = &b.frames[i * FRAME_WORDS..][..FRAME_WORDS];
+        weir_guest::batch::Frame::from_words(words.try_into().unwrap())
+    }
+
+    /// The SDK's span as this module's.
+    fn ours(s: weir_guest::batch::Span) -> Span {
+        Span {
+            start: s.start,
+            len: s.len,
+        }
+    }
+
     #[test]
     fn every_part_of_every_message_is_where_its_frame_says() {
         let a = msg("TRADE.trade.BTCUSDT", "{\"p\":1}", &[]);
@@ -128,7 +178,7 @@ mod tests {
             attempt,
         };
         let items = [
-            item(&a, Some("TRADE"), Some(7), 1),
+            item(&a, Some("TRADE"), Some(7 | 5 << 32), 1),
             item(&b, Some("TRADE"), Some(8), 3),
             item(&c, Some("OTHER"), None, 1),
         ];
@@ -137,10 +187,11 @@ mod tests {
             // The second round reuses the buffers: nothing of the first stays.
             let mut headers = Vec::new();
             let batch = packer.pack(&items, &mut headers).unwrap();
-            assert_eq!(batch.frames.len(), 3);
+            assert_eq!(batch.frames.len(), 3 * FRAME_WORDS);
             let expect = [&a, &b, &c];
-            for (f, (m, it)) in batch.frames.iter().zip(expect.iter().zip(&items)) {
-                assert_eq!(text(&batch, f.subject), m.subject);
+            for (i, (m, it)) in expect.iter().zip(&items).enumerate() {
+                let f = frame(&batch, i);
+                assert_eq!(text(&batch, ours(f.subject)), m.subject);
                 let p = &batch.bytes[f.payload.start as usize..][..f.payload.len as usize];
                 assert_eq!(p, &m.payload[..]);
                 let h = &batch.headers[f.headers.start as usize..][..f.headers.len as usize];
@@ -150,12 +201,12 @@ mod tests {
                     .map(|(k, v)| (k.as_str(), v.as_str()))
                     .collect();
                 assert_eq!(h, &want[..]);
-                assert_eq!(f.stream.map(|s| text(&batch, s)), it.stream);
+                assert_eq!(f.stream.map(|s| text(&batch, ours(s))), it.stream);
                 assert_eq!(f.sequence, it.sequence);
                 assert_eq!(f.attempt, it.attempt);
             }
             // One copy of a stream name for a run of messages from it.
-            let at = |i: usize| batch.frames[i].stream.map(|s| (s.start, s.len));
+            let at = |i: usize| frame(&batch, i).stream;
             assert_eq!(at(0), at(1));
             assert_eq!(
                 batch.text.len(),
