@@ -66,9 +66,8 @@ enum Field {
     TradeId,
 }
 
-/// The trade in `bytes`, or `None` when serde must judge it.
-pub(super) fn trade(bytes: &[u8]) -> Option<Trade> {
-    let b = bytes;
+/// The trade in `b`, or `None` when serde must judge it.
+pub(super) fn trade(b: &[u8]) -> Option<Trade> {
     let (mut symbol, mut price, mut qty, mut ts, mut trade_id) = (None, None, None, None, None);
     let mut at = eat(b, ws(b, 0), b'{')?;
     loop {

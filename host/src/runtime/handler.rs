@@ -153,16 +153,16 @@ pub(crate) fn batch_export(component: &Component, engine: &Engine) -> BatchExpor
         return BatchExport::OtherShape;
     };
     let mut params = func.params();
-    // The fields by name, and the frames as a flat list of u32 (the
-    // shape before it had a list of frame records under the same names).
+    // The fields by name, and the last, `frames`, a flat list of u32 (the
+    // shape before had a list of frame records under the same names).
     let packed = match (params.next(), params.next()) {
         (Some((_, Type::Record(r))), None) => {
             r.fields()
                 .map(|f| f.name)
                 .eq(["text", "bytes", "headers", "frames"])
-                && r.fields().any(|f| {
-                    f.name == "frames" && matches!(&f.ty, Type::List(l) if l.ty() == Type::U32)
-                })
+                && r.fields()
+                    .last()
+                    .is_some_and(|f| matches!(&f.ty, Type::List(l) if l.ty() == Type::U32))
         }
         _ => false,
     };

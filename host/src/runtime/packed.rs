@@ -95,14 +95,9 @@ impl Packer {
                     Some(at)
                 }
             };
-            let mut flags = 0;
-            let stream = stream.map_or(Span { start: 0, len: 0 }, |at| {
-                flags |= HAS_STREAM;
-                at
-            });
-            if item.sequence.is_some() {
-                flags |= HAS_SEQUENCE;
-            }
+            let flags = (u32::from(stream.is_some()) * HAS_STREAM)
+                | (u32::from(item.sequence.is_some()) * HAS_SEQUENCE);
+            let stream = stream.unwrap_or(Span { start: 0, len: 0 });
             let sequence = item.sequence.unwrap_or(0);
             self.frames.extend_from_slice(&[
                 subject.start,
