@@ -2,7 +2,7 @@
 //! data directory, killed (and cleaned up) on drop. Like nats.rs's and
 //! redis-rs's own test harnesses: kill and restart them to inject faults.
 
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -81,8 +81,10 @@ impl Process {
                 .flatten()
                 .map(|status| format!("{} on port {} exited: {status}", self.bin, self.port))
         };
+        // Up when our process listens on the port: something answering
+        // there may be another process, while ours fails to bind and exits.
         let until = Instant::now() + Duration::from_secs(10);
-        while TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+        while !listens_on(child.id(), self.port) {
             if let Some(why) = exited(&mut child) {
                 return Err(why);
             }
@@ -90,14 +92,7 @@ impl Process {
                 let _ = child.kill();
                 panic!("{} did not open port {} within 10 s", self.bin, self.port);
             }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        // What answered may be another process on that port while ours
-        // fails to bind it and exits (nats-server does within 10 ms here):
-        // give it a moment to do so.
-        std::thread::sleep(Duration::from_millis(50));
-        if let Some(why) = exited(&mut child) {
-            return Err(why);
+            std::thread::sleep(Duration::from_millis(10));
         }
         self.child = Some(child);
         Ok(())
@@ -317,9 +312,41 @@ impl NatsCluster {
     }
 }
 
+/// Whether process `pid` holds a listening TCP socket on `port`: the
+/// socket inodes among its open files against the kernel's tables of TCP
+/// sockets (`/proc/net/tcp` and `tcp6`; the test harness is Linux-only).
+fn listens_on(pid: u32, port: u16) -> bool {
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    let inodes: std::collections::HashSet<String> = fds
+        .flatten()
+        .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+        .filter_map(|link| {
+            let link = link.to_str()?;
+            Some(link.strip_prefix("socket:[")?.strip_suffix(']')?.to_owned())
+        })
+        .collect();
+    ["/proc/net/tcp", "/proc/net/tcp6"].iter().any(|table| {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        text.lines().skip(1).any(|line| {
+            // sl local_address rem_address st … inode: st 0A is LISTEN.
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local_port = f
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            f.get(3) == Some(&"0A")
+                && local_port == Some(port)
+                && f.get(9).is_some_and(|inode| inodes.contains(*inode))
+        })
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::TcpStream;
 
     /// A port someone else holds: the port answers, but the server we
     /// started exits, and `spawn` must say so rather than hand out a
@@ -334,7 +361,10 @@ mod tests {
         let why = p.spawn().expect_err("nats-server cannot bind a taken port");
         assert!(why.contains("exited"), "{why}");
         assert!(p.child.is_none());
-        // A server started the usual way still comes up and answers.
+        // A server started the usual way still comes up and answers, and
+        // the squatter is not taken for a server.
         assert!(TcpStream::connect(("127.0.0.1", nats.port)).is_ok());
+        assert!(listens_on(std::process::id(), taken));
+        assert!(!listens_on(std::process::id(), nats.port));
     }
 }
