@@ -118,18 +118,23 @@ pub struct CoreSource(pub Subscription);
 #[async_trait]
 impl DeliverySource for CoreSource {
     async fn run(self: Box<Self>, workers: Workers, mut shutdown: watch::Receiver<bool>) {
-        let mut sub = self.0;
+        // What the subscription has ready goes on in one run (see
+        // `Workers::dispatch_run`); a lone message goes on at once.
+        let mut sub = self.0.ready_chunks(crate::dispatch::RUN);
         // One shutdown future for the whole run: a new one per message
         // would lock the watch's waiter list twice for every message.
         let stop = shutdown.wait_for(|stop| *stop);
         tokio::pin!(stop);
         loop {
-            let msg = tokio::select! {
+            let msgs = tokio::select! {
                 biased;
                 _ = &mut stop => break,
-                msg = sub.next() => match msg { Some(m) => m, None => break },
+                msgs = sub.next() => match msgs { Some(m) => m, None => break },
             };
-            if !workers.dispatch(Delivery::core(msg)).await {
+            if !workers
+                .dispatch_run(msgs.into_iter().map(Delivery::core))
+                .await
+            {
                 break;
             }
         }

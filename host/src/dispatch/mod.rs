@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
@@ -49,10 +49,28 @@ pub fn backoff(attempt: u32) -> Duration {
 /// A delivery in a worker's queue, with the counters of the subscription it came from.
 type Queued = (Delivery, Arc<FlowStats>);
 
+/// Deliveries for one worker, in arrival order: what a source had ready
+/// goes to each worker in one send (one queue synchronisation and at most
+/// one wake-up for the run, not one each).
+type Run = Vec<Queued>;
+
+/// Most deliveries a source hands over at once (and a worker takes at once).
+pub const RUN: usize = 64;
+
+/// One worker's queue.
+struct Queue {
+    /// Runs in arrival order; unbounded because `room` bounds it.
+    tx: mpsc::UnboundedSender<Run>,
+    /// Deliveries the queue may still take (WORKER_QUEUE at most): a
+    /// source waits for room, the worker gives it back as it takes runs.
+    /// Closed when the worker stops, so that no source waits for ever.
+    room: Arc<Semaphore>,
+}
+
 /// The instance workers of one component; routers feed them.
 #[derive(Clone)]
 pub struct Workers {
-    senders: Arc<Vec<mpsc::Sender<Queued>>>,
+    queues: Arc<Vec<Queue>>,
     /// Picks the worker from the subject (foldhash: only spreads subjects
     /// over workers, and is paid on every message).
     hasher: foldhash::fast::RandomState,
@@ -73,14 +91,18 @@ impl Workers {
     ) -> Workers {
         let template = current.borrow().clone();
         let instances = template.ctx.limits.instances;
-        let mut senders = Vec::with_capacity(instances);
+        let mut queues = Vec::with_capacity(instances);
         for index in 0..instances {
-            let (tx, rx) = mpsc::channel(WORKER_QUEUE);
-            senders.push(tx);
-            tasks.spawn(worker(current.clone(), index, rx, bus.clone()));
+            let (tx, rx) = mpsc::unbounded_channel();
+            let room = Arc::new(Semaphore::new(WORKER_QUEUE));
+            queues.push(Queue {
+                tx,
+                room: room.clone(),
+            });
+            tasks.spawn(worker(current.clone(), index, rx, room, bus.clone()));
         }
         Workers {
-            senders: Arc::new(senders),
+            queues: Arc::new(queues),
             hasher: Default::default(),
             flow: template.ctx.stats.add_flow(),
             stats: template.ctx.stats.clone(),
@@ -103,15 +125,70 @@ impl Workers {
 
     /// Hands a delivery to the worker that owns its subject; false once workers are gone.
     pub async fn dispatch(&self, delivery: Delivery) -> bool {
-        self.stats.in_flight.fetch_add(1, Ordering::Relaxed);
-        ComponentStats::bump(&self.flow.received);
-        let at = self.hasher.hash_one(&delivery.msg.subject) as usize % self.senders.len();
-        let worker = &self.senders[at];
-        if worker.send((delivery, self.flow.clone())).await.is_err() {
-            self.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-            return false;
+        self.dispatch_run(std::iter::once(delivery)).await
+    }
+
+    /// Hands deliveries (in arrival order, at most [`RUN`]) to the workers
+    /// that own their subjects, each worker's share in one send; false
+    /// once workers are gone.
+    pub async fn dispatch_run(&self, deliveries: impl IntoIterator<Item = Delivery>) -> bool {
+        let n = self.queues.len();
+        let deliveries = deliveries.into_iter();
+        // Room for the whole run in each share: no share grows as it fills.
+        let most = deliveries.size_hint().0.min(RUN);
+        let mut runs: Vec<Run> = (0..n).map(|_| Vec::with_capacity(most)).collect();
+        let mut count = 0u64;
+        for delivery in deliveries {
+            let at = if n == 1 {
+                0
+            } else {
+                self.hasher.hash_one(&delivery.msg.subject) as usize % n
+            };
+            if let Some(run) = runs.get_mut(at) {
+                run.push((delivery, self.flow.clone()));
+                count += 1;
+            }
+        }
+        self.stats.in_flight.fetch_add(count, Ordering::Relaxed);
+        self.flow.received.fetch_add(count, Ordering::Relaxed);
+        for (queue, run) in self.queues.iter().zip(runs) {
+            if run.is_empty() {
+                continue;
+            }
+            let len = run.len();
+            let sent = match queue.room.acquire_many(room_taken(len)).await {
+                Ok(permits) => {
+                    permits.forget();
+                    queue.tx.send(run).is_ok()
+                }
+                Err(_) => false,
+            };
+            if !sent {
+                // Those not handed over are not in flight (a stopped
+                // worker's queue is dropped with what it held).
+                self.stats
+                    .in_flight
+                    .fetch_sub(len as u64, Ordering::Relaxed);
+                return false;
+            }
         }
         true
+    }
+}
+
+/// The room a run of `len` takes in its queue: a run longer than the
+/// whole queue (against `dispatch_run`'s contract) takes all of it, never
+/// waiting for room that cannot come.
+fn room_taken(len: usize) -> u32 {
+    u32::try_from(len.min(WORKER_QUEUE)).unwrap_or(u32::MAX)
+}
+
+/// Closes a worker's room when the worker stops, however it stops.
+struct CloseOnDrop(Arc<Semaphore>);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close();
     }
 }
 
@@ -119,25 +196,31 @@ impl Workers {
 async fn worker(
     mut current: watch::Receiver<Arc<ComponentTemplate>>,
     index: usize,
-    mut rx: mpsc::Receiver<Queued>,
+    mut rx: mpsc::UnboundedReceiver<Run>,
+    room: Arc<Semaphore>,
     bus: Arc<dyn Bus>,
 ) {
+    let _close = CloseOnDrop(room.clone());
     let mut template = current.borrow_and_update().clone();
     let mut instance: Option<Instance> = None;
     // Taken from the queue in runs: one wake-up and one queue
-    // synchronisation for every message already waiting, not one each.
-    let mut run = Vec::with_capacity(RUN);
+    // synchronisation for every run already waiting, not one each.
+    let mut runs: Vec<Run> = Vec::with_capacity(RUNS_TAKEN);
+    let mut pending: VecDeque<Queued> = VecDeque::with_capacity(RUN);
     loop {
         tokio::select! {
             // Both are cancel-safe: a lost race loses no message.
-            taken = rx.recv_many(&mut run, RUN) => if taken == 0 { return },
+            taken = rx.recv_many(&mut runs, RUNS_TAKEN) => if taken == 0 { return },
             // An idle worker lets go of the old version's instance at once.
             Ok(()) = current.changed() => {
                 take_new_version(&mut current, &mut template, &mut instance, index);
                 continue;
             }
         }
-        let mut pending = VecDeque::from(std::mem::take(&mut run));
+        for run in runs.drain(..) {
+            room.add_permits(room_taken(run.len()) as usize);
+            pending.extend(run);
+        }
         while !pending.is_empty() {
             if current.has_changed().unwrap_or(false) {
                 take_new_version(&mut current, &mut template, &mut instance, index);
@@ -165,7 +248,6 @@ async fn worker(
                 handle_one(&template, index, &mut instance, delivery, &flow, &*bus).await;
             }
         }
-        run = Vec::from(pending);
     }
 }
 
@@ -189,8 +271,9 @@ fn take_new_version(
     *instance = None;
 }
 
-/// Messages a worker takes from its queue at once.
-const RUN: usize = 64;
+/// Runs a worker takes from its queue at once (a run of one each, from a
+/// JetStream consumer, takes as many messages as before runs).
+const RUNS_TAKEN: usize = RUN;
 
 /// Handles one queued delivery, with its span, latency and in-flight count.
 async fn handle_one(

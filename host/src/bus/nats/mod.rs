@@ -8,6 +8,7 @@ pub mod streams;
 use std::collections::HashMap;
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -36,6 +37,16 @@ pub struct NatsBus {
     connects: watch::Receiver<u64>,
     /// The prefix of this connection's request inboxes.
     inbox_prefix: Arc<str>,
+    /// The server's `max_payload`, kept: the client hands it out only in a
+    /// clone of the whole server info, a dozen allocations per publish.
+    max_payload: Arc<MaxPayload>,
+}
+
+/// The server's `max_payload`, and which connection it was read on.
+struct MaxPayload {
+    /// The value of `connects` when `bytes` was read (`u64::MAX`: never).
+    read_on: AtomicU64,
+    bytes: AtomicUsize,
 }
 
 impl NatsBus {
@@ -129,6 +140,10 @@ impl NatsBus {
             streams: Arc::default(),
             connects,
             inbox_prefix,
+            max_payload: Arc::new(MaxPayload {
+                read_on: AtomicU64::new(u64::MAX),
+                bytes: AtomicUsize::new(0),
+            }),
         })
     }
 
@@ -339,7 +354,15 @@ impl Bus for NatsBus {
     }
 
     fn max_payload(&self) -> usize {
-        self.client.server_info().max_payload
+        // Read again after a reconnect: the new server may allow another size.
+        let connection = *self.connects.borrow();
+        let kept = &self.max_payload;
+        if kept.read_on.load(Ordering::Acquire) != connection {
+            kept.bytes
+                .store(self.client.server_info().max_payload, Ordering::Relaxed);
+            kept.read_on.store(connection, Ordering::Release);
+        }
+        kept.bytes.load(Ordering::Relaxed)
     }
 
     fn describe(&self) -> String {
