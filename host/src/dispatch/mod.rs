@@ -134,9 +134,10 @@ impl Workers {
     pub async fn dispatch_run(&self, deliveries: impl IntoIterator<Item = Delivery>) -> bool {
         let n = self.queues.len();
         let deliveries = deliveries.into_iter();
-        // Room for the whole run in each share: no share grows as it fills.
-        let most = deliveries.size_hint().0.min(RUN);
-        let mut runs: Vec<Run> = (0..n).map(|_| Vec::with_capacity(most)).collect();
+        // A share gets room for the whole run when its first delivery
+        // comes (so none grows as it fills, and an empty one costs nothing).
+        let most = deliveries.size_hint().0.clamp(1, RUN);
+        let mut runs: Vec<Run> = (0..n).map(|_| Vec::new()).collect();
         let mut count = 0u64;
         for delivery in deliveries {
             let at = if n == 1 {
@@ -145,6 +146,9 @@ impl Workers {
                 self.hasher.hash_one(&delivery.msg.subject) as usize % n
             };
             if let Some(run) = runs.get_mut(at) {
+                if run.capacity() == 0 {
+                    run.reserve_exact(most);
+                }
                 run.push((delivery, self.flow.clone()));
                 count += 1;
             }
