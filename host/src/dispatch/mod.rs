@@ -155,7 +155,8 @@ impl Workers {
         }
         self.stats.in_flight.fetch_add(count, Ordering::Relaxed);
         self.flow.received.fetch_add(count, Ordering::Relaxed);
-        for (queue, run) in self.queues.iter().zip(runs) {
+        let mut shares = self.queues.iter().zip(runs);
+        while let Some((queue, run)) = shares.next() {
             if run.is_empty() {
                 continue;
             }
@@ -168,11 +169,12 @@ impl Workers {
                 Err(_) => false,
             };
             if !sent {
-                // Those not handed over are not in flight (a stopped
-                // worker's queue is dropped with what it held).
+                // This share and the ones not tried are not in flight (a
+                // stopped worker's queue is dropped with what it held).
+                let lost = len + shares.map(|(_, r)| r.len()).sum::<usize>();
                 self.stats
                     .in_flight
-                    .fetch_sub(len as u64, Ordering::Relaxed);
+                    .fetch_sub(lost as u64, Ordering::Relaxed);
                 return false;
             }
         }
