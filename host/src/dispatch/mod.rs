@@ -62,8 +62,9 @@ struct Queue {
     /// Runs in arrival order; unbounded because `room` bounds it.
     tx: mpsc::UnboundedSender<Run>,
     /// Deliveries the queue may still take (WORKER_QUEUE at most): a
-    /// source waits for room, the worker gives it back as it takes runs.
-    /// Closed when the worker stops, so that no source waits for ever.
+    /// source waits for room, the worker gives it back as it takes runs
+    /// (and holds at most as many again, plus a run). Closed when the worker
+    /// stops, so that no source waits for ever.
     room: Arc<Semaphore>,
 }
 
@@ -128,12 +129,22 @@ impl Workers {
         self.dispatch_run(std::iter::once(delivery)).await
     }
 
-    /// Hands deliveries (in arrival order, at most [`RUN`]) to the workers
-    /// that own their subjects, each worker's share in one send; false
-    /// once workers are gone.
+    /// Hands deliveries (in arrival order) to the workers that own their
+    /// subjects, each worker's share of every [`RUN`] of them in one send;
+    /// false once workers are gone.
     pub async fn dispatch_run(&self, deliveries: impl IntoIterator<Item = Delivery>) -> bool {
+        let mut deliveries = deliveries.into_iter().peekable();
+        while deliveries.peek().is_some() {
+            if !self.dispatch_shares(deliveries.by_ref().take(RUN)).await {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// [`Self::dispatch_run`] for at most [`RUN`] deliveries.
+    async fn dispatch_shares(&self, deliveries: impl Iterator<Item = Delivery>) -> bool {
         let n = self.queues.len();
-        let deliveries = deliveries.into_iter();
         // A share gets room for the whole run when its first delivery
         // comes (so none grows as it fills, and an empty one costs nothing).
         let most = deliveries.size_hint().0.clamp(1, RUN);
@@ -161,7 +172,9 @@ impl Workers {
                 continue;
             }
             let len = run.len();
-            let sent = match queue.room.acquire_many(room_taken(len)).await {
+            // A share is at most RUN long, far within the queue's room.
+            let want = u32::try_from(len).unwrap_or(u32::MAX);
+            let sent = match queue.room.acquire_many(want).await {
                 Ok(permits) => {
                     permits.forget();
                     queue.tx.send(run).is_ok()
@@ -180,13 +193,6 @@ impl Workers {
         }
         true
     }
-}
-
-/// The room a run of `len` takes in its queue: a run longer than the
-/// whole queue (against `dispatch_run`'s contract) takes all of it, never
-/// waiting for room that cannot come.
-fn room_taken(len: usize) -> u32 {
-    u32::try_from(len.min(WORKER_QUEUE)).unwrap_or(u32::MAX)
 }
 
 /// Closes a worker's room when the worker stops, however it stops.
@@ -209,23 +215,27 @@ async fn worker(
     let _close = CloseOnDrop(room.clone());
     let mut template = current.borrow_and_update().clone();
     let mut instance: Option<Instance> = None;
-    // Taken from the queue in runs: one wake-up and one queue
-    // synchronisation for every run already waiting, not one each.
-    let mut runs: Vec<Run> = Vec::with_capacity(RUNS_TAKEN);
     let mut pending: VecDeque<Queued> = VecDeque::with_capacity(RUN);
     loop {
         tokio::select! {
             // Both are cancel-safe: a lost race loses no message.
-            taken = rx.recv_many(&mut runs, RUNS_TAKEN) => if taken == 0 { return },
+            run = rx.recv() => match run {
+                Some(run) => take(&room, &mut pending, run),
+                None => return,
+            },
             // An idle worker lets go of the old version's instance at once.
             Ok(()) = current.changed() => {
                 take_new_version(&mut current, &mut template, &mut instance, index);
                 continue;
             }
         }
-        for run in runs.drain(..) {
-            room.add_permits(room_taken(run.len()) as usize);
-            pending.extend(run);
+        // Runs already waiting too, up to a queue's worth: one wake-up for
+        // all of them, and the batches that follow run back to back.
+        while pending.len() < WORKER_QUEUE {
+            match rx.try_recv() {
+                Ok(run) => take(&room, &mut pending, run),
+                Err(_) => break,
+            }
         }
         while !pending.is_empty() {
             if current.has_changed().unwrap_or(false) {
@@ -257,6 +267,12 @@ async fn worker(
     }
 }
 
+/// Moves a run from the queue to what the worker holds, giving its room back.
+fn take(room: &Semaphore, pending: &mut VecDeque<Queued>, run: Run) {
+    room.add_permits(run.len());
+    pending.extend(run);
+}
+
 /// Switches a worker to the version `current` holds, dropping the old
 /// version's instance (the next message makes one of the new).
 fn take_new_version(
@@ -276,10 +292,6 @@ fn take_new_version(
     *template = next;
     *instance = None;
 }
-
-/// Runs a worker takes from its queue at once (a run of one each, from a
-/// JetStream consumer, takes as many messages as before runs).
-const RUNS_TAKEN: usize = RUN;
 
 /// Handles one queued delivery, with its span, latency and in-flight count.
 async fn handle_one(
