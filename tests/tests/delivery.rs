@@ -172,18 +172,55 @@ fn check_batched(host: &Host, text: &str, payloads: &[String]) {
     assert_eq!(s.retried, traps + fails, "{s:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn batches_keep_order_through_traps_and_retries_on_the_embedded_bus() {
-    let payloads = batch_payloads(300);
+/// A host running `batch_component` on the embedded bus, with `payloads`
+/// published on `seq.one` at once.
+async fn batched_host_fed(payloads: &[String]) -> Host {
     let host = Host::start(&manifest(&batch_component(None)))
         .await
         .unwrap();
-    for p in &payloads {
+    for p in payloads {
         host.bus()
             .publish(BusMessage::new("seq.one", p.clone()))
             .await
             .unwrap();
     }
+    host
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_keep_order_through_traps_and_retries_on_the_embedded_bus() {
+    let payloads = batch_payloads(300);
+    let host = batched_host_fed(&payloads).await;
+    let text = applied_n(&host, payloads.len()).await;
+    assert!(host.wait_idle(Duration::from_secs(10)).await);
+    check_batched(&host, &text, &payloads);
+    host.shutdown(Duration::from_secs(5)).await;
+}
+
+/// A burst of three queues' worth on one subject, published at once: the
+/// router waits for room in the worker's queue (the embedded bus holds the
+/// rest), nothing is lost or reordered through traps and retries, and the
+/// host never holds more than the bound (1,024 queued, 1,024 taken by the
+/// worker, and one run of 64).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_beyond_the_queue_waits_for_room_and_loses_nothing() {
+    let payloads = batch_payloads(3000);
+    let host = batched_host_fed(&payloads).await;
+    let mut most = 0;
+    let until = tokio::time::Instant::now() + Duration::from_secs(120);
+    while host.component_stats()[0].1.handled < payloads.len() as u64 {
+        most = most.max(host.component_stats()[0].1.in_flight);
+        assert!(
+            tokio::time::Instant::now() < until,
+            "{:?}",
+            host.component_stats()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    // Beyond one queue (the worker took its share and the queue filled
+    // again), never beyond the bound.
+    assert!(most > 1024, "the burst never filled the queue: {most}");
+    assert!(most <= 2 * 1024 + 64, "{most} deliveries in flight at once");
     let text = applied_n(&host, payloads.len()).await;
     assert!(host.wait_idle(Duration::from_secs(10)).await);
     check_batched(&host, &text, &payloads);

@@ -149,7 +149,6 @@ impl Workers {
         // comes (so none grows as it fills, and an empty one costs nothing).
         let most = deliveries.size_hint().0.clamp(1, RUN);
         let mut runs: Vec<Run> = (0..n).map(|_| Vec::new()).collect();
-        let mut count = 0u64;
         for delivery in deliveries {
             let at = if n == 1 {
                 0
@@ -161,9 +160,9 @@ impl Workers {
                     run.reserve_exact(most);
                 }
                 run.push((delivery, self.flow.clone()));
-                count += 1;
             }
         }
+        let count = runs.iter().map(Vec::len).sum::<usize>() as u64;
         self.stats.in_flight.fetch_add(count, Ordering::Relaxed);
         self.flow.received.fetch_add(count, Ordering::Relaxed);
         let mut shares = self.queues.iter().zip(runs);
