@@ -14,8 +14,8 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
 use weir_tests::process::WeirProcess;
-use weir_tests::servers::NatsCluster;
-use weir_tests::{Tags, tempdir, wait_for_drained, wasm};
+use weir_tests::servers::{NatsCluster, free_port};
+use weir_tests::{Tags, readyz_until, tempdir, wait_for_drained, wasm};
 
 /// Messages each test publishes.
 const MESSAGES: u64 = 3000;
@@ -233,6 +233,98 @@ async fn killing_the_stream_leader_node_and_a_hosts_server_loses_nothing() {
         .count();
     assert!(after > 0, "a handled nothing after its server died");
     drop(a);
+}
+
+/// Three hosts started at once, as a deploy starts them, before their
+/// shared R3 durable consumer exists: whichever pulls before the
+/// consumer's group has a leader is refused. On an idle stream, each must
+/// turn ready by itself, and again after the consumer's leader steps down
+/// (its waiting pulls are cut off), with no message published at all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hosts_started_together_turn_ready_on_an_idle_stream_and_after_a_leader_change() {
+    let cluster = NatsCluster::start(3).await;
+    let client = cluster.client().await;
+    let js = jetstream::new(client.clone());
+    r3_stream(&js).await;
+    let dir = tempdir("cluster-ready");
+    let urls = cluster.urls();
+    let hosts: Vec<(WeirProcess, String)> = ["a", "b", "c"]
+        .into_iter()
+        .map(|name| {
+            let path = write_manifest(&dir, name, "v1", &urls);
+            let addr = format!("127.0.0.1:{}", free_port());
+            let text = std::fs::read_to_string(&path).unwrap();
+            let text = text.replacen("[host]\n", &format!("[host]\nhttp = \"{addr}\"\n"), 1);
+            std::fs::write(&path, text).unwrap();
+            (WeirProcess::spawn(&path), addr)
+        })
+        .collect();
+    let all_ready = |when: &'static str| {
+        let hosts = &hosts;
+        async move {
+            for (host, addr) in hosts {
+                host.wait_for_log("weir host started", Duration::from_secs(60));
+                let (code, body) =
+                    readyz_until(addr, 200, Duration::from_secs(20), || async {}).await;
+                assert_eq!(
+                    (code, body.as_str()),
+                    (200, "ready\n"),
+                    "{when}: a host stayed not ready on an idle stream:\n{}",
+                    host.output()
+                );
+            }
+        }
+    };
+    all_ready("after starting together").await;
+
+    let info = js
+        .get_stream("LOAD")
+        .await
+        .unwrap()
+        .consumer_info("tagger")
+        .await
+        .unwrap();
+    let leader = info.cluster.and_then(|c| c.leader).expect("a leader");
+    let answer = client
+        .request("$JS.API.CONSUMER.LEADER.STEPDOWN.LOAD.tagger", "".into())
+        .await
+        .unwrap();
+    let answer = String::from_utf8_lossy(&answer.payload).into_owned();
+    assert!(answer.contains("\"success\":true"), "{answer}");
+    let until = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let stream = js.get_stream("LOAD").await.unwrap();
+        let now = stream.consumer_info("tagger").await.ok();
+        let moved = now
+            .and_then(|i| i.cluster.clone())
+            .and_then(|c| c.leader)
+            .is_some_and(|l| l != leader);
+        if moved {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the leader never moved"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Pulls waiting at the old leader are cut off; give them time to fail.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    all_ready("after the consumer's leader changed").await;
+    for (host, _) in &hosts {
+        let refused = host.output().matches("pull consumer:").count();
+        eprintln!("a host logged {refused} refused pulls");
+    }
+    let pending = js
+        .get_stream("LOAD")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert_eq!(pending, 0, "the stream stayed idle");
 }
 
 /// The node index (`n<i>`) of stream LOAD's leader.

@@ -572,7 +572,7 @@ reconnect_wait_ms = 100
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readyz_names_a_stream_consumer_that_cannot_pull() {
+async fn readyz_names_a_consumer_that_cannot_pull_and_heals_on_a_quiet_stream() {
     use weir::observe::http_get;
     let server = NatsServer::start();
     let js = make_streams(
@@ -600,6 +600,29 @@ async fn readyz_names_a_stream_consumer_that_cannot_pull() {
     assert_eq!(sma["subscriptions"][0]["stream"], "TRADE", "{sma}");
     assert!(sma["subscriptions"][0]["pull_error"].is_string(), "{sma}");
     assert_eq!(http_get(&addr, "/healthz").await.unwrap().0, 200);
+
+    // The operator puts stream and consumer back; the market stays quiet.
+    // A pull that the consumer serves and lets expire is proof enough:
+    // readiness must not wait for a message that may not come for hours.
+    make_streams(&server, &[("TRADE", "TRADE.trade.>")]).await;
+    js.get_stream("TRADE")
+        .await
+        .unwrap()
+        .create_consumer(jetstream::consumer::pull::Config {
+            durable_name: Some("sma".into()),
+            filter_subject: "TRADE.trade.>".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let (code, body) = readyz_until(&addr, 200, Duration::from_secs(10), || async {}).await;
+    assert_eq!(
+        (code, body.as_str()),
+        (200, "ready\n"),
+        "healed with no message"
+    );
+    let s = host.component_stats()[0].1;
+    assert_eq!(s.handled, 0, "no message was needed");
     host.shutdown(Duration::from_secs(2)).await;
 }
 

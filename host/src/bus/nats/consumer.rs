@@ -198,6 +198,13 @@ async fn route(
             Pulled::Message(m) => m,
             Pulled::Idle if *shutdown.borrow() => return,
             Pulled::Idle => continue,
+            // The consumer served a request on an idle stream: whatever
+            // refused an earlier one (no leader yet, a leader change, NATS
+            // away) is over, message or not.
+            Pulled::Expired => {
+                workers.flow().set_pull_error(None);
+                continue;
+            }
             Pulled::Error(e) => {
                 workers.flow().set_pull_error(Some(e.clone()));
                 warn(&e);

@@ -34,6 +34,9 @@ pub enum Pulled {
     /// The server or the connection refused a request; asked-for counts
     /// are reset, the caller asks again after a pause.
     Error(String),
+    /// A request expired at the server having sent what the stream had:
+    /// the consumer answers, whether or not there was anything to send.
+    Expired,
     /// Nothing is asked for any more (after [`Pulls::stop`], or an error).
     Idle,
 }
@@ -115,12 +118,15 @@ impl Pulls {
                     });
                 }
                 Some(StatusCode::IDLE_HEARTBEAT) => {}
-                Some(StatusCode::TIMEOUT | StatusCode::REQUEST_TERMINATED)
+                Some(status @ (StatusCode::TIMEOUT | StatusCode::REQUEST_TERMINATED))
                     if pending(&msg).is_some() =>
                 {
                     // One request ended with this many of its messages unsent.
                     let unsent = pending(&msg).unwrap_or(0);
                     self.outstanding = self.outstanding.saturating_sub(unsent);
+                    if status == StatusCode::TIMEOUT {
+                        return Pulled::Expired;
+                    }
                 }
                 Some(status) => {
                     self.outstanding = 0;
