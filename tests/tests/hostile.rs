@@ -357,6 +357,84 @@ async fn stdout_floods_are_absorbed() {
     );
 }
 
+/// The host's resident memory, from `/proc/self/status`.
+fn rss_bytes() -> u64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kb * 1024
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_and_tiny_writes_to_stdout_and_stderr_leave_host_memory_bounded() {
+    // Millions of empty and one-byte writes a second on both streams
+    // (GHSA-5m8g-xhq4-4h93: a queued empty write was never taken off the
+    // queue). Host memory is sampled all through the run.
+    let base = rss_bytes();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut peak = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                peak = peak.max(rss_bytes());
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            peak
+        })
+    };
+    let text = r#"
+[components.hostile]
+wasm = "{hostile}"
+subscribe = [{ subject = "poke.*" }]
+grants = { subscribe = ["poke.*"] }
+limits = { time_per_event_ms = 1000, max_deliver = 2, max_batch = 1, instances = 2 }
+config = { behaviour = "empty-writes" }
+"#;
+    let host = Host::start(&manifest(text)).await.unwrap();
+    let dlq = Collector::start(&*host.bus(), "dlq.>").await;
+    // Both instances busy at once: no thread is left to drain a queue.
+    let pokes = 8;
+    for i in 0..pokes {
+        host.bus()
+            .publish(BusMessage::new(format!("poke.{i}"), "{}"))
+            .await
+            .unwrap();
+    }
+    let letters = dlq.wait_for(pokes, Duration::from_secs(60)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let grown = sampler.join().unwrap().saturating_sub(base);
+    let letters: Vec<serde_json::Value> = letters
+        .iter()
+        .map(|m| serde_json::from_slice(&m.payload).unwrap())
+        .collect();
+    let e = error_of(&letters);
+    assert!(
+        e.contains("missed its deadline") && e.contains("1000 ms"),
+        "{e}"
+    );
+    let s = host.component_stats()[0].1;
+    assert_eq!(
+        (s.deadline_hits, s.dead_lettered),
+        (2 * pokes as u64, pokes as u64),
+        "{s:?}"
+    );
+    assert!(
+        s.log_lines + s.log_dropped > 0,
+        "the writes reached the log: {s:?}"
+    );
+    println!("host RSS grew by {} KiB at most", grown / 1024);
+    assert!(
+        grown < 128 << 20,
+        "host memory grew by {} MiB under empty writes",
+        grown >> 20
+    );
+    host.shutdown(Duration::from_secs(5)).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_components_namespace_is_out_of_reach() {
     let letters = contained("cache-escape", "", false).await;

@@ -17,6 +17,9 @@
 //! - `huge-payload`: publishes 2 MiB, rejects with the refusal
 //! - `huge-reason`: rejects with a 10 MB reason
 //! - `print-flood`: writes 100 000 lines to stdout, then succeeds
+//! - `empty-writes`: writes empty and one-byte chunks straight to the WASI
+//!   stdout and stderr streams, without end (host memory must stay
+//!   bounded; the deadline must stop it)
 //! - `cache-escape`: tries to read and wipe other namespaces' keys, rejects
 //!   with how many foreign values it saw
 //! - `cache-get`: reads key `hot` from the cache `loops` times (benchmarks)
@@ -140,6 +143,24 @@ impl Guest for Hostile {
                 match messaging::publish("flood.x", &big, &[]) {
                     Ok(()) => Err(HandleError::Reject("LEAK: 2 MiB published".into())),
                     Err(e) => Err(HandleError::Reject(format!("2 MiB publish refused: {e:?}"))),
+                }
+            }
+            "empty-writes" => {
+                use wasip2::cli::{stderr, stdout};
+                let (out, err) = (stdout::get_stdout(), stderr::get_stderr());
+                let mut n: u64 = 0;
+                loop {
+                    for stream in [&out, &err] {
+                        // Empty writes need no permit; a byte only when
+                        // the stream grants one (never waiting for it).
+                        let _ = stream.write(&[]);
+                        let _ = stream.write(&[]);
+                        if stream.check_write().is_ok_and(|permit| permit > 0) {
+                            let byte: &[u8] = if n % 64 == 0 { b"\n" } else { b"x" };
+                            let _ = stream.write(byte);
+                        }
+                    }
+                    n = black_box(n.wrapping_add(1));
                 }
             }
             "print-flood" => {

@@ -1,20 +1,29 @@
 //! Guest stdout and stderr, routed to `tracing` line by line with the
 //! component's name, rate-limited with the component's log budget, never
 //! blocking the guest.
+//!
+//! The WASI stream is served here directly, a write taken in full when it
+//! is made: no queue between the guest and the log, so no write (an empty
+//! one included: GHSA-5m8g-xhq4-4h93) leaves anything behind in the host
+//! but the one unfinished line, at most [`MAX_LINE`] bytes.
 
 use std::io;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
+use bytes::Bytes;
 use tokio::io::AsyncWrite;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 
 use super::TokenBucket;
 use crate::stats::ComponentStats;
 
 /// Longest line kept; longer output is cut into lines of this size.
 const MAX_LINE: usize = 4096;
+/// Bytes a guest may write in one call (what `check-write` answers).
+const WRITE_BUDGET: usize = 8192;
 
 /// One of a component's output streams.
 #[derive(Clone)]
@@ -51,12 +60,22 @@ impl IsTerminal for GuestOutput {
     }
 }
 
-impl StdoutStream for GuestOutput {
-    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
-        Box::new(LineWriter {
+impl GuestOutput {
+    fn writer(&self) -> LineWriter {
+        LineWriter {
             out: self.clone(),
             line: Vec::new(),
-        })
+        }
+    }
+}
+
+impl StdoutStream for GuestOutput {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.writer())
+    }
+
+    fn async_stream(&self) -> Box<dyn AsyncWrite + Send + Sync> {
+        Box::new(self.writer())
     }
 }
 
@@ -87,14 +106,9 @@ impl LineWriter {
         }
         self.line.clear();
     }
-}
 
-impl AsyncWrite for LineWriter {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        _cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
+    /// Takes `buf` whole: complete lines go to the log.
+    fn take(&mut self, buf: &[u8]) {
         for &b in buf {
             if b == b'\n' {
                 self.emit();
@@ -105,6 +119,51 @@ impl AsyncWrite for LineWriter {
                 }
             }
         }
+    }
+
+    /// What is left when the stream closes.
+    fn finish(&mut self) {
+        if !self.line.is_empty() {
+            self.emit();
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl Pollable for LineWriter {
+    /// Always ready: a write never waits.
+    async fn ready(&mut self) {}
+}
+
+#[async_trait::async_trait]
+impl OutputStream for LineWriter {
+    fn write(&mut self, bytes: Bytes) -> StreamResult<()> {
+        self.take(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> StreamResult<()> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> StreamResult<usize> {
+        Ok(WRITE_BUDGET)
+    }
+}
+
+impl Drop for LineWriter {
+    fn drop(&mut self) {
+        self.finish();
+    }
+}
+
+impl AsyncWrite for LineWriter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        _cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        self.take(buf);
         Poll::Ready(Ok(buf.len()))
     }
 
@@ -113,9 +172,7 @@ impl AsyncWrite for LineWriter {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if !self.line.is_empty() {
-            self.emit();
-        }
+        self.finish();
         Poll::Ready(Ok(()))
     }
 }
