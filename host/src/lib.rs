@@ -14,6 +14,7 @@ pub mod clock;
 pub mod delivery;
 pub mod digest;
 pub mod dispatch;
+pub mod failure_log;
 pub mod feed;
 pub mod host;
 pub mod latency;

@@ -36,6 +36,8 @@ pub struct ComponentStats {
     /// The version running now: 1 from the start, one more per hot update
     /// (0 before the host sets it).
     pub version: AtomicU64,
+    /// Its failures' logs, rate-limited (shared by instances and versions).
+    pub failures: crate::failure_log::FailureLog,
 }
 
 /// A plain copy of [`ComponentStats`] at one moment.

@@ -4,7 +4,11 @@
 //! 1. events/s through sma-crossover on core NATS vs raw pub→sub;
 //! 2. events/s through a JetStream durable consumer with acks vs raw pull+ack;
 //! 3. p50/p99 from publishing a trade to receiving its signal at a fixed
-//!    10k events/s vs a native relay (sub → publish) over the same two hops.
+//!    10k events/s vs a native relay (sub → publish) over the same two hops;
+//! 4. a poison flood: trades in a schema sma-crossover cannot read, on the
+//!    same durable consumer, dead-lettered into a `DLQ` stream (each dead
+//!    letter stored before its original is terminated), vs well-formed
+//!    trades handled on it.
 //!
 //! Run with `just bench` (or `cargo bench -p weir-tests --bench nats_pipeline`).
 
@@ -287,6 +291,84 @@ async fn jetstream_throughput(server: &NatsServer, msgs: &[(String, Bytes)]) -> 
     (rate(n - 1, raw), rate(n - counted, weir))
 }
 
+/// The trades in a schema an upstream change might bring: other field
+/// names, the price as a string. sma-crossover rejects every one.
+fn poisoned(msgs: &[(String, Bytes)]) -> Vec<(String, Bytes)> {
+    msgs.iter()
+        .enumerate()
+        .map(|(i, (subject, _))| {
+            let symbol = subject.rsplit('.').next().unwrap_or("X");
+            let body = format!(r#"{{"sym":"{symbol}","px":"64000.5","quantity":0.1,"time":{i}}}"#);
+            (subject.clone(), Bytes::from(body))
+        })
+        .collect()
+}
+
+/// Events/s of sma-crossover on the durable consumer from its first
+/// settled message to the last (`settled` counts them), with every one
+/// settled and nothing left on the consumer.
+async fn on_the_consumer(
+    server: &NatsServer,
+    js: &jetstream::Context,
+    settled: impl Fn(&weir::stats::ComponentSnapshot) -> u64,
+) -> f64 {
+    let sub = r#"{ subject = "TRADE.trade.>", stream = "TRADE", consumer = "sma" }"#;
+    let host = Host::start(&sma_manifest(&server.url(), sub))
+        .await
+        .unwrap();
+    let count = || settled(&host.component_stats()[0].1);
+    let n = js
+        .get_stream("TRADE")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    let counted = wait_for_count(&count, 1, 100).await;
+    let start = Instant::now();
+    wait_for_count(&count, n, 500).await;
+    weir_tests::wait_for_drained(js, "TRADE", "sma", Duration::from_secs(60)).await;
+    let took = start.elapsed();
+    host.shutdown(Duration::from_secs(5)).await;
+    rate(n - counted, took)
+}
+
+/// Well-formed trades handled vs the same number of poisoned ones
+/// dead-lettered, on the same stream, consumer and host settings.
+async fn poison_flood(server: &NatsServer, msgs: &[(String, Bytes)]) -> (f64, f64) {
+    let js = jetstream::new(server.client().await);
+    let _ = js.delete_stream("DLQ").await;
+    js.create_stream(stream::Config {
+        name: "DLQ".into(),
+        subjects: vec!["dlq.>".into()],
+        storage: stream::StorageType::Memory,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    load_stream(&js, msgs).await;
+    let handled = on_the_consumer(server, &js, |s| s.handled).await;
+    load_stream(&js, &poisoned(msgs)).await;
+    let dead = on_the_consumer(server, &js, |s| s.dead_lettered).await;
+    let stored = js
+        .get_stream("DLQ")
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    assert_eq!(
+        stored,
+        msgs.len() as u64,
+        "every poisoned trade is in the DLQ stream"
+    );
+    (handled, dead)
+}
+
 /// Publishes at LATENCY_RATE; returns the latencies (µs) of the trades
 /// whose signal (or relayed copy) arrived on `signals.>`, sorted, each with
 /// when its trade was published (seconds into the run).
@@ -440,6 +522,11 @@ fn main() {
             let (raw, weir) = jetstream_throughput(&server, &msgs[..STREAM_EVENTS]).await;
             println!("JetStream        raw pull+ack {raw:>9.0} ev/s   weir durable consumer {weir:>7.0} ev/s   ratio {:.2}x (target ≥ 0.8)", weir / raw);
             println!("TABLE|nats_pipeline: events/s, JetStream durable consumer|{weir:.0} ev/s|raw pull+ack {raw:.0} ev/s|{:.2}x|≥ 0.8x", weir / raw);
+        }
+        if run("poison") {
+            let (handled, dead) = poison_flood(&server, &msgs[..STREAM_EVENTS]).await;
+            println!("poison flood     handled {handled:>9.0} ev/s   dead-lettered {dead:>9.0} ev/s   ratio {:.2}x (target ≥ 0.5)", dead / handled);
+            println!("TABLE|nats_pipeline: poison flood dead-lettered, JetStream|{dead:.0} ev/s|well-formed handled {handled:.0} ev/s|{:.2}x|≥ 0.5x", dead / handled);
         }
         if run("latency") {
             let lat_msgs = trades(LATENCY_RATE * LATENCY_SECS);

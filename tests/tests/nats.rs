@@ -658,3 +658,79 @@ async fn shutdown_with_nats_gone_finishes_within_its_grace() {
         took.elapsed()
     );
 }
+
+/// A backlog of trades in a schema sma-crossover cannot read (an upstream
+/// change) on a JetStream stream, handled by `weir run` as an operator
+/// runs it: every one is in the DLQ stream, by its sequence, before the
+/// consumer is drained, and the log holds a few of them in full and a
+/// summary with the count of the rest, not a line or two per message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_poison_flood_is_dead_lettered_in_full_with_a_few_log_lines() {
+    const POISON: u64 = 3000;
+    let server = NatsServer::start();
+    let js = make_streams(&server, &[("TRADE", "TRADE.trade.>"), ("DLQ", "dlq.>")]).await;
+    let dir = weir_tests::tempdir("poison");
+    let path = dir.join("weir.toml");
+    let text = strategy_manifest(&server.url(), r#""TRADE""#).replace(
+        "{sma}",
+        &weir_tests::wasm("sma_crossover").display().to_string(),
+    );
+    std::fs::write(&path, text).unwrap();
+    weir_tests::publish_acked(
+        &js,
+        (0..POISON).map(|i| {
+            let body = format!(r#"{{"sym":"BTCUSDT","px":"64000.5","quantity":0.1,"time":{i}}}"#);
+            ("TRADE.trade.BTCUSDT".to_owned(), body.into())
+        }),
+    )
+    .await;
+    let weir = weir_tests::process::WeirProcess::start(&path);
+    wait_for_stream(&js, "DLQ", POISON, Duration::from_secs(120)).await;
+    weir_tests::wait_for_drained(&js, "TRADE", "sma", Duration::from_secs(30)).await;
+    let letters = stream_contents(&js, "DLQ").await;
+    let mut sequences: Vec<u64> = letters
+        .iter()
+        .map(|m| {
+            let l: weir::dlq::DeadLetter = serde_json::from_slice(&m.payload).unwrap();
+            assert!(l.error.starts_with("rejected: "), "{}", l.error);
+            l.sequence.unwrap()
+        })
+        .collect();
+    sequences.sort_unstable();
+    assert_eq!(sequences, (1..=POISON).collect::<Vec<_>>(), "each once");
+
+    // The rest are summed up when their interval ends, flood over or not.
+    weir.wait_for_log("more dead-lettered in the last", Duration::from_secs(25));
+    let log = weir.output();
+    let in_full = log
+        .lines()
+        .filter(|l| l.contains("dead-lettered") && !l.contains("more dead-lettered"))
+        .count() as u64;
+    let summed: u64 = log
+        .lines()
+        .filter(|l| l.contains("more dead-lettered in the last"))
+        .map(|l| {
+            let count = l.split("count=").nth(1).unwrap();
+            count
+                .split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap()
+                .parse::<u64>()
+                .unwrap()
+        })
+        .sum();
+    let lines = log.lines().count();
+    eprintln!(
+        "{in_full} dead letters logged in full, {summed} summed up, {lines} log lines in all"
+    );
+    assert_eq!(
+        in_full + summed,
+        POISON,
+        "every one in the log, one way or the other"
+    );
+    assert!(
+        in_full <= 3 * weir::failure_log::IN_FULL as u64,
+        "{in_full} in full"
+    );
+    assert!(lines < 100, "{lines} log lines:\n{log}");
+}

@@ -134,6 +134,10 @@ pub enum BusError {
     Invalid(String),
 }
 
+/// A JetStream publish sent, its acknowledgement still to come.
+pub type PendingAck =
+    Pin<Box<dyn std::future::Future<Output = Result<PublishAck, BusError>> + Send>>;
+
 /// A stream of messages for one subscription; dropping it unsubscribes.
 pub type Subscription = Pin<Box<dyn Stream<Item = BusMessage> + Send>>;
 
@@ -161,6 +165,17 @@ pub trait Bus: Send + Sync + 'static {
         msg_id: Option<String>,
     ) -> Result<PublishAck, BusError>;
 
+    /// Publishes to a JetStream stream without waiting for its
+    /// acknowledgement: sends keep their order, and their acknowledgements
+    /// can be awaited together. By default each is awaited here.
+    async fn jetstream_send(
+        &self,
+        msg: BusMessage,
+        msg_id: Option<String>,
+    ) -> Result<PendingAck, BusError> {
+        let ack = self.jetstream_publish(msg, msg_id).await?;
+        Ok(Box::pin(std::future::ready(Ok(ack))))
+    }
     /// The JetStream stream that stores `subject`, if any.
     async fn stream_for_subject(&self, subject: &str) -> Result<Option<String>, BusError>;
 

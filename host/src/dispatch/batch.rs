@@ -20,8 +20,7 @@ use std::sync::atomic::Ordering;
 
 use tracing::Instrument;
 
-use super::{Queued, settled};
-use crate::bus::Bus;
+use super::{DeadLetters, Queued, log_failure, settled};
 use crate::runtime::{BatchItem, ComponentTemplate, FailureKind, HandleOutcome, Instance};
 use crate::stats::ComponentStats;
 
@@ -84,10 +83,10 @@ pub(super) async fn handle(
     index: usize,
     slot: &mut Option<Instance>,
     batch: Vec<Queued>,
-    bus: &dyn Bus,
+    letters: &DeadLetters,
 ) -> Rest {
     let span = tracing::debug_span!("batch", component = template.name(), events = batch.len());
-    run(template, index, slot, batch, bus)
+    run(template, index, slot, batch, letters)
         .instrument(span)
         .await
 }
@@ -97,7 +96,7 @@ async fn run(
     index: usize,
     slot: &mut Option<Instance>,
     batch: Vec<Queued>,
-    bus: &dyn Bus,
+    letters: &DeadLetters,
 ) -> Rest {
     let start = std::time::Instant::now();
     let inst = match slot {
@@ -136,12 +135,16 @@ async fn run(
             if failure.kind == FailureKind::Deadline {
                 ComponentStats::bump(&stats.deadline_hits);
             }
-            tracing::error!(
-                component = template.name(),
-                instance = index,
-                events = batch.len(),
-                "{failure}; the batch's events are delivered again one by one"
-            );
+            if log_failure(&template.ctx, "failed attempts", || {
+                format!("a batch: {failure}")
+            }) {
+                tracing::error!(
+                    component = template.name(),
+                    instance = index,
+                    events = batch.len(),
+                    "{failure}; the batch's events are delivered again one by one"
+                );
+            }
             return Rest::Singly(batch);
         }
     };
@@ -162,12 +165,21 @@ async fn run(
         let stop = !matches!(outcome, HandleOutcome::Handled);
         if stop {
             // Judged, retried in place or dead-lettered, before the rest.
-            super::deliver_from(template, &flow, index, slot, delivery, bus, Some(outcome)).await;
+            super::deliver_from(
+                template,
+                &flow,
+                index,
+                slot,
+                delivery,
+                letters,
+                Some(outcome),
+            )
+            .await;
             flow.latency.record(start.elapsed());
         } else {
             ComponentStats::bump(&flow.handled);
             let ack = delivery.settle.ack().await;
-            settled(template, &delivery.meta, "ack", ack);
+            settled(&template.ctx, &delivery.meta, "ack", ack);
             flow.latency.record(took);
         }
         stats.in_flight.fetch_sub(1, Ordering::Relaxed);

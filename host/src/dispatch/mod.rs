@@ -11,15 +11,23 @@
 //!
 //! Policy: handled → ack; `retry` or a failed instance → again after
 //! [`backoff`], up to `limits.max_deliver` deliveries; `reject` or the last
-//! delivery → dead letter on `dlq.<subject>`, then term. A dead letter
-//! that cannot be stored leaves the message to its transport's redelivery
-//! (JetStream) or is logged as lost (core: at most once).
+//! delivery → dead letter on `dlq.<subject>`, then term once the letter is
+//! stored (see [`dead_letters`]). A dead letter that cannot be stored
+//! leaves the message to its transport's redelivery (JetStream) or is
+//! logged as lost (core: at most once).
+//!
+//! Failures are logged under the component's rate limit
+//! ([`crate::failure_log`]): a flood of them writes a few lines and a
+//! summary per interval, while the counters and dead letters hold each.
 //!
 //! Batches: a component that exports `handle-batch` gets the messages
 //! already waiting for its instance in one call (see [`batch`]), with the
 //! same policy for each of them.
 
 mod batch;
+mod dead_letters;
+
+pub(crate) use dead_letters::DeadLetters;
 
 use std::collections::VecDeque;
 use std::hash::BuildHasher;
@@ -32,8 +40,10 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use crate::bus::dlq::DeadLetter;
-use crate::bus::{Bus, BusError, BusMessage};
+use crate::bus::{Bus, BusMessage};
+use crate::capability::ComponentContext;
 use crate::delivery::{Delivery, Meta, SettleError};
+use crate::failure_log::Verdict as LogVerdict;
 use crate::runtime::{ComponentTemplate, FailureKind, HandleOutcome, Instance};
 use crate::stats::{ComponentStats, FlowStats};
 
@@ -100,7 +110,9 @@ impl Workers {
                 tx,
                 room: room.clone(),
             });
-            tasks.spawn(worker(current.clone(), index, rx, room, bus.clone()));
+            let (letters, confirmer) = DeadLetters::pipelined(bus.clone());
+            tasks.spawn(confirmer);
+            tasks.spawn(worker(current.clone(), index, rx, room, letters));
         }
         Workers {
             queues: Arc::new(queues),
@@ -209,15 +221,18 @@ async fn worker(
     index: usize,
     mut rx: mpsc::UnboundedReceiver<Run>,
     room: Arc<Semaphore>,
-    bus: Arc<dyn Bus>,
+    letters: DeadLetters,
 ) {
     let _close = CloseOnDrop(room.clone());
     let mut template = current.borrow_and_update().clone();
     let mut instance: Option<Instance> = None;
     let mut pending: VecDeque<Queued> = VecDeque::with_capacity(RUN);
+    // Failures left out of the log are summed up even when no more come.
+    let mut summaries = tokio::time::interval(crate::failure_log::INTERVAL);
+    summaries.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            // Both are cancel-safe: a lost race loses no message.
+            // All three are cancel-safe: a lost race loses no message.
             run = rx.recv() => match run {
                 Some(run) => take(&room, &mut pending, run),
                 None => return,
@@ -225,6 +240,12 @@ async fn worker(
             // An idle worker lets go of the old version's instance at once.
             Ok(()) = current.changed() => {
                 take_new_version(&mut current, &mut template, &mut instance, index);
+                continue;
+            }
+            _ = summaries.tick() => {
+                for summary in template.ctx.stats.failures.due(std::time::Instant::now()) {
+                    summary.log(template.name());
+                }
                 continue;
             }
         }
@@ -243,7 +264,7 @@ async fn worker(
             let n = batch::batchable(&template, &pending);
             if n >= 2 {
                 let taken: Vec<Queued> = pending.drain(..n).collect();
-                match batch::handle(&template, index, &mut instance, taken, &*bus).await {
+                match batch::handle(&template, index, &mut instance, taken, &letters).await {
                     // Not reached (the batch stopped at an error): in
                     // front of the queue again, in order.
                     batch::Rest::Again(rest) => {
@@ -254,13 +275,13 @@ async fn worker(
                     // The instance failed: one by one, before the rest.
                     batch::Rest::Singly(rest) => {
                         for (delivery, flow) in rest {
-                            handle_one(&template, index, &mut instance, delivery, &flow, &*bus)
+                            handle_one(&template, index, &mut instance, delivery, &flow, &letters)
                                 .await;
                         }
                     }
                 }
             } else if let Some((delivery, flow)) = pending.pop_front() {
-                handle_one(&template, index, &mut instance, delivery, &flow, &*bus).await;
+                handle_one(&template, index, &mut instance, delivery, &flow, &letters).await;
             }
         }
     }
@@ -299,7 +320,7 @@ async fn handle_one(
     instance: &mut Option<Instance>,
     delivery: Delivery,
     flow: &FlowStats,
-    bus: &dyn Bus,
+    letters: &DeadLetters,
 ) {
     let start = std::time::Instant::now();
     // A span per event (at debug level, so it costs nothing unless asked
@@ -316,7 +337,7 @@ async fn handle_one(
     {
         span.record("correlation_id", id.as_str());
     }
-    deliver(template, flow, index, instance, delivery, bus)
+    deliver(template, flow, index, instance, delivery, letters)
         .instrument(span)
         .await;
     flow.latency.record(start.elapsed());
@@ -412,10 +433,9 @@ fn judge(
             ComponentStats::bump(&flow.handled);
             Ok(())
         }
+        // Logged with its dead letter.
         HandleOutcome::Reject(reason) => {
-            let reason = clip(reason);
-            tracing::warn!(component = template.name(), subject = %msg.subject, "rejected: {reason}");
-            Err(Verdict::Reject(format!("rejected: {reason}")))
+            Err(Verdict::Reject(format!("rejected: {}", clip(reason))))
         }
         HandleOutcome::Retry(reason) => {
             Err(Verdict::Retry(format!("retry requested: {}", clip(reason))))
@@ -427,7 +447,11 @@ fn judge(
             if failure.kind == FailureKind::Deadline {
                 ComponentStats::bump(&stats.deadline_hits);
             }
-            tracing::error!(component = template.name(), instance = index, subject = %msg.subject, attempt, "{failure}");
+            if log_failure(&template.ctx, "failed attempts", || {
+                format!("{}: {failure}", msg.subject)
+            }) {
+                tracing::error!(component = template.name(), instance = index, subject = %msg.subject, attempt, "{failure}");
+            }
             Err(Verdict::Retry(failure.to_string()))
         }
     }
@@ -442,9 +466,9 @@ pub(crate) async fn deliver(
     index: usize,
     slot: &mut Option<Instance>,
     delivery: Delivery,
-    bus: &dyn Bus,
+    letters: &DeadLetters,
 ) {
-    deliver_from(template, flow, index, slot, delivery, bus, None).await;
+    deliver_from(template, flow, index, slot, delivery, letters, None).await;
 }
 
 /// [`deliver`], with the outcome of the first attempt already known when
@@ -455,7 +479,7 @@ async fn deliver_from(
     index: usize,
     slot: &mut Option<Instance>,
     delivery: Delivery,
-    bus: &dyn Bus,
+    letters: &DeadLetters,
     mut first: Option<HandleOutcome>,
 ) {
     let Delivery { msg, meta, settle } = delivery;
@@ -467,7 +491,7 @@ async fn deliver_from(
             None => attempt_once(template, slot, &msg, &meta, attempt).await,
         };
         match judge(template, flow, index, slot, &msg, attempt, outcome) {
-            Ok(()) => return settled(template, &meta, "ack", settle.ack().await),
+            Ok(()) => return settled(&template.ctx, &meta, "ack", settle.ack().await),
             Err(Verdict::Reject(reason)) => break reason,
             Err(Verdict::Retry(reason)) if attempt >= max => break reason,
             Err(Verdict::Retry(_)) => {}
@@ -487,23 +511,18 @@ async fn deliver_from(
         meta.stream.clone(),
         meta.sequence,
     );
-    match publish_dead_letter(template, flow, letter, bus).await {
-        Ok(()) => settled(template, &meta, "term", settle.term().await),
-        // Stored nowhere: leave the message to its transport's redelivery.
-        Err(e) if settle.redelivers() => {
-            tracing::error!(component = template.name(), subject = %msg.subject, stream = meta.stream, sequence = meta.sequence, "dead letter not stored ({e}); the message will be redelivered");
-        }
-        Err(e) => {
-            tracing::error!(component = template.name(), subject = %msg.subject, "could not publish the dead letter: {e}");
-        }
-    }
+    letters
+        .store(&template.ctx, flow, letter, settle, meta)
+        .await;
 }
 
 /// Logs a failed settle: the transport will deliver the message again.
-fn settled(template: &ComponentTemplate, meta: &Meta, what: &str, r: Result<(), SettleError>) {
-    if let Err(e) = r {
+fn settled(ctx: &ComponentContext, meta: &Meta, what: &str, r: Result<(), SettleError>) {
+    if let Err(e) = r
+        && log_failure(ctx, "failed settles", || format!("{what}: {e}"))
+    {
         tracing::warn!(
-            component = template.name(),
+            component = ctx.name.as_str(),
             stream = meta.stream,
             sequence = meta.sequence,
             "could not {what} the message (it will be redelivered): {e}"
@@ -511,24 +530,17 @@ fn settled(template: &ComponentTemplate, meta: &Meta, what: &str, r: Result<(), 
     }
 }
 
-/// Stores a dead letter: in JetStream when a stream captures `dlq.>`
-/// subjects (confirmed), else as a core publish.
-async fn publish_dead_letter(
-    template: &ComponentTemplate,
-    flow: &FlowStats,
-    letter: DeadLetter,
-    bus: &dyn Bus,
-) -> Result<(), BusError> {
-    ComponentStats::bump(&flow.dead_lettered);
-    let subject = letter.subject();
-    tracing::warn!(component = template.name(), %subject, attempts = letter.attempts, error = %letter.error, "dead-lettered");
-    match bus.stream_for_subject(&subject).await {
-        Ok(Some(_)) => bus
-            .jetstream_publish(letter.to_message(), None)
-            .await
-            .map(|_| ()),
-        _ => bus.publish(letter.to_message()).await,
+/// Counts a failure of `kind` in the component's failure log; whether to
+/// log it in full (a summary of an interval that ended is logged here).
+fn log_failure(ctx: &ComponentContext, kind: &'static str, what: impl FnOnce() -> String) -> bool {
+    let (verdict, summary) = ctx
+        .stats
+        .failures
+        .note(kind, std::time::Instant::now(), what);
+    if let Some(summary) = summary {
+        summary.log(&ctx.name);
     }
+    verdict == LogVerdict::Log
 }
 
 #[cfg(test)]

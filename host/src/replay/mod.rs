@@ -296,9 +296,9 @@ impl Replay {
         let s = &mut self.subscribers[c];
         let index = (stable_hash(&msg.subject) % s.slots.len() as u64) as usize;
         let delivery = Delivery { msg, meta, settle };
-        let bus = s.template.ctx.bus.clone();
+        let letters = crate::dispatch::DeadLetters::inline(s.template.ctx.bus.clone());
         let slot = &mut s.slots[index];
-        crate::dispatch::deliver(&s.template, &s.flow, index, slot, delivery, &*bus).await;
+        crate::dispatch::deliver(&s.template, &s.flow, index, slot, delivery, &letters).await;
     }
 
     /// Delivers what components published to each other during the

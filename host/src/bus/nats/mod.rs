@@ -20,7 +20,7 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use tokio::sync::watch;
 
-use super::{Bus, BusError, BusMessage, PublishAck, Subscription};
+use super::{Bus, BusError, BusMessage, PendingAck, PublishAck, Subscription};
 use crate::manifest::NatsSettings;
 
 /// A cheap-to-clone handle to a NATS connection.
@@ -298,6 +298,14 @@ impl Bus for NatsBus {
         msg: BusMessage,
         msg_id: Option<String>,
     ) -> Result<PublishAck, BusError> {
+        self.jetstream_send(msg, msg_id).await?.await
+    }
+
+    async fn jetstream_send(
+        &self,
+        msg: BusMessage,
+        msg_id: Option<String>,
+    ) -> Result<PendingAck, BusError> {
         let mut pm = PublishMessage::build().payload(msg.payload);
         if let Some(h) = to_header_map(&msg.headers)? {
             for (name, values) in h.iter() {
@@ -317,12 +325,14 @@ impl Bus for NatsBus {
             .send_publish(subject.clone(), pm)
             .await
             .map_err(|e| js_error(&subject, e))?;
-        let ack = sent.await.map_err(|e| js_error(&subject, e))?;
-        Ok(PublishAck {
-            stream: ack.stream,
-            sequence: ack.sequence,
-            duplicate: ack.duplicate,
-        })
+        Ok(Box::pin(async move {
+            let ack = sent.await.map_err(|e| js_error(&subject, e))?;
+            Ok(PublishAck {
+                stream: ack.stream,
+                sequence: ack.sequence,
+                duplicate: ack.duplicate,
+            })
+        }))
     }
 
     async fn stream_for_subject(&self, subject: &str) -> Result<Option<String>, BusError> {
