@@ -200,9 +200,14 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts a server on a free port.
     pub fn start() -> RedisServer {
-        let args: Args = Box::new(|port, dir| {
+        RedisServer::with_args(Vec::new())
+    }
+
+    /// Starts a server on a free port with `extra` arguments.
+    fn with_args(extra: Vec<String>) -> RedisServer {
+        let args: Args = Box::new(move |port, dir| {
             let dir = dir.display().to_string();
-            [
+            let mut args = [
                 "--bind",
                 "127.0.0.1",
                 "--port",
@@ -215,7 +220,9 @@ impl RedisServer {
                 &dir,
             ]
             .map(str::to_owned)
-            .to_vec()
+            .to_vec();
+            args.extend(extra.iter().cloned());
+            args
         });
         let process = Process::start("REDIS_SERVER_BIN", "redis-server", "redis", args);
         RedisServer {
@@ -238,6 +245,130 @@ impl RedisServer {
     pub fn restart(&mut self) {
         self.process.restart();
     }
+}
+
+/// A Redis Cluster on loopback: `masters` masters with one replica each,
+/// made with `redis-cli --cluster create` (as operators make one), so a
+/// killed master's replica takes over its slots after the node timeout.
+pub struct RedisCluster {
+    /// The nodes, masters first as created (roles change on failover:
+    /// ask [`RedisCluster::master_nodes`]).
+    pub nodes: Vec<RedisServer>,
+}
+
+impl RedisCluster {
+    /// Starts `2 × masters` nodes, joins them, and waits until every node
+    /// says the cluster is ok.
+    pub fn start(masters: usize) -> RedisCluster {
+        let nodes: Vec<RedisServer> = (0..2 * masters)
+            .map(|_| {
+                RedisServer::with_args(vec![
+                    "--cluster-enabled".into(),
+                    "yes".into(),
+                    "--cluster-config-file".into(),
+                    "nodes.conf".into(),
+                    // Failover within about a second of a master's death.
+                    "--cluster-node-timeout".into(),
+                    "1000".into(),
+                    // Replicas sync at once (a replica that never synced
+                    // cannot take over).
+                    "--repl-diskless-sync-delay".into(),
+                    "0".into(),
+                ])
+            })
+            .collect();
+        let mut create = Command::new(cli());
+        create.args(["--cluster", "create"]);
+        create.args(nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)));
+        create.args(["--cluster-replicas", "1", "--cluster-yes"]);
+        let out = create
+            .output()
+            .expect("redis-cli runs (it comes with redis-server)");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let cluster = RedisCluster { nodes };
+        cluster.wait_ok(Duration::from_secs(30));
+        // Each replica holds its master's data before anything can fail.
+        let until = Instant::now() + Duration::from_secs(30);
+        for i in 0..cluster.nodes.len() {
+            loop {
+                let info = cluster.cli(i, &["info", "replication"]);
+                if info.contains("role:master") || info.contains("master_link_status:up") {
+                    break;
+                }
+                assert!(Instant::now() < until, "replica {i} never synced:\n{info}");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        cluster
+    }
+
+    /// Every node's URL (what `[redis] cluster` takes).
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes.iter().map(RedisServer::url).collect()
+    }
+
+    /// `redis-cli -p PORT ARGS…` against node `i`: its output.
+    pub fn cli(&self, i: usize, args: &[&str]) -> String {
+        let out = Command::new(cli())
+            .args(["-p", &self.nodes[i].port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Indices of the nodes that are masters serving slots now, as node
+    /// `from` sees them.
+    pub fn master_nodes(&self, from: usize) -> Vec<usize> {
+        let text = self.cli(from, &["cluster", "nodes"]);
+        text.lines()
+            .filter_map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let master = f.get(2)?.split(',').any(|x| x == "master")
+                    && !f.get(2)?.contains("fail")
+                    && f.len() > 8;
+                let port: u16 = f
+                    .get(1)?
+                    .split(['@', ','])
+                    .next()?
+                    .rsplit(':')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                master.then(|| self.nodes.iter().position(|n| n.port == port))?
+            })
+            .collect()
+    }
+
+    /// Waits until every running node says `cluster_state:ok`.
+    pub fn wait_ok(&self, timeout: Duration) {
+        let until = Instant::now() + timeout;
+        for i in 0..self.nodes.len() {
+            if self.nodes[i].process.child.is_none() {
+                continue;
+            }
+            while !self
+                .cli(i, &["cluster", "info"])
+                .contains("cluster_state:ok")
+            {
+                assert!(
+                    Instant::now() < until,
+                    "the Redis Cluster is not ok after {timeout:?}"
+                );
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// `redis-cli` (`REDIS_CLI_BIN` overrides).
+fn cli() -> String {
+    std::env::var("REDIS_CLI_BIN").unwrap_or_else(|_| "redis-cli".into())
 }
 
 /// A cluster of `nats-server -js` nodes on loopback: routes between them,

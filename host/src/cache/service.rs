@@ -107,7 +107,12 @@ async fn layers(
             )
             .map_err(|e| anyhow::anyhow!("cannot set up cache codecs: {e}"))?;
             let timeout = Duration::from_millis(settings.redis_timeout_ms);
-            Some(RedisStore::new(&redis.url, Arc::new(codecs), timeout)?)
+            let codecs = Arc::new(codecs);
+            Some(if redis.cluster.is_empty() {
+                RedisStore::new(&redis.url, codecs, timeout)?
+            } else {
+                RedisStore::cluster(&redis.cluster, codecs, timeout)?
+            })
         }
     };
     // Coherence keeps L1 copies of a shared store honest; without Redis each

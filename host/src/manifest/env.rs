@@ -77,9 +77,7 @@ impl EnvOverrides {
                 | "NATS_MAX_RECONNECT_ATTEMPTS"
                 | "NATS_RECONNECT_TIME_WAIT" => {}
                 "REDIS_URL" => {
-                    m.redis = (!value.is_empty()).then(|| RedisSettings {
-                        url: value.to_owned(),
-                    })
+                    m.redis = (!value.is_empty()).then(|| RedisSettings::with_url(value))
                 }
                 "CACHE_TTL" => {
                     m.cache.default_ttl_secs =

@@ -202,8 +202,25 @@ mod defaults {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RedisSettings {
-    /// Server URL, e.g. `redis://127.0.0.1:6379/0`.
+    /// Server URL, e.g. `redis://127.0.0.1:6379/0` (`REDIS_URL`); leave it
+    /// out with `cluster`.
+    #[serde(default)]
     pub url: String,
+    /// A Redis Cluster instead of one server: URLs of some of its nodes
+    /// (the rest are discovered), e.g. `["redis://10.0.0.1:7000",
+    /// "redis://10.0.0.2:7000"]`.
+    #[serde(default)]
+    pub cluster: Vec<String>,
+}
+
+impl RedisSettings {
+    /// One server at `url`.
+    pub fn with_url(url: &str) -> RedisSettings {
+        RedisSettings {
+            url: url.to_owned(),
+            cluster: Vec::new(),
+        }
+    }
 }
 
 /// Cache settings (`CACHE_*` environment variables override them).

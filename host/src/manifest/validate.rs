@@ -27,6 +27,25 @@ pub(super) fn check(m: &Manifest, text: &str, file: &Path) -> Result<(), Manifes
             "must be between 1 and 1000".into(),
         ));
     }
+    if let Some(redis) = &m.redis {
+        match (redis.url.is_empty(), redis.cluster.is_empty()) {
+            (true, true) => {
+                return Err(fail(
+                    0,
+                    "redis".into(),
+                    "needs `url` (one server) or `cluster` (a Redis Cluster's node URLs)".into(),
+                ));
+            }
+            (false, false) => {
+                return Err(fail(
+                    0,
+                    "redis.cluster".into(),
+                    "`url` and `cluster` exclude each other: name one server or the cluster's nodes".into(),
+                ));
+            }
+            _ => {}
+        }
+    }
     if let Some(prefix) = m.nats.as_ref().and_then(|n| n.inbox_prefix.as_ref()) {
         // Replies into this prefix need no grant: it must be a plain
         // subject prefix, never a `$` namespace.

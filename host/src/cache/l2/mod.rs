@@ -1,6 +1,9 @@
-//! L2: Redis, shared by hosts. Values travel in codec envelopes
-//! ([`super::codec`]); every call is bounded by a timeout and guarded by a
-//! circuit breaker, so a dead Redis costs microseconds, not seconds.
+//! L2: Redis (one server or a Redis Cluster, see [`connection`]), shared
+//! by hosts. Values travel in codec envelopes ([`super::codec`]); every
+//! call is bounded by a timeout and guarded by a circuit breaker, so a dead
+//! Redis costs microseconds, not seconds.
+
+mod connection;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -8,7 +11,8 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use redis::AsyncCommands;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+
+use self::connection::Handle;
 
 use super::breaker::Breaker;
 use super::codec::{CodecError, Codecs};
@@ -30,8 +34,8 @@ pub struct RedisStore {
 
 struct Inner {
     /// Reconnects by itself after Redis comes back.
-    conn: ConnectionManager,
-    /// For logs.
+    conn: Handle,
+    /// For logs: the URL, or a cluster's seed URLs.
     url: String,
     codecs: Arc<Codecs>,
     breaker: Breaker,
@@ -52,28 +56,36 @@ struct Inner {
 }
 
 impl RedisStore {
-    /// A store for `url`. Connects lazily: a Redis that is down at start
-    /// only means misses and counted errors until it comes up.
+    /// A store for the server at `url`. Connects lazily: a Redis that is
+    /// down at start only means misses and counted errors until it comes up.
     pub fn new(
         url: &str,
         codecs: Arc<Codecs>,
         timeout: Duration,
     ) -> Result<RedisStore, CacheError> {
-        let client = redis::Client::open(url)
+        let conn = Handle::single(url, timeout)
             .map_err(|e| CacheError::Invalid(format!("bad Redis URL {url}: {e}")))?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_min_delay(Duration::from_millis(50))
-            .set_max_delay(Duration::from_millis(500));
-        let conn = client
-            .get_connection_manager_lazy(config)
-            .map_err(|e| CacheError::Unavailable(format!("Redis at {url}: {e}")))?;
-        Ok(RedisStore {
+        Ok(RedisStore::with(conn, url.to_owned(), codecs, timeout))
+    }
+
+    /// A store for the Redis Cluster reached through any of `seeds`
+    /// (connected lazily too).
+    pub fn cluster(
+        seeds: &[String],
+        codecs: Arc<Codecs>,
+        timeout: Duration,
+    ) -> Result<RedisStore, CacheError> {
+        let url = format!("cluster {}", seeds.join(","));
+        let conn = Handle::cluster(seeds, timeout)
+            .map_err(|e| CacheError::Invalid(format!("bad Redis Cluster URLs ({url}): {e}")))?;
+        Ok(RedisStore::with(conn, url, codecs, timeout))
+    }
+
+    fn with(conn: Handle, url: String, codecs: Arc<Codecs>, timeout: Duration) -> RedisStore {
+        RedisStore {
             inner: Arc::new(Inner {
                 conn,
-                url: url.to_owned(),
+                url,
                 codecs,
                 breaker: Breaker::default(),
                 timeout,
@@ -87,7 +99,7 @@ impl RedisStore {
                 born: Instant::now(),
                 last_answer_ns: AtomicU64::new(0),
             }),
-        })
+        }
     }
 
     /// The codecs this store encodes with.
@@ -142,6 +154,9 @@ impl RedisStore {
         inner.breaker.record(answered);
         if answered {
             self.answered_now();
+        } else if inner.breaker.is_open() {
+            // Failing for a while: the next probe starts on a fresh connection.
+            inner.conn.reconnect();
         }
         if out.is_err() {
             inner.errors.fetch_add(1, Ordering::Relaxed);
@@ -194,7 +209,7 @@ impl RedisStore {
         was_open && ok
     }
 
-    fn conn(&self) -> ConnectionManager {
+    fn conn(&self) -> Handle {
         self.inner.conn.clone()
     }
 
@@ -277,17 +292,19 @@ impl RedisStore {
         ttl: Duration,
     ) -> Result<(), CacheError> {
         let px = ttl.as_millis().max(1) as u64;
-        let mut pipe = redis::pipe();
-        for (k, v) in entries {
-            pipe.cmd("SET")
-                .arg(k)
-                .arg(self.seal(k, v))
-                .arg("PX")
-                .arg(px)
-                .ignore();
-        }
+        let sets = entries
+            .iter()
+            .map(|(k, v)| {
+                redis::cmd("SET")
+                    .arg(k)
+                    .arg(self.seal(k, v))
+                    .arg("PX")
+                    .arg(px)
+                    .to_owned()
+            })
+            .collect();
         let mut conn = self.conn();
-        self.call("SET", pipe.exec_async(&mut conn)).await?;
+        self.call("SET", conn.each(sets)).await?;
         self.inner
             .sets
             .fetch_add(entries.len() as u64, Ordering::Relaxed);
@@ -299,12 +316,19 @@ impl RedisStore {
         if keys.is_empty() {
             return Ok(Vec::new());
         }
-        let mut pipe = redis::pipe();
-        for k in keys {
-            pipe.exists(k);
-        }
+        let exists = keys
+            .iter()
+            .map(|k| redis::cmd("EXISTS").arg(k).to_owned())
+            .collect();
         let mut conn = self.conn();
-        self.call("EXISTS", pipe.query_async(&mut conn)).await
+        let answers = self.call("EXISTS", conn.each(exists)).await?;
+        answers
+            .into_iter()
+            .map(|v| {
+                redis::from_redis_value::<bool>(v)
+                    .map_err(|e| CacheError::Invalid(format!("Redis EXISTS answered oddly: {e}")))
+            })
+            .collect()
     }
 
     /// Removes keys with `UNLINK`; how many existed.
@@ -373,15 +397,9 @@ impl RedisStore {
         let mut cursor = cursor;
         let mut keys = Vec::new();
         loop {
-            let scan = redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(pattern)
-                .arg("COUNT")
-                .arg(SCAN_COUNT)
-                .to_owned();
-            let (next, mut page): (u64, Vec<String>) =
-                self.call("SCAN", scan.query_async(&mut conn)).await?;
+            let (next, mut page) = self
+                .call("SCAN", conn.scan_page(pattern, cursor, SCAN_COUNT))
+                .await?;
             keys.append(&mut page);
             cursor = next;
             if cursor == 0 || keys.len() >= count {
@@ -400,18 +418,21 @@ impl RedisStore {
         raw: &[u8],
     ) -> Result<(), CacheError> {
         let mut conn = self.conn();
-        let mut pipe = redis::pipe();
-        pipe.cmd("SET")
+        // The dictionary first: a host that sees the prefix finds it.
+        let dictionary = redis::cmd("SET")
             .arg(format!("{DICT_PREFIX}{id:08x}"))
             .arg(raw)
             .arg("NX")
-            .ignore();
-        pipe.cmd("SET")
+            .to_owned();
+        self.call("SET dictionary", conn.each(vec![dictionary]))
+            .await?;
+        let prefix = redis::cmd("SET")
             .arg(format!("{DICT_PREFIX}prefix:{prefix}"))
             .arg(id)
-            .ignore();
-        self.call("SET dictionary", pipe.exec_async(&mut conn))
+            .to_owned();
+        self.call("SET dictionary prefix", conn.each(vec![prefix]))
             .await
+            .map(|_| ())
     }
 
     /// Fetches and installs a dictionary by id.
@@ -449,8 +470,9 @@ impl RedisStore {
     /// Redis `INFO` fields (memory, clients, keyspace) for dashboards.
     pub async fn info(&self) -> Result<redis::InfoDict, CacheError> {
         let mut conn = self.conn();
-        self.call("INFO", redis::cmd("INFO").query_async(&mut conn))
-            .await
+        let answer = self.call("INFO", conn.on_one(redis::cmd("INFO"))).await?;
+        redis::from_redis_value(answer)
+            .map_err(|e| CacheError::Invalid(format!("Redis INFO answered oddly: {e}")))
     }
 
     /// Figures for this layer.
