@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test support code
 
 pub mod browser;
+pub mod partition;
 pub mod process;
 pub mod reference;
 pub mod servers;

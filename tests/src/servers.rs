@@ -125,6 +125,8 @@ impl Drop for Process {
 pub struct NatsServer {
     /// Client port.
     pub port: u16,
+    /// HTTP monitoring port (`/connz`, `/routez`), where enabled.
+    pub monitor: Option<u16>,
     process: Process,
 }
 
@@ -140,6 +142,7 @@ impl NatsServer {
         let process = Process::start("NATS_SERVER_BIN", "nats-server", "nats", args);
         NatsServer {
             port: process.port,
+            monitor: None,
             process,
         }
     }
@@ -203,8 +206,9 @@ impl RedisServer {
         RedisServer::with_args(Vec::new())
     }
 
-    /// Starts a server on a free port with `extra` arguments.
-    fn with_args(extra: Vec<String>) -> RedisServer {
+    /// Starts a server on a free port with `extra` arguments (a later
+    /// `--bind` replaces the loopback address it binds by default).
+    pub fn with_args(extra: Vec<String>) -> RedisServer {
         let args: Args = Box::new(move |port, dir| {
             let dir = dir.display().to_string();
             let mut args = [
@@ -393,7 +397,10 @@ impl NatsCluster {
             .iter()
             .enumerate()
             .map(|(i, port)| {
-                NatsServer::with_args(vec![
+                let monitor = free_port();
+                let mut node = NatsServer::with_args(vec![
+                    "--http_port".into(),
+                    monitor.to_string(),
                     "--server_name".into(),
                     format!("n{i}"),
                     "--cluster_name".into(),
@@ -402,7 +409,9 @@ impl NatsCluster {
                     format!("nats://127.0.0.1:{port}"),
                     "--routes".into(),
                     routes.clone(),
-                ])
+                ]);
+                node.monitor = Some(monitor);
+                node
             })
             .collect();
         let cluster = NatsCluster { nodes };

@@ -591,3 +591,95 @@ async fn a_queue_group_across_hosts_on_different_nodes_handles_each_message_once
     }
     drop(hosts);
 }
+
+/// The nodes of the cluster that list a client connection named `name`
+/// (each node's `/connz`; a node cut from its clients still lists them
+/// until its own pings time out).
+async fn nodes_of(cluster: &NatsCluster, name: &str) -> Vec<usize> {
+    let mut out = Vec::new();
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        let Some(monitor) = node.monitor else {
+            continue;
+        };
+        let addr = format!("127.0.0.1:{monitor}");
+        let Ok((200, body)) = weir::observe::http_get(&addr, "/connz").await else {
+            continue;
+        };
+        if body.contains(&format!("\"name\": \"{name}\""))
+            || body.contains(&format!("\"name\":\"{name}\""))
+        {
+            out.push(i);
+        }
+    }
+    out
+}
+
+/// A host cut from the NATS node it is connected to, the node and the host
+/// both running (a partition: packets dropped, nothing killed), while
+/// trades flow: the host notices within its ping interval, fails over to
+/// another seed, and every sequence is handled at least once; its
+/// readiness says why while it is cut, and is back after.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_cut_from_its_node_fails_over_to_another_seed_and_loses_nothing() {
+    let cluster = NatsCluster::start(3).await;
+    let dir = tempdir("cluster-cut-host");
+    // The test's own clients are on node 2; the host's seeds are 0 and 1.
+    let observer = cluster.nodes[2].client().await;
+    let js = jetstream::new(observer.clone());
+    r3_stream(&js).await;
+    let tags = Tags::collect(&observer).await;
+    let seeds = format!("{},{}", cluster.nodes[0].url(), cluster.nodes[1].url());
+    let path = write_manifest(&dir, "a", "v1", &seeds);
+    let addr = format!("127.0.0.1:{}", free_port());
+    let text = std::fs::read_to_string(&path).unwrap();
+    let text = text
+        .replacen("[host]\n", &format!("[host]\nhttp = \"{addr}\"\n"), 1)
+        .replacen(
+            "reconnect_wait_ms = 200\n",
+            "reconnect_wait_ms = 200\nping_interval_secs = 1\n",
+            1,
+        );
+    std::fs::write(&path, text).unwrap();
+    let host = WeirProcess::start(&path);
+    let on = nodes_of(&cluster, "weir a").await;
+    assert!(on.len() == 1 && on[0] < 2, "connected to one seed: {on:?}");
+    let node = on[0];
+
+    let sent = Arc::new(AtomicU64::new(0));
+    let publisher = publish_all(observer.clone(), sent.clone());
+    sent_at_least(&sent, MESSAGES / 3).await;
+    eprintln!("cutting the host from n{node}");
+    let cut = weir_tests::partition::Partition::port(cluster.nodes[node].port);
+    let cut_at = sent.load(Ordering::SeqCst);
+    // Readiness while cut: every 503 says it is NATS or a pull.
+    let mut answers = std::collections::BTreeMap::<u16, usize>::new();
+    let until = tokio::time::Instant::now() + Duration::from_secs(6);
+    while tokio::time::Instant::now() < until {
+        let (code, body) = weir::observe::http_get(&addr, "/readyz").await.unwrap();
+        if code != 200 {
+            assert!(
+                body.contains("NATS is") || body.contains("cannot pull from stream LOAD"),
+                "{body}"
+            );
+        }
+        *answers.entry(code).or_default() += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let on = nodes_of(&cluster, "weir a").await;
+    eprintln!("readiness while cut: {answers:?}; the host is listed on {on:?}");
+    assert!(on.iter().any(|n| *n != node), "the host did not fail over");
+    cut.heal();
+    publisher.await.unwrap();
+    every_sequence_handled(&tags, &js).await;
+    let after = tags
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(_, seq)| *seq > cut_at + 100)
+        .count();
+    assert!(after > 0, "nothing handled after the cut");
+    let (code, body) = readyz_until(&addr, 200, Duration::from_secs(20), || async {}).await;
+    assert_eq!((code, body.as_str()), (200, "ready\n"));
+    drop(host);
+}
