@@ -77,7 +77,7 @@ pub trait Handler {
 
 /// Exports a [`Handler`] as the component's `weir:host/handler`, and as
 /// its batch form `weir:host/batch-handler` (the same `handle` for each
-/// message of a run, stopping at the first error: one call into the
+/// message of a run, stopping at the first retry: one call into the
 /// component for many messages).
 #[macro_export]
 macro_rules! export_handler {
@@ -104,7 +104,9 @@ macro_rules! export_handler {
 }
 
 /// The batch contract over a one-message handler: `handle` each event in
-/// order, stop after the first error (weir delivers the rest again).
+/// order, stop after the first retry (weir retries it in place and
+/// delivers the rest again); a rejected event is dead-lettered and the
+/// batch goes on.
 #[doc(hidden)]
 pub fn handle_each(
     batch: &batch::Batch,
@@ -113,9 +115,9 @@ pub fn handle_each(
     let mut out = Vec::with_capacity(batch.len());
     for event in batch.events() {
         let result = event.and_then(|e| handle(e.to_message(), e.delivery()));
-        let failed = result.is_err();
+        let retry = matches!(result, Err(HandleError::Retry(_)));
         out.push(result);
-        if failed {
+        if retry {
             break;
         }
     }

@@ -734,3 +734,48 @@ async fn a_poison_flood_is_dead_lettered_in_full_with_a_few_log_lines() {
     );
     assert!(lines < 100, "{lines} log lines:\n{log}");
 }
+
+/// Unreadable trades among good ones on a stream: a reject does not end
+/// sma-crossover's batches (it goes on past each), every unreadable trade
+/// is dead-lettered with its sequence, and the signals are exactly the
+/// reference's over the good ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreadable_trades_inside_batches_are_dead_lettered_and_the_batch_goes_on() {
+    let server = NatsServer::start();
+    let js = make_streams(
+        &server,
+        &[
+            ("TRADE", "TRADE.trade.>"),
+            ("SIGNALS", "signals.>"),
+            ("DLQ", "dlq.>"),
+        ],
+    )
+    .await;
+    let good = sample_trade_messages(900);
+    let mut stored = Vec::new();
+    let mut poison = 0u64;
+    for (i, m) in good.iter().enumerate() {
+        stored.push((m.subject.clone(), m.payload.clone()));
+        if i % 2 == 0 {
+            let body = format!(r#"{{"sym":"X","px":"1.5","n":{i}}}"#);
+            stored.push((m.subject.clone(), body.into()));
+            poison += 1;
+        }
+    }
+    weir_tests::publish_acked(&js, stored).await;
+    let m = manifest(&strategy_manifest(&server.url(), r#""TRADE", "SIGNALS""#));
+    let host = Host::start(&m).await.unwrap();
+    wait_for_stream(&js, "DLQ", poison, Duration::from_secs(60)).await;
+    weir_tests::wait_for_drained(&js, "TRADE", "sma", Duration::from_secs(60)).await;
+    let s = host.component_stats()[0].1;
+    eprintln!("{poison} unreadable among {} trades: {s:?}", good.len());
+    assert_eq!((s.dead_lettered, s.retried), (poison, 0));
+    assert!(
+        s.batches * 4 < poison,
+        "{} batches for {poison} rejects: batches still end at a reject",
+        s.batches
+    );
+    let signals = reference::published_signals(&stream_contents(&js, "SIGNALS").await);
+    assert_eq!(signals, reference::sma_signals(&good, 5, 20));
+    host.shutdown(Duration::from_secs(5)).await;
+}

@@ -171,39 +171,38 @@ struct Held {
 
 impl exports::weir::host::batch_handler::Guest for SmaCrossover {
     /// Each trade as `handle` would, in order, stopping after the first
-    /// error; but the states of all the batch's symbols are read in one
-    /// `get-many` and written in one `set-many`, not once per trade (each
-    /// call into the host costs more than the arithmetic of a trade). A
-    /// failed read retries the batch from its first event. A failed write
-    /// takes the answers back from the first event that changed a state:
-    /// that event is retried and the later ones delivered again (the trade
-    /// ids in the states that were written make those harmless, as on a
-    /// redelivery).
+    /// retry (an unreadable trade is rejected and the batch goes on); but
+    /// the states of all the batch's symbols are read in one `get-many`
+    /// and written in one `set-many`, not once per trade (each call into
+    /// the host costs more than the arithmetic of a trade). A failed read
+    /// retries the batch from its first event. A failed write takes the
+    /// answers back from the first event that changed a state: that event
+    /// is retried and the later ones delivered again (the trade ids in the
+    /// states that were written make those harmless, as on a redelivery).
     fn handle_batch(batch: Batch) -> Vec<Result<(), HandleError>> {
         let settings = match settings() {
             Ok(settings) => settings,
             Err(e) => return vec![Err(e)],
         };
-        // The trades, each read in place from the batch's payload buffer,
-        // up to the first that cannot be read.
+        // Each frame's trade, read in place from the batch's payload
+        // buffer, or why it cannot be (a frame outside the batch ends it).
         let mut trades = Vec::with_capacity(batch.frames.len() / FRAME_WORDS);
-        let mut unreadable = None;
         for frame in batch.frames.chunks_exact(FRAME_WORDS) {
-            match payload(&batch, frame).and_then(|p| Trade::parse(p).map_err(HandleError::Reject))
-            {
-                Ok(trade) => trades.push(trade),
+            match payload(&batch, frame) {
+                Ok(p) => trades.push(Trade::parse(p).map_err(HandleError::Reject)),
                 Err(e) => {
-                    unreadable = Some(e);
+                    trades.push(Err(e));
                     break;
                 }
             }
         }
-        // Each trade's symbol as an index into `held`.
+        // Each readable trade's symbol as an index into `held`.
         let mut held: Vec<Held> = Vec::new();
-        let slots: Vec<usize> = trades
+        let slots: Vec<Option<usize>> = trades
             .iter()
-            .map(
-                |trade| match held.iter().position(|h| h.symbol == trade.symbol) {
+            .map(|trade| {
+                let trade = trade.as_ref().ok()?;
+                Some(match held.iter().position(|h| h.symbol == trade.symbol) {
                     Some(at) => at,
                     None => {
                         held.push(Held {
@@ -213,8 +212,8 @@ impl exports::weir::host::batch_handler::Guest for SmaCrossover {
                         });
                         held.len() - 1
                     }
-                },
-            )
+                })
+            })
             .collect();
         let keys: Vec<String> = held.iter().map(|h| state_key(&h.symbol)).collect();
         if !keys.is_empty() {
@@ -229,26 +228,23 @@ impl exports::weir::host::batch_handler::Guest for SmaCrossover {
                 Err(e) => return vec![Err(host_error(e))],
             }
         }
-        let mut out = Vec::with_capacity(trades.len() + 1);
-        for (index, (trade, &slot)) in trades.iter().zip(&slots).enumerate() {
-            let Some(h) = held.get_mut(slot) else { break };
+        let mut out = Vec::with_capacity(trades.len());
+        for (index, (trade, slot)) in trades.into_iter().zip(slots).enumerate() {
             // A trade whose signal fails leaves the held state as it was.
-            match apply(settings, trade, &mut h.state) {
-                Ok(changed) => {
+            let result = match (trade, slot.and_then(|at| held.get_mut(at))) {
+                (Ok(trade), Some(h)) => apply(settings, &trade, &mut h.state).map(|changed| {
                     if changed {
                         h.first_change.get_or_insert(index);
                     }
-                    out.push(Ok(()));
-                }
-                Err(e) => {
-                    out.push(Err(e));
-                    unreadable = None;
-                    break;
-                }
+                }),
+                (Err(e), _) => Err(e),
+                (Ok(_), None) => break,
+            };
+            let retry = matches!(result, Err(HandleError::Retry(_)));
+            out.push(result);
+            if retry {
+                break;
             }
-        }
-        if let Some(e) = unreadable {
-            out.push(Err(e));
         }
         let (entries, firsts): (Vec<(String, Vec<u8>)>, Vec<usize>) = held
             .iter()

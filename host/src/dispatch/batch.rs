@@ -4,9 +4,11 @@
 //!
 //! - Order: a batch is a stretch of one worker's queue, in arrival order;
 //!   what the guest did not reach goes back to the front of the queue.
-//! - Each `ok` is acknowledged as it would be alone. The first error is
-//!   judged and retried in place (alone, with backoff) or dead-lettered
-//!   before any later message is delivered.
+//! - Each `ok` is acknowledged as it would be alone, each `reject`
+//!   dead-lettered (the guest may go on past it: a flood of unreadable
+//!   messages takes one call per batch, not one per message). A `retry`
+//!   ends the batch: it is retried in place (alone, with backoff) before
+//!   any later message is delivered.
 //! - A failed instance (trap, deadline, limit) is replaced and the whole
 //!   batch is delivered again one by one: events the guest handled before
 //!   it failed may be handled twice, as under a JetStream redelivery.
@@ -162,9 +164,9 @@ async fn run(
         let Some((delivery, flow)) = rest.next() else {
             break;
         };
-        let stop = !matches!(outcome, HandleOutcome::Handled);
-        if stop {
-            // Judged, retried in place or dead-lettered, before the rest.
+        let stop = matches!(outcome, HandleOutcome::Retry(_));
+        if !matches!(outcome, HandleOutcome::Handled) {
+            // Dead-lettered, or retried in place before the rest.
             super::deliver_from(
                 template,
                 &flow,

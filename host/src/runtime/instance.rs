@@ -339,9 +339,9 @@ pub struct BatchItem<'a> {
 impl Instance {
     /// Calls `handle-batch` with the items, the deadline and fuel the
     /// per-event ones times their number. `Ok` holds one outcome per item
-    /// handled, in order: `Handled` ones, then at most one error, where
-    /// the batch stopped (what the guest answered past its first error is
-    /// ignored: those items are not counted handled). `Err`: drop the
+    /// answered, in order: `Handled` and `Reject` ones, then at most one
+    /// `Retry`, where the batch stopped (what the guest answered past it
+    /// is ignored: those items are not counted handled). `Err`: drop the
     /// instance (also when the component has no batch export).
     pub async fn handle_batch(
         &mut self,
@@ -388,9 +388,9 @@ impl Instance {
                             outcomes.push(HandleOutcome::Retry(reason));
                             break;
                         }
+                        // A rejected message is dead-lettered; the batch goes on.
                         Err(HandleError::Reject(reason)) => {
                             outcomes.push(HandleOutcome::Reject(reason));
-                            break;
                         }
                     }
                 }
