@@ -311,6 +311,7 @@ async fn on_the_consumer(
     server: &NatsServer,
     js: &jetstream::Context,
     settled: impl Fn(&weir::stats::ComponentSnapshot) -> u64,
+    who: &str,
 ) -> f64 {
     let sub = r#"{ subject = "TRADE.trade.>", stream = "TRADE", consumer = "sma" }"#;
     let host = Host::start(&sma_manifest(&server.url(), sub))
@@ -328,9 +329,11 @@ async fn on_the_consumer(
         .messages;
     let counted = wait_for_count(&count, 1, 100).await;
     let start = Instant::now();
+    let before = Cpu::now(server);
     wait_for_count(&count, n, 500).await;
     weir_tests::wait_for_drained(js, "TRADE", "sma", Duration::from_secs(60)).await;
     let took = start.elapsed();
+    Cpu::report("poison", who, before, Cpu::now(server), n - counted);
     host.shutdown(Duration::from_secs(5)).await;
     rate(n - counted, took)
 }
@@ -349,9 +352,9 @@ async fn poison_flood(server: &NatsServer, msgs: &[(String, Bytes)]) -> (f64, f6
     .await
     .unwrap();
     load_stream(&js, msgs).await;
-    let handled = on_the_consumer(server, &js, |s| s.handled).await;
+    let handled = on_the_consumer(server, &js, |s| s.handled, "handled").await;
     load_stream(&js, &poisoned(msgs)).await;
-    let dead = on_the_consumer(server, &js, |s| s.dead_lettered).await;
+    let dead = on_the_consumer(server, &js, |s| s.dead_lettered, "dead").await;
     let stored = js
         .get_stream("DLQ")
         .await
