@@ -262,3 +262,83 @@ async fn probe_until(client: &async_nats::Client, out: &mut async_nats::Subscrib
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// NATS goes away under `[market] stream` and comes back: the host keeps
+/// following the stream (the newest values come back, and new trades are
+/// followed), without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_market_stream_is_followed_again_after_nats_comes_back() {
+    let mut server = NatsServer::start();
+    let js = async_nats::jetstream::new(server.client().await);
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: "TRADE".into(),
+        subjects: vec!["TRADE.trade.>".into()],
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let m = manifest(&format!(
+        "[nats]\nurl = \"{}\"\nreconnect_wait_ms = 100\n[market]\nsubjects = [\"TRADE.trade.*\"]\nstream = \"TRADE\"\n{}",
+        server.url(),
+        probe(true)
+    ));
+    let host = Host::start(&m).await.unwrap();
+    let trade = |price: &str, id: u64| {
+        format!(r#"{{"symbol":"BNBUSDT","price":{price},"qty":1,"ts":{id},"trade_id":{id}}}"#)
+    };
+    js.publish("TRADE.trade.BNBUSDT", trade("1.5", 1).into())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let client = server.client().await;
+    let mut out = client.subscribe("market.out").await.unwrap();
+    client.flush().await.unwrap();
+    probe_until(&client, &mut out, "1.5/1").await;
+
+    server.kill();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    server.restart();
+    let client = server.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    let mut out = client.subscribe("market.out").await.unwrap();
+    client.flush().await.unwrap();
+    // A trade stored after the restart reaches the host's store.
+    let until = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let stored = js
+            .publish("TRADE.trade.BNBUSDT", trade("2.5", 2).into())
+            .await;
+        if let Ok(ack) = stored
+            && ack.await.is_ok()
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the server never took the trade"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let until = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        client
+            .publish("probe.market", "BNBUSDT".into())
+            .await
+            .unwrap();
+        let got =
+            tokio::time::timeout(Duration::from_secs(2), futures::StreamExt::next(&mut out)).await;
+        if let Ok(Some(got)) = got
+            && String::from_utf8_lossy(&got.payload) == "2.5/2"
+        {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the market store stopped following the stream after NATS came back"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    host.shutdown(Duration::from_secs(5)).await;
+}
