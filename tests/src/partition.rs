@@ -11,7 +11,15 @@ use std::sync::atomic::{AtomicU32, Ordering};
 pub struct Partition {
     /// The nftables table holding its rules (`inet <name>`).
     table: String,
+    /// A cgroup made for it (`/sys/fs/cgroup/unified/<table>`) and the
+    /// process moved into it, moved back when the partition heals.
+    cgroup: Option<(std::path::PathBuf, u32)>,
 }
+
+/// Where the cgroup v2 hierarchy is mounted here (cgroup v1 holds
+/// `/sys/fs/cgroup` itself); nftables names cgroups relative to
+/// `/sys/fs/cgroup`.
+const CGROUP2: &str = "/sys/fs/cgroup/unified";
 
 impl Partition {
     /// Cuts every TCP connection to or from `port` on loopback (a server's
@@ -33,15 +41,49 @@ impl Partition {
         ])
     }
 
+    /// Cuts a clustered server (process `pid`) from its peers: no packet
+    /// of its route connections (those to `own` route port, and those it
+    /// made to the `peers`' route ports) passes either way, while its
+    /// clients keep their connections to it. The process is told apart by
+    /// a cgroup of its own (nftables' `socket cgroupv2`).
+    pub fn routes(pid: u32, own: u16, peers: &[u16]) -> Partition {
+        let table = table_name();
+        let dir = std::path::Path::new(CGROUP2).join(&table);
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("cannot make {}: {e}", dir.display()));
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string()).unwrap();
+        let group = format!(
+            "\"{}/{table}\"",
+            CGROUP2.trim_start_matches("/sys/fs/cgroup/")
+        );
+        let peers = peers
+            .iter()
+            .map(u16::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mine = format!("socket cgroupv2 level 1 {group}");
+        let mut p = Partition::with_chains(
+            table,
+            &[
+                format!("tcp dport {own} drop"),
+                format!("{mine} tcp sport {own} drop"),
+                format!("{mine} tcp dport {{ {peers} }} drop"),
+            ],
+            &[format!("{mine} tcp sport {{ {peers} }} drop")],
+        );
+        p.cgroup = Some((dir, pid));
+        p
+    }
+
     /// A table of the test's own with `rules` in an output chain (every
     /// loopback packet passes through output once).
     fn rules(rules: &[String]) -> Partition {
-        static N: AtomicU32 = AtomicU32::new(0);
-        let table = format!(
-            "weir_test_{}_{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::Relaxed)
-        );
+        Partition::with_chains(table_name(), rules, &[])
+    }
+
+    /// A table named `table` with `output` rules in an output chain and
+    /// `input` rules in an input chain (where a socket match sees the
+    /// receiving process).
+    fn with_chains(table: String, output: &[String], input: &[String]) -> Partition {
         nft(&["add", "table", "inet", &table]);
         nft(&[
             "add",
@@ -51,12 +93,23 @@ impl Partition {
             "out",
             "{ type filter hook output priority 0; policy accept; }",
         ]);
-        for rule in rules {
-            let mut args = vec!["add", "rule", "inet", &table, "out"];
-            args.extend(rule.split_whitespace());
-            nft(&args);
+        nft(&[
+            "add",
+            "chain",
+            "inet",
+            &table,
+            "in",
+            "{ type filter hook input priority 0; policy accept; }",
+        ]);
+        for (chain, rules) in [("out", output), ("in", input)] {
+            for rule in rules {
+                nft(&["add", "rule", "inet", &table, chain, rule]);
+            }
         }
-        Partition { table }
+        Partition {
+            table,
+            cgroup: None,
+        }
     }
 
     /// Heals the partition (as dropping it does).
@@ -68,7 +121,22 @@ impl Drop for Partition {
         let _ = Command::new("nft")
             .args(["delete", "table", "inet", &self.table])
             .status();
+        if let Some((dir, pid)) = self.cgroup.take() {
+            let root = std::path::Path::new(CGROUP2).join("cgroup.procs");
+            let _ = std::fs::write(root, pid.to_string());
+            let _ = std::fs::remove_dir(dir);
+        }
     }
+}
+
+/// A name no other partition of any test process uses.
+fn table_name() -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "weir_test_{}_{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 fn nft(args: &[&str]) {

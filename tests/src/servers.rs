@@ -381,6 +381,8 @@ fn cli() -> String {
 pub struct NatsCluster {
     /// The nodes; kill and restart them one at a time.
     pub nodes: Vec<NatsServer>,
+    /// Each node's cluster (route) port, in the nodes' order.
+    pub routes: Vec<u16>,
 }
 
 impl NatsCluster {
@@ -414,7 +416,10 @@ impl NatsCluster {
                 node
             })
             .collect();
-        let cluster = NatsCluster { nodes };
+        let cluster = NatsCluster {
+            nodes,
+            routes: cluster_ports,
+        };
         cluster.wait_for_jetstream().await;
         cluster
     }

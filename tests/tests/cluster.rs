@@ -683,3 +683,70 @@ async fn a_host_cut_from_its_node_fails_over_to_another_seed_and_loses_nothing()
     assert_eq!((code, body.as_str()), (200, "ready\n"));
     drop(host);
 }
+
+/// One NATS node cut from the other two (its route traffic dropped both
+/// ways, nothing killed) while a host is connected to it and trades flow,
+/// then healed: the host's pulls fail while its node is in the minority
+/// and readiness says so, nothing is lost, and after the heal the host is
+/// ready and pulling again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_from_the_cluster_under_a_host_loses_nothing_and_heals() {
+    let cluster = NatsCluster::start(3).await;
+    let dir = tempdir("cluster-cut-node");
+    // The host has node 0 as its only seed; the test's clients use node 1.
+    let observer = cluster.nodes[1].client().await;
+    let js = jetstream::new(observer.clone());
+    r3_stream(&js).await;
+    let tags = Tags::collect(&observer).await;
+    let path = write_manifest(&dir, "a", "v1", &cluster.nodes[0].url());
+    let addr = format!("127.0.0.1:{}", free_port());
+    let text = std::fs::read_to_string(&path).unwrap().replacen(
+        "[host]\n",
+        &format!("[host]\nhttp = \"{addr}\"\n"),
+        1,
+    );
+    std::fs::write(&path, text).unwrap();
+    let host = WeirProcess::start(&path);
+    assert_eq!(nodes_of(&cluster, "weir a").await, vec![0]);
+
+    let sent = Arc::new(AtomicU64::new(0));
+    let publisher = publish_all(observer.clone(), sent.clone());
+    sent_at_least(&sent, MESSAGES / 3).await;
+    eprintln!("cutting n0 from n1 and n2");
+    let cut = weir_tests::partition::Partition::routes(
+        cluster.nodes[0].pid().unwrap(),
+        cluster.routes[0],
+        &cluster.routes[1..],
+    );
+    let cut_at = sent.load(Ordering::SeqCst);
+    let mut answers = std::collections::BTreeMap::<u16, usize>::new();
+    let cut_time = tokio::time::Instant::now();
+    let until = cut_time + Duration::from_secs(20);
+    let mut first_503 = None;
+    while tokio::time::Instant::now() < until {
+        let (code, body) = weir::observe::http_get(&addr, "/readyz").await.unwrap();
+        if code != 200 {
+            assert!(
+                body.contains("NATS is") || body.contains("cannot pull from stream LOAD"),
+                "{body}"
+            );
+            first_503.get_or_insert_with(|| (cut_time.elapsed(), body));
+        }
+        *answers.entry(code).or_default() += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    eprintln!("first not ready at {first_503:?}");
+    let published_during = sent.load(Ordering::SeqCst) - cut_at;
+    eprintln!("readiness while n0 was cut: {answers:?}; {published_during} published meanwhile");
+    assert!(published_during > 0, "the majority kept storing");
+    assert!(
+        answers.contains_key(&503),
+        "readiness never said the host cannot pull"
+    );
+    cut.heal();
+    publisher.await.unwrap();
+    every_sequence_handled(&tags, &js).await;
+    let (code, body) = readyz_until(&addr, 200, Duration::from_secs(30), || async {}).await;
+    assert_eq!((code, body.as_str()), (200, "ready\n"));
+    drop(host);
+}

@@ -21,7 +21,8 @@ pub const BATCH: usize = 256;
 /// How long a pull request waits at the server for messages.
 pub const BATCH_WAIT: Duration = Duration::from_millis(500);
 /// No word from the server this long past a request's expiry: it was lost
-/// (a reconnect), so stop waiting for what it asked for.
+/// (a reconnect, a partition), so stop waiting for what it asked for and
+/// say so.
 const LOST_AFTER: Duration = Duration::from_secs(5);
 
 /// What [`Pulls::next`] yields.
@@ -102,8 +103,14 @@ impl Pulls {
         while self.outstanding > 0 {
             let Ok(got) = tokio::time::timeout(BATCH_WAIT + LOST_AFTER, self.sub.next()).await
             else {
+                // Lost on the way (a reconnect), or nobody can answer: the
+                // stream's leader is out of reach (a partition). Either
+                // way the consumer is not serving this host now.
                 self.outstanding = 0;
-                break;
+                return Pulled::Error(format!(
+                    "no answer to pull requests for {:?}",
+                    BATCH_WAIT + LOST_AFTER
+                ));
             };
             let Some(msg) = got else {
                 self.outstanding = 0;
