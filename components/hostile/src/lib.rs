@@ -156,7 +156,7 @@ impl Guest for Hostile {
                         let _ = stream.write(&[]);
                         let _ = stream.write(&[]);
                         if stream.check_write().is_ok_and(|permit| permit > 0) {
-                            let byte: &[u8] = if n % 64 == 0 { b"\n" } else { b"x" };
+                            let byte: &[u8] = if n.is_multiple_of(64) { b"\n" } else { b"x" };
                             let _ = stream.write(byte);
                         }
                     }
