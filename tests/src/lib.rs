@@ -222,15 +222,24 @@ pub async fn consumer_backlog(
     stream: &str,
     consumer: &str,
 ) -> (u64, usize) {
+    try_consumer_backlog(js, stream, consumer).await.unwrap()
+}
+
+/// [`consumer_backlog`], or why JetStream did not say.
+pub async fn try_consumer_backlog(
+    js: &async_nats::jetstream::Context,
+    stream: &str,
+    consumer: &str,
+) -> Result<(u64, usize), String> {
     let mut c = js
         .get_stream(stream)
         .await
-        .unwrap()
+        .map_err(|e| e.to_string())?
         .get_consumer::<async_nats::jetstream::consumer::pull::Config>(consumer)
         .await
-        .unwrap();
-    let info = c.info().await.unwrap();
-    (info.num_pending, info.num_ack_pending)
+        .map_err(|e| e.to_string())?;
+    let info = c.info().await.map_err(|e| e.to_string())?;
+    Ok((info.num_pending, info.num_ack_pending))
 }
 
 /// Waits until a durable consumer has delivered and had acknowledged
@@ -243,8 +252,10 @@ pub async fn wait_for_drained(
 ) {
     let until = tokio::time::Instant::now() + timeout;
     loop {
-        let backlog = consumer_backlog(js, stream, consumer).await;
-        if backlog == (0, 0) {
+        // JetStream may answer "temporarily unavailable" for a moment after
+        // a node rejoins: ask again, until the time runs out.
+        let backlog = try_consumer_backlog(js, stream, consumer).await;
+        if backlog == Ok((0, 0)) {
             return;
         }
         assert!(

@@ -252,10 +252,7 @@ async fn hosts_started_together_turn_ready_on_an_idle_stream_and_after_a_leader_
         .into_iter()
         .map(|name| {
             let path = write_manifest(&dir, name, "v1", &urls);
-            let addr = format!("127.0.0.1:{}", free_port());
-            let text = std::fs::read_to_string(&path).unwrap();
-            let text = text.replacen("[host]\n", &format!("[host]\nhttp = \"{addr}\"\n"), 1);
-            std::fs::write(&path, text).unwrap();
+            let addr = serve_http(&path, "");
             (WeirProcess::spawn(&path), addr)
         })
         .collect();
@@ -325,6 +322,36 @@ async fn hosts_started_together_turn_ready_on_an_idle_stream_and_after_a_leader_
         .state
         .messages;
     assert_eq!(pending, 0, "the stream stayed idle");
+}
+
+/// Steps the `tagger` consumer's leader down until it is not on `node`.
+async fn leader_away_from(js: &jetstream::Context, client: &async_nats::Client, node: &str) {
+    let until = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let leader = js
+            .get_stream("LOAD")
+            .await
+            .unwrap()
+            .consumer_info("tagger")
+            .await
+            .ok()
+            .and_then(|i| i.cluster.clone())
+            .and_then(|c| c.leader);
+        match leader.as_deref() {
+            Some(l) if l != node => return,
+            Some(_) => {
+                let _ = client
+                    .request("$JS.API.CONSUMER.LEADER.STEPDOWN.LOAD.tagger", "".into())
+                    .await;
+            }
+            None => {}
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the consumer's leader stayed on {node}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// The node index (`n<i>`) of stream LOAD's leader.
@@ -447,14 +474,36 @@ async fn partitioned_consumers_keep_per_subject_order_across_hosts() {
 /// by its id), none lost, none applied twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_demo_strategy_on_partitions_survives_a_sigkill_with_exact_signals() {
+    demo_strategy_with_exact_signals(Fault::Kill).await;
+}
+
+/// The same with the node under one host cut from the rest of the cluster
+/// for a while (nftables on its routes, nothing killed): the trades that
+/// host pulled before the cut and could not acknowledge come back, and
+/// none is applied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_strategy_on_partitions_survives_its_node_cut_off_with_exact_signals() {
+    demo_strategy_with_exact_signals(Fault::CutNode).await;
+}
+
+/// What befalls the host of partition 1 a third of the way through.
+enum Fault {
+    /// SIGKILLed, replaced by a fresh host after the ack wait.
+    Kill,
+    /// Its node (its only seed, node 0) cut from the cluster until half way.
+    CutNode,
+}
+
+async fn demo_strategy_with_exact_signals(fault: Fault) {
     let cluster = NatsCluster::start(3).await;
     let redis = weir_tests::servers::RedisServer::start();
-    let client = cluster.client().await;
+    // The trades go in through node 1, away from the node that may be cut.
+    let client = cluster.nodes[1].client().await;
     let js = jetstream::new(client.clone());
     r3(&js, "TRADE", "TRADE.trade.*", Some(2)).await;
     r3(&js, "SIGNALS", "signals.>", None).await;
     let dir = tempdir("cluster-sma");
-    let write = |name: &str, partition: usize| {
+    let write = |name: &str, partition: usize, urls: &str| {
         let path = dir.join(format!("{name}.toml"));
         let text = format!(
             r#"[host]
@@ -471,18 +520,23 @@ grants = {{ subscribe = ["TRADE.trade.>"], publish = ["signals.*"], streams = ["
 limits = {{ instances = 2, max_deliver = 10 }}
 config = {{ fast_window = 5, slow_window = 20, publish = "jetstream" }}
 "#,
-            urls = cluster.urls(),
             redis = redis.url(),
             wasm = wasm("sma_crossover").display(),
         );
         std::fs::write(&path, text).unwrap();
         path
     };
-    let p0 = write("p0", 0);
-    let p1 = write("p1", 1);
-    let p1_again = write("p1-replacement", 1);
+    let p0 = write("p0", 0, &cluster.urls());
+    let p1_urls = match fault {
+        Fault::Kill => cluster.urls(),
+        Fault::CutNode => cluster.nodes[0].url(),
+    };
+    let p1 = write("p1", 1, &p1_urls);
+    let p1_again = write("p1-replacement", 1, &cluster.urls());
     let _a = WeirProcess::start(&p0);
     let mut b = WeirProcess::start(&p1);
+    let mut cut = None;
+    let mut cut_at = None;
 
     let trades = weir_tests::sample_trade_messages(3000);
     let expected = weir_tests::reference::sma_signals(&trades, 5, 20);
@@ -490,23 +544,56 @@ config = {{ fast_window = 5, slow_window = 20, publish = "jetstream" }}
     let mut replacement = None;
     for (i, t) in trades.iter().enumerate() {
         if i == trades.len() / 3 {
-            // Killed with trades in hand: they stay unacknowledged.
-            b.kill();
+            match fault {
+                // Killed with trades in hand: they stay unacknowledged.
+                Fault::Kill => b.kill(),
+                // Cut off with trades in hand: their acks cannot arrive.
+                Fault::CutNode => {
+                    cut_at = Some(tokio::time::Instant::now());
+                    cut = Some(weir_tests::partition::Partition::routes(
+                        cluster.nodes[0].pid().unwrap(),
+                        cluster.routes[0],
+                        &cluster.routes[1..],
+                    ))
+                }
+            }
         }
         if i == trades.len() / 2 {
-            // The replacement binds the same consumer after the ack wait, so
-            // the server hands it the dead host's trades first, in order.
-            tokio::time::sleep(Duration::from_millis(2500)).await;
-            replacement = Some(WeirProcess::start(&p1_again));
+            match fault {
+                // The replacement binds the same consumer after the ack
+                // wait, so the server hands it the dead host's trades first,
+                // in order.
+                Fault::Kill => {
+                    tokio::time::sleep(Duration::from_millis(2500)).await;
+                    replacement = Some(WeirProcess::start(&p1_again));
+                }
+                // Cut for at least 8 s: longer than a pull's answer may take.
+                Fault::CutNode => {
+                    let since =
+                        cut_at.map_or(Duration::ZERO, |t: tokio::time::Instant| t.elapsed());
+                    tokio::time::sleep(Duration::from_secs(8).saturating_sub(since)).await;
+                    drop(cut.take());
+                }
+            }
         }
-        let pm = jetstream::message::PublishMessage::build()
-            .payload(t.payload.clone())
-            .message_id(format!("trade-{i}"));
-        js.send_publish(t.subject.clone(), pm)
-            .await
-            .unwrap()
-            .await
-            .unwrap();
+        // Retried until stored (a leader may be moving): the message id
+        // keeps a retried trade stored once.
+        let until = tokio::time::Instant::now() + Duration::from_secs(60);
+        loop {
+            let pm = jetstream::message::PublishMessage::build()
+                .payload(t.payload.clone())
+                .message_id(format!("trade-{i}"));
+            if let Ok(ack) = js.send_publish(t.subject.clone(), pm).await
+                && ack.await.is_ok()
+            {
+                break;
+            }
+            assert!(
+                tokio::time::Instant::now() < until,
+                "trade {i} never stored"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
     for partition in 0..2 {
         wait_for_drained(
@@ -535,6 +622,13 @@ config = {{ fast_window = 5, slow_window = 20, publish = "jetstream" }}
     }
     assert_eq!(stored.len(), expected_count, "duplicate or missing signals");
     assert_eq!(weir_tests::reference::published_signals(&stored), expected);
+    if let Fault::CutNode = fault {
+        let log = b.output();
+        eprintln!(
+            "p1 while cut: {} pull errors logged",
+            log.matches("pull consumer:").count()
+        );
+    }
     // Both partitions carried trades.
     for partition in 0..2 {
         let mut c = js
@@ -592,6 +686,46 @@ async fn a_queue_group_across_hosts_on_different_nodes_handles_each_message_once
     drop(hosts);
 }
 
+/// Gives the host of the manifest at `path` an HTTP address (a free port)
+/// and `extra` lines in its `[nats]` table; the address.
+fn serve_http(path: &std::path::Path, extra_nats: &str) -> String {
+    let addr = format!("127.0.0.1:{}", free_port());
+    let text = std::fs::read_to_string(path)
+        .unwrap()
+        .replacen("[host]\n", &format!("[host]\nhttp = \"{addr}\"\n"), 1)
+        .replacen("[nats]\n", &format!("[nats]\n{extra_nats}"), 1);
+    std::fs::write(path, text).unwrap();
+    addr
+}
+
+/// `/readyz` of the host at `addr`, every 50 ms for `span`: how often each
+/// code came, and the first answer that was not 200 with when it came.
+/// Every 503 must say it is NATS or the pull from stream LOAD.
+async fn readiness_during(
+    addr: &str,
+    span: Duration,
+) -> (
+    std::collections::BTreeMap<u16, usize>,
+    Option<(Duration, String)>,
+) {
+    let mut answers = std::collections::BTreeMap::<u16, usize>::new();
+    let mut first = None;
+    let start = tokio::time::Instant::now();
+    while start.elapsed() < span {
+        let (code, body) = weir::observe::http_get(addr, "/readyz").await.unwrap();
+        if code != 200 {
+            assert!(
+                body.contains("NATS is") || body.contains("cannot pull from stream LOAD"),
+                "{body}"
+            );
+            first.get_or_insert_with(|| (start.elapsed(), body));
+        }
+        *answers.entry(code).or_default() += 1;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    (answers, first)
+}
+
 /// The nodes of the cluster that list a client connection named `name`
 /// (each node's `/connz`; a node cut from its clients still lists them
 /// until its own pings time out).
@@ -630,16 +764,7 @@ async fn a_host_cut_from_its_node_fails_over_to_another_seed_and_loses_nothing()
     let tags = Tags::collect(&observer).await;
     let seeds = format!("{},{}", cluster.nodes[0].url(), cluster.nodes[1].url());
     let path = write_manifest(&dir, "a", "v1", &seeds);
-    let addr = format!("127.0.0.1:{}", free_port());
-    let text = std::fs::read_to_string(&path).unwrap();
-    let text = text
-        .replacen("[host]\n", &format!("[host]\nhttp = \"{addr}\"\n"), 1)
-        .replacen(
-            "reconnect_wait_ms = 200\n",
-            "reconnect_wait_ms = 200\nping_interval_secs = 1\n",
-            1,
-        );
-    std::fs::write(&path, text).unwrap();
+    let addr = serve_http(&path, "ping_interval_secs = 1\n");
     let host = WeirProcess::start(&path);
     let on = nodes_of(&cluster, "weir a").await;
     assert!(on.len() == 1 && on[0] < 2, "connected to one seed: {on:?}");
@@ -651,20 +776,7 @@ async fn a_host_cut_from_its_node_fails_over_to_another_seed_and_loses_nothing()
     eprintln!("cutting the host from n{node}");
     let cut = weir_tests::partition::Partition::port(cluster.nodes[node].port);
     let cut_at = sent.load(Ordering::SeqCst);
-    // Readiness while cut: every 503 says it is NATS or a pull.
-    let mut answers = std::collections::BTreeMap::<u16, usize>::new();
-    let until = tokio::time::Instant::now() + Duration::from_secs(6);
-    while tokio::time::Instant::now() < until {
-        let (code, body) = weir::observe::http_get(&addr, "/readyz").await.unwrap();
-        if code != 200 {
-            assert!(
-                body.contains("NATS is") || body.contains("cannot pull from stream LOAD"),
-                "{body}"
-            );
-        }
-        *answers.entry(code).or_default() += 1;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (answers, _) = readiness_during(&addr, Duration::from_secs(6)).await;
     let on = nodes_of(&cluster, "weir a").await;
     eprintln!("readiness while cut: {answers:?}; the host is listed on {on:?}");
     assert!(on.iter().any(|n| *n != node), "the host did not fail over");
@@ -699,15 +811,13 @@ async fn a_node_cut_from_the_cluster_under_a_host_loses_nothing_and_heals() {
     r3_stream(&js).await;
     let tags = Tags::collect(&observer).await;
     let path = write_manifest(&dir, "a", "v1", &cluster.nodes[0].url());
-    let addr = format!("127.0.0.1:{}", free_port());
-    let text = std::fs::read_to_string(&path).unwrap().replacen(
-        "[host]\n",
-        &format!("[host]\nhttp = \"{addr}\"\n"),
-        1,
-    );
-    std::fs::write(&path, text).unwrap();
+    let addr = serve_http(&path, "");
     let host = WeirProcess::start(&path);
     assert_eq!(nodes_of(&cluster, "weir a").await, vec![0]);
+    // The consumer's leader elsewhere: a leader on the cut node would
+    // go on answering its pulls (with nothing new) until it notices it
+    // lost its quorum.
+    leader_away_from(&js, &observer, "n0").await;
 
     let sent = Arc::new(AtomicU64::new(0));
     let publisher = publish_all(observer.clone(), sent.clone());
@@ -719,22 +829,7 @@ async fn a_node_cut_from_the_cluster_under_a_host_loses_nothing_and_heals() {
         &cluster.routes[1..],
     );
     let cut_at = sent.load(Ordering::SeqCst);
-    let mut answers = std::collections::BTreeMap::<u16, usize>::new();
-    let cut_time = tokio::time::Instant::now();
-    let until = cut_time + Duration::from_secs(20);
-    let mut first_503 = None;
-    while tokio::time::Instant::now() < until {
-        let (code, body) = weir::observe::http_get(&addr, "/readyz").await.unwrap();
-        if code != 200 {
-            assert!(
-                body.contains("NATS is") || body.contains("cannot pull from stream LOAD"),
-                "{body}"
-            );
-            first_503.get_or_insert_with(|| (cut_time.elapsed(), body));
-        }
-        *answers.entry(code).or_default() += 1;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (answers, first_503) = readiness_during(&addr, Duration::from_secs(20)).await;
     eprintln!("first not ready at {first_503:?}");
     let published_during = sent.load(Ordering::SeqCst) - cut_at;
     eprintln!("readiness while n0 was cut: {answers:?}; {published_during} published meanwhile");
