@@ -779,3 +779,35 @@ async fn unreadable_trades_inside_batches_are_dead_lettered_and_the_batch_goes_o
     assert_eq!(signals, reference::sma_signals(&good, 5, 20));
     host.shutdown(Duration::from_secs(5)).await;
 }
+
+/// A JetStream publish keeps every value of a header name given twice, as
+/// a core publish does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_jetstream_publish_keeps_repeated_headers() {
+    let server = NatsServer::start();
+    let js = make_streams(&server, &[("KEEP", "keep.>")]).await;
+    let bus = NatsBus::connect(&NatsSettings::with_url(server.url()), &root(), "headers")
+        .await
+        .unwrap();
+    let mut msg = BusMessage::new("keep.one", "x");
+    msg.headers = vec![("Tag".into(), "a".into()), ("Tag".into(), "b".into())];
+    bus.jetstream_publish(msg, None).await.unwrap();
+    // Read back through a consumer (as a weir host reads a stream).
+    let consumer = js
+        .get_stream("KEEP")
+        .await
+        .unwrap()
+        .create_consumer(jetstream::consumer::pull::Config::default())
+        .await
+        .unwrap();
+    let mut batch = consumer.fetch().max_messages(1).messages().await.unwrap();
+    let stored = futures::StreamExt::next(&mut batch).await.unwrap().unwrap();
+    let values: Vec<String> = stored
+        .headers
+        .as_ref()
+        .unwrap()
+        .get_all("Tag")
+        .map(|v| v.as_str().to_owned())
+        .collect();
+    assert_eq!(values, ["a", "b"]);
+}

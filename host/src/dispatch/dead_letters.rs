@@ -19,7 +19,7 @@ use tokio::sync::mpsc;
 
 use super::{log_failure, settled};
 use crate::bus::dlq::DeadLetter;
-use crate::bus::{Bus, BusError};
+use crate::bus::{Bus, BusError, BusMessage};
 use crate::capability::ComponentContext;
 use crate::delivery::{Meta, Settle};
 use crate::stats::{ComponentStats, FlowStats};
@@ -109,13 +109,13 @@ impl DeadLetters {
         meta: Meta,
     ) {
         ComponentStats::bump(&flow.dead_lettered);
-        let subject = letter.subject();
+        let msg = letter.to_message();
         if log_failure(ctx, "dead-lettered", || {
             format!("{}: {}", letter.original_subject, letter.error)
         }) {
-            tracing::warn!(component = ctx.name, %subject, attempts = letter.attempts, error = %letter.error, "dead-lettered");
+            tracing::warn!(component = ctx.name, subject = %msg.subject, attempts = letter.attempts, error = %letter.error, "dead-lettered");
         }
-        let stored = self.send(&subject, &letter).await;
+        let stored = self.send(msg).await;
         let confirm = Confirm {
             stored,
             settle,
@@ -136,9 +136,8 @@ impl DeadLetters {
 
     /// Sends the letter: to JetStream when a stream captures its subject
     /// (stored once the stream acknowledges it), else as a core publish.
-    async fn send(&self, subject: &str, letter: &DeadLetter) -> Stored {
-        let msg = letter.to_message();
-        let sent = match self.bus.stream_for_subject(subject).await {
+    async fn send(&self, msg: BusMessage) -> Stored {
+        let sent = match self.bus.stream_for_subject(&msg.subject).await {
             Ok(Some(_)) => self.bus.jetstream_send(msg, None).await,
             _ => {
                 let published = self.bus.publish(msg).await;

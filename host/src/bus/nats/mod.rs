@@ -307,12 +307,9 @@ impl Bus for NatsBus {
         msg_id: Option<String>,
     ) -> Result<PendingAck, BusError> {
         let mut pm = PublishMessage::build().payload(msg.payload);
+        // The map as built: every value of a repeated name kept, no copy.
         if let Some(h) = to_header_map(&msg.headers)? {
-            for (name, values) in h.iter() {
-                for v in values {
-                    pm = pm.header(name.clone(), v.clone());
-                }
-            }
+            pm = pm.headers(h);
         }
         if let Some(id) = msg_id {
             HeaderValue::from_str(&id)
