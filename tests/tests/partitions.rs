@@ -22,8 +22,13 @@ use weir_tests::servers::{NatsServer, RedisServer};
 const MIN: Duration = Duration::from_secs(60);
 
 /// A host's cache: L1, Redis at `redis_url` (writes Redis does not take
-/// stay in L1), L3 over NATS as host `name`.
-async fn host_cache(name: &str, redis_url: &str, nats: &NatsServer) -> (LayeredCache, RedisStore) {
+/// stay in L1), L3 over NATS as host `name` (until the returned sender is
+/// dropped).
+async fn host_cache(
+    name: &str,
+    redis_url: &str,
+    nats: &NatsServer,
+) -> (LayeredCache, RedisStore, tokio::sync::watch::Sender<bool>) {
     let bus = NatsBus::connect(&NatsSettings::with_url(nats.url()), &root(), name)
         .await
         .unwrap();
@@ -42,8 +47,7 @@ async fn host_cache(name: &str, redis_url: &str, nats: &NatsServer) -> (LayeredC
     let ups = bus.subscribe(l3::UPDATE, None).await.unwrap();
     let invs = bus.subscribe(l3::INVALIDATE, None).await.unwrap();
     tokio::spawn(l3.run(cache.l1().clone(), ups, invs, None, stop_rx));
-    std::mem::forget(stop);
-    (cache, l2)
+    (cache, l2, stop)
 }
 
 /// Polls `l2`'s health until it is failing (or not), within `within`.
@@ -66,13 +70,13 @@ async fn a_host_cut_from_redis_stays_coherent_through_l3_and_heals() {
     // 127.0.0.2 (the one cut), host b through 127.0.0.1.
     let redis = RedisServer::with_args(vec!["--bind".into(), "127.0.0.1 127.0.0.2".into()]);
     let nats = NatsServer::start();
-    let (a, a_l2) = host_cache(
+    let (a, a_l2, _a_l3) = host_cache(
         "host-a",
         &format!("redis://127.0.0.2:{}", redis.port),
         &nats,
     )
     .await;
-    let (b, b_l2) = host_cache("host-b", &redis.url(), &nats).await;
+    let (b, b_l2, _b_l3) = host_cache("host-b", &redis.url(), &nats).await;
     tokio::time::sleep(Duration::from_millis(100)).await;
     a.set("ns:k", Bytes::from_static(b"v1"), MIN).await.unwrap();
     assert_eq!(b.get("ns:k").await.unwrap().as_deref(), Some(&b"v1"[..]));
