@@ -318,15 +318,7 @@ async fn on_the_consumer(
         .await
         .unwrap();
     let count = || settled(&host.component_stats()[0].1);
-    let n = js
-        .get_stream("TRADE")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages;
+    let n = weir_tests::stream_messages(js, "TRADE").await;
     let counted = wait_for_count(&count, 1, 100).await;
     let start = Instant::now();
     let before = Cpu::now(server);
@@ -355,15 +347,7 @@ async fn poison_flood(server: &NatsServer, msgs: &[(String, Bytes)]) -> (f64, f6
     let handled = on_the_consumer(server, &js, |s| s.handled, "handled").await;
     load_stream(&js, &poisoned(msgs)).await;
     let dead = on_the_consumer(server, &js, |s| s.dead_lettered, "dead").await;
-    let stored = js
-        .get_stream("DLQ")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages;
+    let stored = weir_tests::stream_messages(&js, "DLQ").await;
     assert_eq!(
         stored,
         msgs.len() as u64,

@@ -275,15 +275,7 @@ pub async fn wait_for_stream(
 ) {
     let until = tokio::time::Instant::now() + timeout;
     loop {
-        let have = js
-            .get_stream(name)
-            .await
-            .unwrap()
-            .info()
-            .await
-            .unwrap()
-            .state
-            .messages;
+        let have = stream_messages(js, name).await;
         if have >= n {
             return;
         }
@@ -293,6 +285,18 @@ pub async fn wait_for_stream(
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// How many messages a stream holds.
+pub async fn stream_messages(js: &async_nats::jetstream::Context, name: &str) -> u64 {
+    js.get_stream(name)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages
 }
 
 /// Publishes every message to JetStream, 1000 acks in flight at most,

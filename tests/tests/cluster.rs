@@ -312,16 +312,8 @@ async fn hosts_started_together_turn_ready_on_an_idle_stream_and_after_a_leader_
         let refused = host.output().matches("pull consumer:").count();
         eprintln!("a host logged {refused} refused pulls");
     }
-    let pending = js
-        .get_stream("LOAD")
-        .await
-        .unwrap()
-        .info()
-        .await
-        .unwrap()
-        .state
-        .messages;
-    assert_eq!(pending, 0, "the stream stayed idle");
+    let stored = weir_tests::stream_messages(&js, "LOAD").await;
+    assert_eq!(stored, 0, "the stream stayed idle");
 }
 
 /// Steps the `tagger` consumer's leader down until it is not on `node`.
