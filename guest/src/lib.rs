@@ -27,6 +27,7 @@
 //! `invalid` can never succeed, so they reject the message (dead letter at
 //! once); `unavailable`, `timeout` and `limited` may pass, so they retry it.
 
+#![deny(missing_docs)]
 #![allow(unsafe_code)] // the ABI glue that wit-bindgen generates is unsafe
 
 pub mod alloc;
@@ -49,6 +50,8 @@ static ALLOCATOR: alloc::SmallBlocks<std::alloc::System> =
 
 /// The raw bindings of the `weir:host/batch-strategy` world (a strategy
 /// that also takes runs of messages), for what the helpers do not cover.
+/// Generated: the WIT's comments are their documentation.
+#[allow(missing_docs)]
 pub mod bindings {
     wit_bindgen::generate!({
         path: "wit",

@@ -53,9 +53,13 @@ pub enum Verdict {
 /// A summary line's content: `count` more of `kind`, the latest `last`.
 #[derive(Debug, PartialEq, Eq)]
 pub struct Summary {
+    /// What failed (`dead-lettered`, `failed attempts`, …).
     pub kind: &'static str,
+    /// How many were left out of the log.
     pub count: u64,
+    /// The latest of them, in words.
     pub last: String,
+    /// The interval they fell in.
     pub over: Duration,
 }
 

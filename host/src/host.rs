@@ -7,16 +7,16 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::bus::{Bus, EmbeddedBus, NatsBus};
+use crate::bus::{Bus, EmbeddedBus, NatsBus, Source};
 use crate::cache::{self, CacheStore, LayerStats};
 use crate::dispatch::Workers;
 use crate::manifest::Manifest;
 use crate::market::MarketStore;
 use crate::observe::{Flow, Observed, Timeline};
 use crate::runtime::{Runtime, RuntimeConfig};
+use crate::shutdown::{self, Trigger};
 use crate::stats::{ComponentSnapshot, ComponentStats};
 use crate::update::{Updater, Wiring};
 
@@ -45,7 +45,7 @@ pub struct Host {
     /// Sources, workers and every capability's housekeeping.
     tasks: JoinSet<()>,
     /// Tells sources to stop taking messages.
-    shutdown: watch::Sender<bool>,
+    shutdown: Trigger,
     /// What `/metrics` and friends read.
     observed: Observed,
     /// Where the HTTP endpoints listen, when enabled.
@@ -78,9 +78,8 @@ impl Host {
         nats: Option<NatsBus>,
     ) -> anyhow::Result<Host> {
         let mut tasks = JoinSet::new();
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        let cache =
-            cache::start(manifest, &id, &bus, nats.as_ref(), &shutdown_rx, &mut tasks).await?;
+        let (shutdown, signal) = shutdown::channel();
+        let cache = cache::start(manifest, &id, &bus, nats.as_ref(), &signal, &mut tasks).await?;
         // The latest market data: subscribed before any component runs,
         // so what they read is never behind what they were handed.
         let market = if manifest.market.subjects.is_empty() {
@@ -91,7 +90,7 @@ impl Host {
             match (&manifest.market.stream, &nats) {
                 (Some(stream), Some(nats)) => {
                     let follow = store
-                        .follow_stream(nats.jetstream(), stream, subjects, shutdown_rx.clone())
+                        .follow_stream(nats.jetstream(), stream, subjects, signal.clone())
                         .await?;
                     tasks.spawn(follow);
                 }
@@ -99,7 +98,7 @@ impl Host {
                     "[market] stream = {stream:?} needs JetStream: configure [nats], or drop the stream to follow the subjects on the embedded bus"
                 ),
                 (None, _) => {
-                    let follow = store.follow(&bus, subjects, shutdown_rx.clone()).await?;
+                    let follow = store.follow(&bus, subjects, signal.clone()).await?;
                     tasks.spawn(follow);
                 }
             }
@@ -122,8 +121,7 @@ impl Host {
             let name = components[i].name();
             for sub in &spec.subscribe {
                 let sub = sub.get_ref();
-                let source =
-                    crate::bus::open_source(&bus, nats.as_ref(), name, sub, &spec.limits).await?;
+                let source = open_source(&bus, nats.as_ref(), name, sub, &spec.limits).await?;
                 sources.push((i, sub, source));
             }
         }
@@ -141,9 +139,9 @@ impl Host {
                 component: components[i].name().to_owned(),
                 subject: sub.subject.clone(),
                 stream: sub.stream.clone(),
-                stats: w.flow().clone(),
+                stats: w.flow_stats().clone(),
             });
-            tasks.spawn(source.run(w, shutdown_rx.clone()));
+            tasks.spawn(source.run(w, signal.clone()));
         }
         // A subscription reaches the server asynchronously: one round trip
         // makes sure every one is in place before the host says it runs,
@@ -184,7 +182,7 @@ impl Host {
             updater: Some(updater.clone()),
         };
         let http = manifest.host.http.as_deref();
-        let http_addr = crate::observe::start(&observed, http, &shutdown_rx, &mut tasks).await?;
+        let http_addr = crate::observe::start(&observed, http, &signal, &mut tasks).await?;
         Ok(Host {
             id,
             bus,
@@ -292,7 +290,7 @@ impl Host {
     /// reconnect that may never come.
     pub async fn shutdown(mut self, grace: Duration) {
         let until = tokio::time::Instant::now() + grace;
-        let _ = self.shutdown.send(true);
+        self.shutdown.trigger();
         let drained = tokio::time::timeout_at(until, async {
             while self.tasks.join_next().await.is_some() {}
         })
@@ -334,4 +332,33 @@ fn default_host_id() -> String {
         name
     };
     format!("{name}-{}", std::process::id())
+}
+
+/// Opens where one subscription's deliveries come from: the durable
+/// consumer it names (JetStream needs NATS; the stream must exist), else a
+/// core subscription on the bus.
+async fn open_source(
+    bus: &Arc<dyn Bus>,
+    nats: Option<&NatsBus>,
+    component: &str,
+    sub: &crate::manifest::Subscription,
+    limits: &crate::manifest::Limits,
+) -> anyhow::Result<Source> {
+    match (&sub.stream, nats) {
+        (Some(stream), None) => anyhow::bail!(
+            "component {component} consumes stream {stream}: JetStream needs a NATS server (set [nats] url or NATS_URL)"
+        ),
+        (Some(_), Some(nats)) => Ok(Source::Stream(
+            crate::bus::nats::consumer::open(nats.jetstream(), component, sub, limits).await?,
+        )),
+        (None, _) => {
+            let s = bus
+                .subscribe(&sub.subject, sub.queue_group.as_deref())
+                .await
+                .with_context(|| {
+                    format!("component {component}: cannot subscribe to {}", sub.subject)
+                })?;
+            Ok(Source::Core(s))
+        }
+    }
 }

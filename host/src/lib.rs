@@ -7,11 +7,12 @@
 //! messages from its bus, with limits, deadlines and dead letters. See the
 //! README for the flow.
 
+#![deny(missing_docs)]
+
 pub mod bus;
 pub mod cache;
 pub mod capability;
 pub mod clock;
-pub mod delivery;
 pub mod digest;
 pub mod dispatch;
 pub mod failure_log;
@@ -23,6 +24,7 @@ pub mod market;
 pub mod observe;
 pub mod replay;
 pub mod runtime;
+pub mod shutdown;
 pub mod stats;
 pub mod subject;
 pub mod testing;

@@ -15,6 +15,7 @@ use futures::StreamExt;
 use weir_guest::events::{Depth, Event, Ohlcv, Trade};
 
 use crate::bus::Bus;
+use crate::shutdown::Shutdown;
 
 /// A cheap-to-clone handle to the host's latest values.
 #[derive(Clone, Default)]
@@ -135,7 +136,7 @@ impl MarketStore {
         js: &async_nats::jetstream::Context,
         stream: &str,
         filters: &[String],
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
+        shutdown: Shutdown,
     ) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
         use anyhow::Context as _;
         use async_nats::jetstream::consumer::{DeliverPolicy, pull::OrderedConfig};
@@ -158,7 +159,7 @@ impl MarketStore {
         let stream = stream.to_owned();
         Ok(async move {
             // One shutdown future for the run, not one per message.
-            let stop = shutdown.wait_for(|stop| *stop);
+            let stop = shutdown.wait();
             tokio::pin!(stop);
             loop {
                 tokio::select! {
@@ -189,7 +190,7 @@ impl MarketStore {
         &self,
         bus: &Arc<dyn Bus>,
         filters: &[String],
-        mut shutdown: tokio::sync::watch::Receiver<bool>,
+        shutdown: Shutdown,
     ) -> anyhow::Result<impl Future<Output = ()> + Send + 'static> {
         let mut subs = Vec::new();
         for f in filters {
@@ -202,7 +203,7 @@ impl MarketStore {
         let store = self.clone();
         Ok(async move {
             let mut all = futures::stream::select_all(subs);
-            let stop = shutdown.wait_for(|stop| *stop);
+            let stop = shutdown.wait();
             tokio::pin!(stop);
             loop {
                 tokio::select! {

@@ -38,7 +38,7 @@ use bytes::Bytes;
 use crate::bus::BusMessage;
 use crate::bus::dlq::DeadLetter;
 use crate::bus::nats::consumer::{ack_wait, server_max_deliver};
-use crate::delivery::{Meta, Settle, SettleError};
+use crate::bus::{Meta, Settle, SettleError};
 use crate::manifest::Manifest;
 use crate::replay::{Replay, ReplayOptions, ReplayReport};
 

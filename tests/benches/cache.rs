@@ -170,16 +170,18 @@ fn guest_hit(rt: &tokio::runtime::Runtime) {
             host_calls_per_event: 1_000_000,
             ..Limits::default()
         };
-        let mut ctx = ComponentContext::new(
+        let ctx = ComponentContext::new(
             "bench".into(),
             grants,
             limits,
-            config,
+            Arc::new(weir::bus::EmbeddedBus::new()),
+        )
+        .with_cache(
             Some(Arc::new(l1.clone()) as Arc<dyn CacheStore>),
             &CacheSettings::default(),
-            Arc::new(weir::bus::EmbeddedBus::new()),
-        );
-        ctx.market = Some(market.clone());
+        )
+        .with_config(config)
+        .with_market(Some(market.clone()));
         let template = runtime
             .load(Arc::new(ctx), &weir_tests::wasm("hostile"), None)
             .unwrap();
@@ -346,7 +348,7 @@ async fn invalidation_delay(server: &NatsServer) {
     let la = Coherence::new(a.clone(), "a".into());
     let lb = Coherence::new(b.clone(), "b".into());
     let l1b = MemoryStore::new(MemoryStoreConfig::default());
-    let (_stop, stop_rx) = tokio::sync::watch::channel(false);
+    let (_stop, stop_rx) = weir::shutdown::channel();
     let ups = b.subscribe(l3::UPDATE, None).await.unwrap();
     let invs = b.subscribe(l3::INVALIDATE, None).await.unwrap();
     tokio::spawn(lb.run(l1b.clone(), ups, invs, None, stop_rx));

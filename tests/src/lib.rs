@@ -2,6 +2,7 @@
 //! manifests written to temporary directories, message collectors, and a
 //! native reference implementation of the demo components' logic.
 
+#![deny(missing_docs)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // test support code
 
 pub mod browser;

@@ -287,11 +287,7 @@ async fn redis_killed_and_restarted_serves_l1_then_recovers() {
 async fn coherent_pair(
     redis: &RedisServer,
     urls: [String; 2],
-) -> (
-    LayeredCache,
-    LayeredCache,
-    Vec<tokio::sync::watch::Sender<bool>>,
-) {
+) -> (LayeredCache, LayeredCache, Vec<weir::shutdown::Trigger>) {
     let mut stops = Vec::new();
     let mut caches = Vec::new();
     for (name, url) in ["host-a", "host-b"].into_iter().zip(urls) {
@@ -301,7 +297,7 @@ async fn coherent_pair(
         let bus: Arc<dyn Bus> = Arc::new(bus);
         let l3 = Coherence::new(bus.clone(), name.into());
         let cache = layered(Some(redis_store(redis)), Some(l3.clone()), true, &[]);
-        let (stop, stop_rx) = tokio::sync::watch::channel(false);
+        let (stop, stop_rx) = weir::shutdown::channel();
         let ups = bus.subscribe(l3::UPDATE, None).await.unwrap();
         let invs = bus.subscribe(l3::INVALIDATE, None).await.unwrap();
         tokio::spawn(l3.run(cache.l1().clone(), ups, invs, None, stop_rx));

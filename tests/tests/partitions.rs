@@ -28,7 +28,7 @@ async fn host_cache(
     name: &str,
     redis_url: &str,
     nats: &NatsServer,
-) -> (LayeredCache, RedisStore, tokio::sync::watch::Sender<bool>) {
+) -> (LayeredCache, RedisStore, weir::shutdown::Trigger) {
     let bus = NatsBus::connect(&NatsSettings::with_url(nats.url()), &root(), name)
         .await
         .unwrap();
@@ -43,7 +43,7 @@ async fn host_cache(
     };
     let l1 = MemoryStore::new(MemoryStoreConfig::default());
     let cache = LayeredCache::new(l1, Some(l2.clone()), Some(l3.clone()), config);
-    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let (stop, stop_rx) = weir::shutdown::channel();
     let ups = bus.subscribe(l3::UPDATE, None).await.unwrap();
     let invs = bus.subscribe(l3::INVALIDATE, None).await.unwrap();
     tokio::spawn(l3.run(cache.l1().clone(), ups, invs, None, stop_rx));

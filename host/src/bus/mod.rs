@@ -1,12 +1,12 @@
 //! Messaging backends behind one trait: the in-process [`EmbeddedBus`] for
 //! a server-less start, NATS for real deployments.
 
+pub mod delivery;
 pub mod dlq;
 mod embedded;
 pub mod nats;
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -14,43 +14,13 @@ use bytes::Bytes;
 use futures::Stream;
 use thiserror::Error;
 
-use crate::delivery::{CoreSource, DeliverySource};
+pub use delivery::{AtMostOnce, Delivery, Meta, RUN, Settle, SettleError, Sink, Source};
 pub use embedded::EmbeddedBus;
 pub use nats::NatsBus;
 pub(crate) use nats::from_header_map;
 
 /// NATS's default prefix of reply inboxes.
 pub const DEFAULT_INBOX_PREFIX: &str = "_INBOX";
-
-/// Opens where one subscription's deliveries come from: the durable
-/// consumer it names (JetStream needs NATS; the stream must exist), else a
-/// core subscription on the bus.
-pub async fn open_source(
-    bus: &Arc<dyn Bus>,
-    nats: Option<&NatsBus>,
-    component: &str,
-    sub: &crate::manifest::Subscription,
-    limits: &crate::manifest::Limits,
-) -> anyhow::Result<Box<dyn DeliverySource>> {
-    use anyhow::Context as _;
-    match (&sub.stream, nats) {
-        (Some(stream), None) => anyhow::bail!(
-            "component {component} consumes stream {stream}: JetStream needs a NATS server (set [nats] url or NATS_URL)"
-        ),
-        (Some(_), Some(nats)) => Ok(Box::new(
-            nats::consumer::open(nats.jetstream(), component, sub, limits).await?,
-        )),
-        (None, _) => {
-            let s = bus
-                .subscribe(&sub.subject, sub.queue_group.as_deref())
-                .await
-                .with_context(|| {
-                    format!("component {component}: cannot subscribe to {}", sub.subject)
-                })?;
-            Ok(Box::new(CoreSource(s)))
-        }
-    }
-}
 
 /// NATS's default `max_payload`: the embedded bus's limit, and a replay's.
 pub const DEFAULT_MAX_PAYLOAD: usize = 1024 * 1024;

@@ -26,17 +26,7 @@ pub const ZSTD: u8 = 0x02;
 /// Header byte of a zstd value made with a shared dictionary.
 pub const ZSTD_DICT: u8 = 0x03;
 
-/// Which codec compresses values above the threshold.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Codec {
-    /// Never compress.
-    None,
-    /// gzip level 6, for readers that only know gzip.
-    Gzip,
-    /// zstd (with a key prefix's dictionary when one is installed).
-    Zstd,
-}
+pub use crate::manifest::Codec;
 
 /// Why an envelope could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]

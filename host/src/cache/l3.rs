@@ -23,6 +23,7 @@ use tokio::sync::watch;
 
 use super::{Layer, LayerStats, MemoryStore};
 use crate::bus::{Bus, BusMessage, Subscription};
+use crate::shutdown::Shutdown;
 
 /// Subject for writes.
 pub const UPDATE: &str = "cache.update";
@@ -190,8 +191,10 @@ impl Coherence {
         mut updates: Subscription,
         mut invalidations: Subscription,
         mut reconnected: Option<watch::Receiver<u64>>,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: Shutdown,
     ) {
+        let stop = shutdown.wait();
+        tokio::pin!(stop);
         loop {
             let reconnect = async {
                 match reconnected.as_mut() {
@@ -200,7 +203,7 @@ impl Coherence {
                 }
             };
             tokio::select! {
-                _ = shutdown.wait_for(|s| *s) => return,
+                _ = &mut stop => return,
                 m = updates.next() => match m { Some(m) => { self.apply(&l1, &m.payload); } None => return },
                 m = invalidations.next() => match m { Some(m) => { self.apply(&l1, &m.payload); } None => return },
                 ok = reconnect => {

@@ -26,6 +26,7 @@ use super::codec::{dictionary_id, train_dictionary};
 use super::l2::RedisStore;
 use super::l3::Coherence;
 use super::{CacheError, CacheStore, LayerStats, MemoryStore};
+use crate::shutdown::Shutdown;
 
 type Flight = Shared<BoxFuture<'static, Result<Option<(Bytes, Option<Duration>)>, CacheError>>>;
 
@@ -209,13 +210,13 @@ impl LayeredCache {
     /// Watches Redis's health without waiting for traffic (see
     /// [`RedisStore::check_health`]); once it answers again, adopts the
     /// dictionaries other hosts trained meanwhile. Runs until shutdown.
-    pub async fn watch_l2(self, mut shutdown: tokio::sync::watch::Receiver<bool>) {
+    pub async fn watch_l2(self, shutdown: Shutdown) {
         let Some(l2) = self.inner.l2.clone() else {
             return;
         };
         loop {
             tokio::select! {
-                _ = shutdown.wait_for(|stop| *stop) => return,
+                _ = shutdown.wait() => return,
                 _ = tokio::time::sleep(HEALTH_TICK) => {}
             }
             if l2.check_health().await {

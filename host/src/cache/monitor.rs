@@ -8,7 +8,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::SystemTime;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Layer, LayerStats, hit_ratio, memory_usage, reads_and_hits};
@@ -22,30 +22,7 @@ const KEEP: usize = 100;
 /// Reads in an interval below which the hit rate is not judged.
 const MIN_READS: u64 = 20;
 
-/// Alert thresholds (the seed's names and defaults).
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Thresholds {
-    /// Lowest acceptable hit rate.
-    pub hit_rate_min: f64,
-    /// Highest acceptable L2 response time (p99), seconds.
-    pub response_time_max: f64,
-    /// Highest acceptable L1 memory use, fraction of `cache.max_mb`.
-    pub memory_usage_max: f64,
-    /// Highest acceptable share of failed operations.
-    pub error_rate_max: f64,
-}
-
-impl Default for Thresholds {
-    fn default() -> Self {
-        Thresholds {
-            hit_rate_min: 0.7,
-            response_time_max: 0.1,
-            memory_usage_max: 0.8,
-            error_rate_max: 0.05,
-        }
-    }
-}
+pub use crate::manifest::Thresholds;
 
 /// A partial change, as sent on `cache.monitor.thresholds`.
 #[derive(Debug, Clone, Default, Deserialize)]

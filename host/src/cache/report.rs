@@ -5,11 +5,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use serde_json::json;
-use tokio::sync::watch;
 
 use super::monitor::{self, CacheMonitor};
 use super::{CacheStore, Layer, LayerStats};
 use crate::bus::{Bus, BusMessage};
+use crate::shutdown::Shutdown;
 
 /// Subject of the counters report.
 pub const STATS: &str = "cache.stats";
@@ -77,13 +77,13 @@ pub async fn run(
     monitor: CacheMonitor,
     every: Duration,
     max_l1_bytes: u64,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: Shutdown,
 ) {
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
     loop {
         tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = shutdown.wait() => return,
             _ = tick.tick() => {}
         }
         let layers = cache.stats();
@@ -108,11 +108,7 @@ pub async fn run(
 
 /// Answers `cache.monitor.thresholds` requests: an empty body or `{}`
 /// reads the thresholds, a partial JSON object changes them.
-pub async fn serve_thresholds(
-    monitor: CacheMonitor,
-    bus: Arc<dyn Bus>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn serve_thresholds(monitor: CacheMonitor, bus: Arc<dyn Bus>, shutdown: Shutdown) {
     use futures::StreamExt;
     let mut requests = match bus.subscribe(monitor::THRESHOLDS, None).await {
         Ok(s) => s,
@@ -120,7 +116,7 @@ pub async fn serve_thresholds(
     };
     loop {
         let req = tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = shutdown.wait() => return,
             r = requests.next() => match r { Some(r) => r, None => return },
         };
         let Some(reply_to) = req.reply_to else {

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
-use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 use super::codec::{Codec, Codecs};
@@ -16,6 +15,7 @@ use super::{
 };
 use crate::bus::{Bus, NatsBus};
 use crate::manifest::{CacheSettings, Manifest, RedisSettings};
+use crate::shutdown::Shutdown;
 
 /// How often expired L1 entries are swept.
 const PURGE_INTERVAL: Duration = Duration::from_secs(1);
@@ -50,7 +50,7 @@ pub async fn start(
     id: &str,
     bus: &Arc<dyn Bus>,
     nats: Option<&NatsBus>,
-    shutdown: &watch::Receiver<bool>,
+    shutdown: &Shutdown,
     tasks: &mut JoinSet<()>,
 ) -> anyhow::Result<CacheService> {
     if !manifest.cache.enabled {
@@ -83,7 +83,7 @@ async fn layers(
     settings: &CacheSettings,
     redis: Option<&RedisSettings>,
     Node { id, bus, nats }: Node<'_>,
-    shutdown: &watch::Receiver<bool>,
+    shutdown: &Shutdown,
     tasks: &mut JoinSet<()>,
 ) -> anyhow::Result<(LayeredCache, Option<CacheMonitor>)> {
     let max_l1_bytes = settings.max_mb * 1024 * 1024;
@@ -177,11 +177,11 @@ async fn layers(
     Ok((layered, monitor))
 }
 
-async fn purge_expired(l1: MemoryStore, mut shutdown: watch::Receiver<bool>) {
+async fn purge_expired(l1: MemoryStore, shutdown: Shutdown) {
     let mut every = tokio::time::interval(PURGE_INTERVAL);
     loop {
         tokio::select! {
-            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = shutdown.wait() => return,
             _ = every.tick() => { l1.purge_expired(); }
         }
     }

@@ -1,13 +1,16 @@
 //! `weir:host/cache`: namespaced keys, size limits and errors over a
 //! [`CacheStore`](crate::cache::CacheStore).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use super::bindings::weir::host::cache::{Host, Layer as WitLayer, LayerStats as WitLayerStats};
-use super::{Capabilities, ComponentContext, GuestError};
+
+use super::{Capabilities, GuestError};
 use crate::cache::{CacheError, CacheStore, Layer, LayerStats};
+use crate::manifest::CacheSettings;
 use crate::stats::ComponentStats;
 
 type Answer<T> = wasmtime::Result<Result<T, GuestError>>;
@@ -22,32 +25,47 @@ impl From<CacheError> for GuestError {
     }
 }
 
-impl Capabilities {
-    /// The store and the component's context, after spending a host call
-    /// and checking the namespace grant. Borrowed, not cloned: both are
-    /// shared by every instance of the component, and a clone per call
-    /// would make each cache call write their reference counts, lines
-    /// that the component's other instances write too.
-    pub(super) fn cache(&mut self) -> Result<(&dyn CacheStore, &ComponentContext), GuestError> {
-        self.spend()?;
-        let ctx = &*self.ctx;
-        if ctx.grants.cache.is_none() {
-            ComponentStats::bump(&ctx.stats.denied);
-            return Err(GuestError::Denied(format!(
-                "component {} has no cache namespace: grant one with grants.cache in the manifest",
-                ctx.name
-            )));
-        }
-        match &ctx.cache {
-            Some(store) => Ok((&**store, ctx)),
-            None => Err(GuestError::Unavailable(
-                "the cache is disabled on this host (cache.enabled = false)".into(),
-            )),
-        }
-    }
+/// The cache capability of one component: the store under its granted
+/// namespace, and the limits every call is checked against.
+pub struct CacheCapability {
+    /// The cache, when enabled and a namespace is granted.
+    store: Option<Arc<dyn CacheStore>>,
+    /// The granted namespace (`grants.cache`): every key is `<namespace>:<key>`.
+    namespace: Option<String>,
+    /// TTL for writes that give none.
+    pub default_ttl: Duration,
+    /// Largest cache key, bytes.
+    max_key_bytes: usize,
+    /// Largest cache value, bytes.
+    max_value_bytes: usize,
 }
 
-impl ComponentContext {
+impl CacheCapability {
+    /// `store` under `namespace` (none: no cache), with `[cache]`'s limits.
+    pub fn new(
+        namespace: Option<String>,
+        store: Option<Arc<dyn CacheStore>>,
+        settings: &CacheSettings,
+    ) -> Self {
+        CacheCapability {
+            store: if namespace.is_some() { store } else { None },
+            namespace,
+            default_ttl: Duration::from_secs(settings.default_ttl_secs),
+            max_key_bytes: settings.max_key_bytes,
+            max_value_bytes: settings.max_value_bytes,
+        }
+    }
+
+    /// No cache: every call is denied.
+    pub fn off() -> Self {
+        Self::new(None, None, &CacheSettings::default())
+    }
+
+    /// The store, when the component has one.
+    pub fn store(&self) -> Option<&Arc<dyn CacheStore>> {
+        self.store.as_ref()
+    }
+
     /// `<namespace>:<key>` after checking the key.
     pub(super) fn full_key(&self, key: &str) -> Result<String, GuestError> {
         if key.is_empty() {
@@ -62,7 +80,7 @@ impl ComponentContext {
         }
         // Concatenated by hand: `format!` costs several times more, twice
         // per event for a strategy that reads and writes its state.
-        let namespace = self.grants.cache.as_deref().unwrap_or_default();
+        let namespace = self.namespace.as_deref().unwrap_or_default();
         let mut full = String::with_capacity(namespace.len() + 1 + key.len());
         full.push_str(namespace);
         full.push(':');
@@ -90,11 +108,37 @@ impl ComponentContext {
     }
 }
 
+impl Capabilities {
+    /// The store and the component's cache capability, after spending a
+    /// host call and checking the namespace grant. Borrowed, not cloned:
+    /// both are shared by every instance of the component, and a clone per
+    /// call would make each cache call write their reference counts, lines
+    /// that the component's other instances write too.
+    pub(super) fn cache(&mut self) -> Result<(&dyn CacheStore, &CacheCapability), GuestError> {
+        self.spend()?;
+        let ctx = &*self.ctx;
+        let cache = &ctx.cache;
+        if cache.namespace.is_none() {
+            ComponentStats::bump(&ctx.stats.denied);
+            return Err(GuestError::Denied(format!(
+                "component {} has no cache namespace: grant one with grants.cache in the manifest",
+                ctx.name
+            )));
+        }
+        match &cache.store {
+            Some(store) => Ok((&**store, cache)),
+            None => Err(GuestError::Unavailable(
+                "the cache is disabled on this host (cache.enabled = false)".into(),
+            )),
+        }
+    }
+}
+
 impl Host for Capabilities {
     async fn get(&mut self, key: String) -> Answer<Option<Vec<u8>>> {
         Ok(async {
-            let (store, ctx) = self.cache()?;
-            let key = ctx.full_key(&key)?;
+            let (store, cache) = self.cache()?;
+            let key = cache.full_key(&key)?;
             Ok(store.get(&key).await?.map(|b| b.to_vec()))
         }
         .await)
@@ -102,10 +146,10 @@ impl Host for Capabilities {
 
     async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Answer<()> {
         Ok(async {
-            let (store, ctx) = self.cache()?;
-            let key = ctx.full_key(&key)?;
-            ctx.check_value(&value)?;
-            let ttl = ctx.ttl(ttl_ms)?;
+            let (store, cache) = self.cache()?;
+            let key = cache.full_key(&key)?;
+            cache.check_value(&value)?;
+            let ttl = cache.ttl(ttl_ms)?;
             Ok(store.set(&key, Bytes::from(value), ttl).await?)
         }
         .await)
@@ -113,8 +157,8 @@ impl Host for Capabilities {
 
     async fn delete(&mut self, key: String) -> Answer<bool> {
         Ok(async {
-            let (store, ctx) = self.cache()?;
-            let key = ctx.full_key(&key)?;
+            let (store, cache) = self.cache()?;
+            let key = cache.full_key(&key)?;
             Ok(store.delete(&key).await?)
         }
         .await)
@@ -122,10 +166,10 @@ impl Host for Capabilities {
 
     async fn get_many(&mut self, keys: Vec<String>) -> Answer<Vec<Option<Vec<u8>>>> {
         Ok(async {
-            let (store, ctx) = self.cache()?;
+            let (store, cache) = self.cache()?;
             let keys = keys
                 .iter()
-                .map(|k| ctx.full_key(k))
+                .map(|k| cache.full_key(k))
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(store
                 .get_many(&keys)
@@ -143,12 +187,12 @@ impl Host for Capabilities {
         ttl_ms: Option<u64>,
     ) -> Answer<()> {
         Ok(async {
-            let (store, ctx) = self.cache()?;
-            let ttl = ctx.ttl(ttl_ms)?;
+            let (store, cache) = self.cache()?;
+            let ttl = cache.ttl(ttl_ms)?;
             let mut full = Vec::with_capacity(entries.len());
             for (k, v) in entries {
-                ctx.check_value(&v)?;
-                full.push((ctx.full_key(&k)?, Bytes::from(v)));
+                cache.check_value(&v)?;
+                full.push((cache.full_key(&k)?, Bytes::from(v)));
             }
             Ok(store.set_many(full, ttl).await?)
         }
@@ -157,17 +201,17 @@ impl Host for Capabilities {
 
     async fn invalidate_pattern(&mut self, pattern: String) -> Answer<u64> {
         Ok(async {
-            let (store, ctx) = self.cache()?;
+            let (store, cache) = self.cache()?;
             // The namespace is plain text (letters, digits, `-_.`), so the
             // prefix cannot widen the pattern beyond the namespace.
-            let pattern = ctx.full_key(&pattern)?;
+            let pattern = cache.full_key(&pattern)?;
             Ok(store.invalidate_pattern(&pattern).await?)
         }
         .await)
     }
 
     async fn stats(&mut self) -> wasmtime::Result<Vec<WitLayerStats>> {
-        let store = self.ctx.cache.as_deref();
+        let store = self.ctx.cache.store.as_deref();
         Ok(store
             .map(|s| s.stats())
             .unwrap_or_default()
@@ -196,4 +240,14 @@ fn to_wit(s: LayerStats) -> WitLayerStats {
         latency_p50_ns: s.latency_p50_ns,
         latency_p99_ns: s.latency_p99_ns,
     }
+}
+
+/// Adds `weir:host/cache` to a linker.
+pub(super) fn add_to_linker<T: Send + 'static>(
+    linker: &mut wasmtime::component::Linker<T>,
+    get: fn(&mut T) -> &mut Capabilities,
+) -> wasmtime::Result<()> {
+    use wasmtime::component::HasSelf;
+    super::bindings::weir::host::cache::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
+    Ok(())
 }

@@ -12,7 +12,7 @@ use wasmtime::component::Resource;
 
 use super::bindings::wasi::keyvalue::store::{Error as KvError, KeyResponse};
 use super::bindings::wasi::keyvalue::{atomics, batch, store};
-use super::{Capabilities, ComponentContext, GuestError, describe};
+use super::{CacheCapability, Capabilities, GuestError, describe};
 use crate::cache::CacheStore;
 
 type Answer<T> = wasmtime::Result<Result<T, KvError>>;
@@ -58,7 +58,7 @@ fn valid_bucket(name: &str) -> bool {
 /// after spending a host call and checking the namespace grant.
 struct Call<'a> {
     store: &'a dyn CacheStore,
-    ctx: &'a ComponentContext,
+    cache: &'a CacheCapability,
     prefix: String,
 }
 
@@ -71,7 +71,7 @@ impl Call<'_> {
         let mut k = String::with_capacity(self.prefix.len() + key.len());
         k.push_str(&self.prefix);
         k.push_str(key);
-        Ok(self.ctx.full_key(&k)?)
+        Ok(self.cache.full_key(&k)?)
     }
 
     fn keys(&self, keys: &[String]) -> Result<Vec<String>, KvError> {
@@ -84,7 +84,11 @@ impl Capabilities {
         let prefix = self.table.get(bucket)?.prefix.clone();
         Ok(self
             .cache()
-            .map(|(store, ctx)| Call { store, ctx, prefix })
+            .map(|(store, cache)| Call {
+                store,
+                cache,
+                prefix,
+            })
             .map_err(KvError::from))
     }
 }
@@ -127,8 +131,8 @@ impl store::HostBucket for Capabilities {
         Ok(async {
             let call = call?;
             let key = call.key(&key)?;
-            call.ctx.check_value(&value)?;
-            let ttl = call.ctx.default_ttl;
+            call.cache.check_value(&value)?;
+            let ttl = call.cache.default_ttl;
             Ok(call.store.set(&key, Bytes::from(value), ttl).await?)
         }
         .await)
@@ -194,7 +198,7 @@ impl atomics::Host for Capabilities {
         Ok(async {
             let call = call?;
             let key = call.key(&key)?;
-            let ttl = call.ctx.default_ttl;
+            let ttl = call.cache.default_ttl;
             Ok(call.store.increment(&key, delta, ttl).await?)
         }
         .await)
@@ -231,10 +235,10 @@ impl batch::Host for Capabilities {
             let call = call?;
             let mut entries = Vec::with_capacity(key_values.len());
             for (k, v) in key_values {
-                call.ctx.check_value(&v)?;
+                call.cache.check_value(&v)?;
                 entries.push((call.key(&k)?, Bytes::from(v)));
             }
-            Ok(call.store.set_many(entries, call.ctx.default_ttl).await?)
+            Ok(call.store.set_many(entries, call.cache.default_ttl).await?)
         }
         .await)
     }
@@ -250,6 +254,20 @@ impl batch::Host for Capabilities {
         }
         .await)
     }
+}
+
+/// Adds `wasi:keyvalue` (`store`, `atomics`, `batch`) to a linker.
+pub(super) fn add_to_linker<T: Send + 'static>(
+    linker: &mut wasmtime::component::Linker<T>,
+    get: fn(&mut T) -> &mut Capabilities,
+) -> wasmtime::Result<()> {
+    use wasmtime::component::HasSelf;
+    super::bindings::wasi::keyvalue::store::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
+    super::bindings::wasi::keyvalue::atomics::add_to_linker::<T, HasSelf<Capabilities>>(
+        linker, get,
+    )?;
+    super::bindings::wasi::keyvalue::batch::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
+    Ok(())
 }
 
 #[cfg(test)]

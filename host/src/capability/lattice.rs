@@ -44,3 +44,15 @@ impl Host for Capabilities {
         Ok(())
     }
 }
+
+/// Adds wasmCloud's `bus/lattice` to a linker.
+pub(super) fn add_to_linker<T: Send + 'static>(
+    linker: &mut wasmtime::component::Linker<T>,
+    get: fn(&mut T) -> &mut Capabilities,
+) -> wasmtime::Result<()> {
+    use wasmtime::component::HasSelf;
+    super::bindings::wasmcloud::bus::lattice::add_to_linker::<T, HasSelf<Capabilities>>(
+        linker, get,
+    )?;
+    Ok(())
+}

@@ -2,20 +2,55 @@
 //! lines into `tracing`, tagged with the component's name (and wasi's
 //! context), rate-limited so a chatty guest cannot flood logs.
 
-use super::Capabilities;
+use std::sync::{Arc, Mutex};
+
 use super::bindings::wasi::logging::logging as wasi;
 use super::bindings::weir::host::logging::{Host, Level};
+use super::{Capabilities, GuestOutput, TokenBucket};
+use crate::clock::Clock;
 use crate::stats::ComponentStats;
 
 /// Longest log line kept; the rest is cut.
 const MAX_LINE: usize = 4096;
+
+/// The logging capability of one component: the budget its log lines and
+/// stdout/stderr lines share (all its instances together).
+pub struct LoggingCapability {
+    /// Lines allowed per second, shared by the component's instances.
+    budget: Arc<Mutex<TokenBucket>>,
+}
+
+impl LoggingCapability {
+    /// 200 lines a second, bursts of 400, counted on `clock`.
+    pub fn new(clock: &Clock) -> Self {
+        LoggingCapability {
+            budget: Arc::new(Mutex::new(TokenBucket::new(200.0, 400.0, clock.clone()))),
+        }
+    }
+
+    /// The component's stdout or stderr, within the same budget.
+    pub(super) fn output(
+        &self,
+        component: &str,
+        stream: &'static str,
+        stats: &Arc<ComponentStats>,
+    ) -> GuestOutput {
+        GuestOutput::new(
+            Arc::from(component),
+            stream,
+            self.budget.clone(),
+            stats.clone(),
+        )
+    }
+}
 
 impl Capabilities {
     /// One guest log line, within the component's log budget.
     fn emit(&mut self, level: Level, context: &str, mut message: String) {
         let allowed = self
             .ctx
-            .log_budget
+            .logging
+            .budget
             .lock()
             .map(|mut b| b.take())
             .unwrap_or(false);
@@ -70,4 +105,17 @@ impl wasi::Host for Capabilities {
         self.emit(level, &context, message);
         Ok(())
     }
+}
+
+/// Adds `weir:host/logging` and `wasi:logging` to a linker.
+pub(super) fn add_to_linker<T: Send + 'static>(
+    linker: &mut wasmtime::component::Linker<T>,
+    get: fn(&mut T) -> &mut Capabilities,
+) -> wasmtime::Result<()> {
+    use wasmtime::component::HasSelf;
+    super::bindings::weir::host::logging::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
+    super::bindings::wasi::logging::logging::add_to_linker::<T, HasSelf<Capabilities>>(
+        linker, get,
+    )?;
+    Ok(())
 }

@@ -8,6 +8,21 @@ use crate::market::MarketStore;
 
 type Answer<T> = wasmtime::Result<Result<T, GuestError>>;
 
+/// The market capability of one component: the host's latest market data,
+/// when the host keeps it.
+#[derive(Default)]
+pub struct MarketCapability {
+    /// The store; `None` when the host has no `[market]` subjects.
+    store: Option<MarketStore>,
+}
+
+impl MarketCapability {
+    /// Over `store`.
+    pub fn new(store: Option<MarketStore>) -> Self {
+        MarketCapability { store }
+    }
+}
+
 impl Capabilities {
     /// The store, after spending a host call and checking the grant.
     fn market(&mut self) -> Result<MarketStore, GuestError> {
@@ -18,7 +33,7 @@ impl Capabilities {
                 self.ctx.name
             )));
         }
-        self.ctx.market.clone().ok_or_else(|| {
+        self.ctx.market.store.clone().ok_or_else(|| {
             GuestError::Unavailable(
                 "this host keeps no market data: name its subjects in [market] subjects".into(),
             )
@@ -68,4 +83,14 @@ impl Host for Capabilities {
             })
         }))
     }
+}
+
+/// Adds `weir:host/market` to a linker.
+pub(super) fn add_to_linker<T: Send + 'static>(
+    linker: &mut wasmtime::component::Linker<T>,
+    get: fn(&mut T) -> &mut Capabilities,
+) -> wasmtime::Result<()> {
+    use wasmtime::component::HasSelf;
+    super::bindings::weir::host::market::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
+    Ok(())
 }

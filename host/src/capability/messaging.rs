@@ -1,13 +1,17 @@
 //! `weir:host/messaging`: grants, subject and size checks over a
 //! [`Bus`](crate::bus::Bus).
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
 
 use super::bindings::weir::host::messaging::{Host, MessageResult as Message, PublishAck};
-use super::{Capabilities, GuestError};
+use super::{Capabilities, GuestError, TokenBucket};
+use crate::bus::Bus;
 use crate::bus::{BusError, BusMessage, DEFAULT_INBOX_PREFIX};
+use crate::clock::Clock;
+use crate::manifest::Limits;
 use crate::stats::ComponentStats;
 use crate::subject;
 
@@ -15,6 +19,33 @@ type Answer<T> = wasmtime::Result<Result<T, GuestError>>;
 
 /// Longest a request may wait.
 const MAX_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The messaging capability of one component: the bus it reaches (through
+/// its grants) and its publish rate limit.
+pub struct MessagingCapability {
+    /// The message bus.
+    pub bus: Arc<dyn Bus>,
+    /// Publishes allowed per second, when `limits.publish_per_sec` is set
+    /// (burst: one second's worth).
+    publish_budget: Option<Mutex<TokenBucket>>,
+}
+
+impl MessagingCapability {
+    /// Over `bus`, with `limits`' publish rate counted on `clock`.
+    pub fn new(bus: Arc<dyn Bus>, limits: &Limits, clock: &Clock) -> Self {
+        let publish_budget = limits.publish_per_sec.map(|r| {
+            Mutex::new(TokenBucket::new(
+                f64::from(r),
+                f64::from(r.max(1)),
+                clock.clone(),
+            ))
+        });
+        MessagingCapability {
+            bus,
+            publish_budget,
+        }
+    }
+}
 
 impl From<BusError> for GuestError {
     fn from(e: BusError) -> Self {
@@ -61,7 +92,7 @@ impl Capabilities {
                 )));
             }
         }
-        if let Some(bucket) = &self.ctx.publish_budget
+        if let Some(bucket) = &self.ctx.messaging.publish_budget
             && !bucket.lock().map(|mut b| b.take()).unwrap_or(false)
         {
             ComponentStats::bump(&self.ctx.stats.limited);
@@ -75,7 +106,7 @@ impl Capabilities {
             .ctx
             .limits
             .max_payload_bytes
-            .min(self.ctx.bus.max_payload());
+            .min(self.ctx.messaging.bus.max_payload());
         if payload.len() > limit {
             return Err(GuestError::Invalid(format!(
                 "payload of {} bytes exceeds the limit of {limit} bytes",
@@ -118,7 +149,7 @@ impl Capabilities {
                 "component {name} may not reply on {reply_to:?}: {e}; the message's reply-to is not a valid reply subject"
             )));
         }
-        let prefix = self.ctx.bus.inbox_prefix();
+        let prefix = self.ctx.messaging.bus.inbox_prefix();
         let in_inbox = |p: &str| {
             reply_to
                 .strip_prefix(p)
@@ -143,7 +174,7 @@ impl Capabilities {
 impl Capabilities {
     /// Sends a checked message and counts it.
     async fn send(&mut self, msg: BusMessage) -> Result<(), GuestError> {
-        self.ctx.bus.publish(msg).await?;
+        self.ctx.messaging.bus.publish(msg).await?;
         ComponentStats::bump(&self.ctx.stats.published);
         Ok(())
     }
@@ -158,7 +189,7 @@ impl Capabilities {
     ) -> Result<BusMessage, GuestError> {
         let msg = self.outgoing(Verb::Request, subject, payload, headers)?;
         let timeout = Duration::from_millis(u64::from(timeout_ms)).min(MAX_REQUEST_TIMEOUT);
-        Ok(self.ctx.bus.request(msg, timeout).await?)
+        Ok(self.ctx.messaging.bus.request(msg, timeout).await?)
     }
 }
 
@@ -204,7 +235,7 @@ impl Host for Capabilities {
     ) -> Answer<PublishAck> {
         Ok(async {
             let msg = self.outgoing(Verb::Publish, subject, payload, headers)?;
-            match self.ctx.bus.stream_for_subject(&msg.subject).await? {
+            match self.ctx.messaging.bus.stream_for_subject(&msg.subject).await? {
                 None => {
                     return Err(GuestError::Unavailable(format!("no JetStream stream stores {}", msg.subject)));
                 }
@@ -216,7 +247,7 @@ impl Host for Capabilities {
                 }
                 Some(_) => {}
             }
-            let ack = self.ctx.bus.jetstream_publish(msg, msg_id).await?;
+            let ack = self.ctx.messaging.bus.jetstream_publish(msg, msg_id).await?;
             ComponentStats::bump(&self.ctx.stats.published);
             Ok(PublishAck {
                 stream: ack.stream,
@@ -290,4 +321,20 @@ mod wasmcloud {
             Ok(answer.map_err(|e| describe(&e)))
         }
     }
+}
+
+/// Adds `weir:host/messaging` and wasmCloud's `messaging` (`types`, `consumer`) to a linker.
+pub(super) fn add_to_linker<T: Send + 'static>(
+    linker: &mut wasmtime::component::Linker<T>,
+    get: fn(&mut T) -> &mut Capabilities,
+) -> wasmtime::Result<()> {
+    use wasmtime::component::HasSelf;
+    super::bindings::weir::host::messaging::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
+    super::bindings::wasmcloud::messaging::types::add_to_linker::<T, HasSelf<Capabilities>>(
+        linker, get,
+    )?;
+    super::bindings::wasmcloud::messaging::consumer::add_to_linker::<T, HasSelf<Capabilities>>(
+        linker, get,
+    )?;
+    Ok(())
 }

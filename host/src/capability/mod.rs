@@ -14,11 +14,15 @@ mod market;
 mod messaging;
 mod output;
 
+pub use cache::CacheCapability;
+pub use config::ConfigCapability;
+pub use logging::LoggingCapability;
+pub use market::MarketCapability;
+pub use messaging::MessagingCapability;
 pub use output::GuestOutput;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
 
@@ -59,7 +63,9 @@ pub(crate) mod bindings {
 
 pub(crate) use bindings::weir::host::types::Error as GuestError;
 
-/// Everything a component may use, built once from the manifest.
+/// Everything a component may use, built once from the manifest: who it
+/// is, its grants and limits, and one field per capability (each built
+/// and checked once, with its own linker entry).
 pub struct ComponentContext {
     /// The component's name, on every log line and error.
     pub name: String,
@@ -67,31 +73,23 @@ pub struct ComponentContext {
     pub grants: Grants,
     /// Its limits.
     pub limits: Limits,
-    /// `config` values as strings.
-    pub config: BTreeMap<String, String>,
-    /// The cache, when enabled and a namespace is granted.
-    pub cache: Option<Arc<dyn CacheStore>>,
-    /// TTL for writes that give none.
-    pub default_ttl: Duration,
-    /// Largest cache key, bytes.
-    pub max_key_bytes: usize,
-    /// Largest cache value, bytes.
-    pub max_value_bytes: usize,
-    /// The message bus.
-    pub bus: Arc<dyn Bus>,
     /// Its counters.
     pub stats: Arc<ComponentStats>,
-    /// Host directory mounted read-only at `/data`, when granted.
-    pub data_dir: Option<std::path::PathBuf>,
-    /// The latest market data, when the host keeps it.
-    pub market: Option<crate::market::MarketStore>,
-    /// Log and stdout/stderr lines allowed per second, shared by its instances.
-    log_budget: Arc<Mutex<TokenBucket>>,
-    /// Publishes allowed per second, when limited.
-    publish_budget: Option<Mutex<TokenBucket>>,
     /// Time as the component sees it (WASI clocks), its backoffs and its
     /// rate limits count; virtual in a replay.
     pub clock: Clock,
+    /// `weir:host/cache` and `wasi:keyvalue`.
+    pub cache: CacheCapability,
+    /// `weir:host/messaging` and wasmCloud's messaging.
+    pub messaging: MessagingCapability,
+    /// `weir:host/config` and `wasi:config`.
+    pub config: ConfigCapability,
+    /// `weir:host/logging`, `wasi:logging`, stdout and stderr.
+    pub logging: LoggingCapability,
+    /// `weir:host/market`.
+    pub market: MarketCapability,
+    /// Host directory mounted read-only at `/data`, when granted.
+    pub data_dir: Option<std::path::PathBuf>,
     /// Seeds WASI random on a virtual clock (each instance gets its own
     /// stream, derived from this, the name and the instance's number).
     random_seed: u64,
@@ -100,45 +98,55 @@ pub struct ComponentContext {
 }
 
 impl ComponentContext {
-    /// Builds the context; `cache` is dropped when no namespace is granted.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        name: String,
-        grants: Grants,
-        limits: Limits,
-        config: BTreeMap<String, String>,
-        cache: Option<Arc<dyn CacheStore>>,
-        cache_settings: &crate::manifest::CacheSettings,
-        bus: Arc<dyn Bus>,
-    ) -> Self {
-        let cache = if grants.cache.is_some() { cache } else { None };
-        let publish_budget = limits_publish(&limits, &Clock::System);
+    /// A context on the system clock with messaging on `bus`; the cache,
+    /// config, market data and `/data` are off until given.
+    pub fn new(name: String, grants: Grants, limits: Limits, bus: Arc<dyn Bus>) -> Self {
+        let clock = Clock::System;
         ComponentContext {
+            messaging: MessagingCapability::new(bus, &limits, &clock),
+            logging: LoggingCapability::new(&clock),
+            cache: CacheCapability::off(),
+            config: ConfigCapability::default(),
+            market: MarketCapability::default(),
             name,
             grants,
             limits,
-            config,
-            cache,
-            default_ttl: Duration::from_secs(cache_settings.default_ttl_secs),
-            max_key_bytes: cache_settings.max_key_bytes,
-            max_value_bytes: cache_settings.max_value_bytes,
-            bus,
             stats: Arc::new(ComponentStats::default()),
+            clock,
             data_dir: None,
-            market: None,
-            log_budget: Arc::new(Mutex::new(log_bucket(&Clock::System))),
-            publish_budget,
-            clock: Clock::System,
             random_seed: 0,
             instances_made: Default::default(),
         }
     }
 
+    /// With the cache: `store` under the component's granted namespace
+    /// (none granted: no cache), with the manifest's `[cache]` limits.
+    pub fn with_cache(
+        mut self,
+        store: Option<Arc<dyn CacheStore>>,
+        settings: &crate::manifest::CacheSettings,
+    ) -> Self {
+        self.cache = CacheCapability::new(self.grants.cache.clone(), store, settings);
+        self
+    }
+
+    /// With `config` values (as strings).
+    pub fn with_config(mut self, values: BTreeMap<String, String>) -> Self {
+        self.config = ConfigCapability::new(values);
+        self
+    }
+
+    /// With the host's latest market data, when it keeps it.
+    pub fn with_market(mut self, store: Option<crate::market::MarketStore>) -> Self {
+        self.market = MarketCapability::new(store);
+        self
+    }
+
     /// Runs the component on `clock`; on a virtual clock WASI random comes
     /// from `seed` and rate limits count virtual time, so runs repeat.
     pub fn on_clock(mut self, clock: Clock, seed: u64) -> Self {
-        self.log_budget = Arc::new(Mutex::new(log_bucket(&clock)));
-        self.publish_budget = limits_publish(&self.limits, &clock);
+        self.logging = LoggingCapability::new(&clock);
+        self.messaging = MessagingCapability::new(self.messaging.bus.clone(), &self.limits, &clock);
         self.clock = clock;
         self.random_seed = seed;
         self
@@ -157,29 +165,8 @@ impl ComponentContext {
 
     /// The component's stdout or stderr, for its WASI context.
     pub fn output(&self, stream: &'static str) -> GuestOutput {
-        GuestOutput::new(
-            Arc::from(self.name.as_str()),
-            stream,
-            self.log_budget.clone(),
-            self.stats.clone(),
-        )
+        self.logging.output(&self.name, stream, &self.stats)
     }
-}
-
-/// A token bucket for `limits.publish_per_sec` (burst: one second's worth).
-fn limits_publish(limits: &Limits, clock: &Clock) -> Option<Mutex<TokenBucket>> {
-    limits.publish_per_sec.map(|r| {
-        Mutex::new(TokenBucket::new(
-            f64::from(r),
-            f64::from(r.max(1)),
-            clock.clone(),
-        ))
-    })
-}
-
-/// Log and stdout/stderr lines: 200 a second, bursts of 400.
-fn log_bucket(clock: &Clock) -> TokenBucket {
-    TokenBucket::new(200.0, 400.0, clock.clone())
 }
 
 /// The per-instance state the generated host traits are implemented on.
@@ -286,31 +273,20 @@ impl Capabilities {
 
 impl bindings::weir::host::types::Host for Capabilities {}
 
-/// Adds every weir interface to a linker whose store data exposes
-/// [`Capabilities`] through `get`.
+/// Adds every interface weir serves to a linker whose store data exposes
+/// [`Capabilities`] through `get`: one line per capability.
 pub fn add_to_linker<T: Send + 'static>(
     linker: &mut Linker<T>,
     get: fn(&mut T) -> &mut Capabilities,
 ) -> wasmtime::Result<()> {
-    use bindings::weir::host as wit;
-    wit::types::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
-    wit::cache::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
-    wit::messaging::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
-    wit::config::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
-    wit::logging::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
-    wit::market::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
-    // wasmCloud's messaging world.
-    use bindings::{wasi, wasmcloud};
-    wasmcloud::messaging::types::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
-    wasmcloud::messaging::consumer::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
-    wasi::keyvalue::store::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
-    wasi::keyvalue::atomics::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
-    wasi::keyvalue::batch::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
-    wasi::logging::logging::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
-    wasi::config0_2_0_draft::runtime::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
-    wasi::config0_2_0_rc_1::store::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
-    config::add_draft_store_to_linker(linker, get)?;
-    wasmcloud::bus::lattice::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
+    bindings::weir::host::types::add_to_linker::<T, HasSelf<Capabilities>>(linker, get)?;
+    cache::add_to_linker(linker, get)?;
+    keyvalue::add_to_linker(linker, get)?;
+    messaging::add_to_linker(linker, get)?;
+    config::add_to_linker(linker, get)?;
+    logging::add_to_linker(linker, get)?;
+    market::add_to_linker(linker, get)?;
+    lattice::add_to_linker(linker, get)?;
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! Runs of messages through a component's `handle-batch`: one call (one
 //! crossing into the guest, one fiber) for the messages already waiting
-//! for an instance, with the policy of [`super::deliver`] for each.
+//! for an instance, with the policy of [`Worker::deliver`] for each.
 //!
 //! - Order: a batch is a stretch of one worker's queue, in arrival order;
 //!   what the guest did not reach goes back to the front of the queue.
@@ -22,8 +22,8 @@ use std::sync::atomic::Ordering;
 
 use tracing::Instrument;
 
-use super::{DeadLetters, Queued, log_failure, settled};
-use crate::runtime::{BatchItem, ComponentTemplate, FailureKind, HandleOutcome, Instance};
+use super::{Queued, Worker, log_failure, settled};
+use crate::runtime::{BatchItem, ComponentTemplate, FailureKind, HandleOutcome};
 use crate::stats::ComponentStats;
 
 /// Longest deadline a batch may have, in milliseconds.
@@ -79,117 +79,102 @@ fn most_per_batch(limits: &crate::manifest::Limits) -> usize {
         .min(usize::try_from(by_deadline).unwrap_or(usize::MAX))
 }
 
-/// Delivers `batch` in one `handle-batch` call and settles what it answered.
-pub(super) async fn handle(
-    template: &ComponentTemplate,
-    index: usize,
-    slot: &mut Option<Instance>,
-    batch: Vec<Queued>,
-    letters: &DeadLetters,
-) -> Rest {
-    let span = tracing::debug_span!("batch", component = template.name(), events = batch.len());
-    run(template, index, slot, batch, letters)
-        .instrument(span)
-        .await
-}
+impl Worker {
+    /// Delivers `batch` in one `handle-batch` call and settles what it answered.
+    pub(super) async fn handle_batch(&mut self, batch: Vec<Queued>) -> Rest {
+        let span = tracing::debug_span!(
+            "batch",
+            component = self.template.name(),
+            events = batch.len()
+        );
+        self.run_batch(batch).instrument(span).await
+    }
 
-async fn run(
-    template: &ComponentTemplate,
-    index: usize,
-    slot: &mut Option<Instance>,
-    batch: Vec<Queued>,
-    letters: &DeadLetters,
-) -> Rest {
-    let start = std::time::Instant::now();
-    let inst = match slot {
-        Some(inst) => inst,
-        None => match template.instantiate().await {
-            Ok(inst) => slot.insert(inst),
-            // Alone, each meets the failure under the usual policy.
-            Err(_) => return Rest::Singly(batch),
-        },
-    };
-    let items: Vec<BatchItem<'_>> = batch
-        .iter()
-        .map(|(d, _)| BatchItem {
-            msg: &d.msg,
-            stream: d.meta.stream.as_deref(),
-            sequence: d.meta.sequence,
-            attempt: d.meta.attempt.max(1),
-        })
-        .collect();
-    let stats = &template.ctx.stats;
-    ComponentStats::bump(&stats.batches);
-    stats
-        .batched
-        .fetch_add(items.len() as u64, Ordering::Relaxed);
-    let answered = inst.handle_batch(template, &items).await;
-    // One clock read for the batch: an event the guest handled took as
-    // long as the call (an ack is handed to the connection, no round trip).
-    let took = start.elapsed();
-    drop(items);
-    let outcomes = match answered {
-        Ok(outcomes) => outcomes,
-        Err(failure) => {
-            *slot = None;
-            ComponentStats::bump(&stats.traps);
-            ComponentStats::bump(&stats.restarts);
-            if failure.kind == FailureKind::Deadline {
-                ComponentStats::bump(&stats.deadline_hits);
+    async fn run_batch(&mut self, batch: Vec<Queued>) -> Rest {
+        let start = std::time::Instant::now();
+        let template = self.template.clone();
+        let index = self.index;
+        let inst = match &mut self.instance {
+            Some(inst) => inst,
+            None => match template.instantiate().await {
+                Ok(inst) => self.instance.insert(inst),
+                // Alone, each meets the failure under the usual policy.
+                Err(_) => return Rest::Singly(batch),
+            },
+        };
+        let items: Vec<BatchItem<'_>> = batch
+            .iter()
+            .map(|(d, _)| BatchItem {
+                msg: &d.msg,
+                stream: d.meta.stream.as_deref(),
+                sequence: d.meta.sequence,
+                attempt: d.meta.attempt.max(1),
+            })
+            .collect();
+        let stats = &template.ctx.stats;
+        ComponentStats::bump(&stats.batches);
+        stats
+            .batched
+            .fetch_add(items.len() as u64, Ordering::Relaxed);
+        let answered = inst.handle_batch(&template, &items).await;
+        // One clock read for the batch: an event the guest handled took as
+        // long as the call (an ack is handed to the connection, no round trip).
+        let took = start.elapsed();
+        drop(items);
+        let outcomes = match answered {
+            Ok(outcomes) => outcomes,
+            Err(failure) => {
+                self.instance = None;
+                ComponentStats::bump(&stats.traps);
+                ComponentStats::bump(&stats.restarts);
+                if failure.kind == FailureKind::Deadline {
+                    ComponentStats::bump(&stats.deadline_hits);
+                }
+                if log_failure(&template.ctx, "failed attempts", || {
+                    format!("a batch: {failure}")
+                }) {
+                    tracing::error!(
+                        component = template.name(),
+                        instance = index,
+                        events = batch.len(),
+                        "{failure}; the batch's events are delivered again one by one"
+                    );
+                }
+                return Rest::Singly(batch);
             }
-            if log_failure(&template.ctx, "failed attempts", || {
-                format!("a batch: {failure}")
-            }) {
-                tracing::error!(
-                    component = template.name(),
-                    instance = index,
-                    events = batch.len(),
-                    "{failure}; the batch's events are delivered again one by one"
-                );
-            }
+        };
+        if outcomes.is_empty() {
+            // Against the contract, and no progress: batching again could loop.
+            tracing::warn!(
+                component = template.name(),
+                events = batch.len(),
+                "handle-batch answered for none of its events; they are delivered one by one"
+            );
             return Rest::Singly(batch);
         }
-    };
-    if outcomes.is_empty() {
-        // Against the contract, and no progress: batching again could loop.
-        tracing::warn!(
-            component = template.name(),
-            events = batch.len(),
-            "handle-batch answered for none of its events; they are delivered one by one"
-        );
-        return Rest::Singly(batch);
-    }
-    let mut rest = batch.into_iter();
-    for outcome in outcomes {
-        let Some((delivery, flow)) = rest.next() else {
-            break;
-        };
-        let stop = matches!(outcome, HandleOutcome::Retry(_));
-        if !matches!(outcome, HandleOutcome::Handled) {
-            // Dead-lettered, or retried in place before the rest.
-            super::deliver_from(
-                template,
-                &flow,
-                index,
-                slot,
-                delivery,
-                letters,
-                Some(outcome),
-            )
-            .await;
-            flow.latency.record(start.elapsed());
-        } else {
-            ComponentStats::bump(&flow.handled);
-            let ack = delivery.settle.ack().await;
-            settled(&template.ctx, &delivery.meta, "ack", ack);
-            flow.latency.record(took);
+        let mut rest = batch.into_iter();
+        for outcome in outcomes {
+            let Some((delivery, flow)) = rest.next() else {
+                break;
+            };
+            let stop = matches!(outcome, HandleOutcome::Retry(_));
+            if !matches!(outcome, HandleOutcome::Handled) {
+                // Dead-lettered, or retried in place before the rest.
+                self.deliver_from(delivery, &flow, Some(outcome)).await;
+                flow.latency.record(start.elapsed());
+            } else {
+                ComponentStats::bump(&flow.handled);
+                let ack = delivery.settle.ack().await;
+                settled(&template.ctx, &delivery.meta, "ack", ack);
+                flow.latency.record(took);
+            }
+            stats.in_flight.fetch_sub(1, Ordering::Relaxed);
+            if stop {
+                break;
+            }
         }
-        stats.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if stop {
-            break;
-        }
+        Rest::Again(rest.collect())
     }
-    Rest::Again(rest.collect())
 }
 
 #[cfg(test)]
@@ -204,7 +189,7 @@ mod tests {
 
         use super::{MAX_BATCH_BYTES, batchable_under};
         use crate::bus::BusMessage;
-        use crate::delivery::Delivery;
+        use crate::bus::Delivery;
 
         let queue = |sizes: &[usize], reply_at: Option<usize>| -> VecDeque<super::Queued> {
             sizes

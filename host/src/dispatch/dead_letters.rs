@@ -20,8 +20,8 @@ use tokio::sync::mpsc;
 use super::{log_failure, settled};
 use crate::bus::dlq::DeadLetter;
 use crate::bus::{Bus, BusError, BusMessage};
+use crate::bus::{Meta, Settle};
 use crate::capability::ComponentContext;
-use crate::delivery::{Meta, Settle};
 use crate::stats::{ComponentStats, FlowStats};
 
 /// Dead letters awaiting confirmation per worker, at most (well within a

@@ -41,8 +41,8 @@ use tracing::Instrument;
 
 use crate::bus::dlq::DeadLetter;
 use crate::bus::{Bus, BusMessage};
+use crate::bus::{Delivery, Meta, RUN, SettleError, Sink};
 use crate::capability::ComponentContext;
-use crate::delivery::{Delivery, Meta, SettleError};
 use crate::failure_log::Verdict as LogVerdict;
 use crate::runtime::{ComponentTemplate, FailureKind, HandleOutcome, Instance};
 use crate::stats::{ComponentStats, FlowStats};
@@ -63,9 +63,6 @@ type Queued = (Delivery, Arc<FlowStats>);
 /// goes to each worker in one send (one queue synchronisation and at most
 /// one wake-up for the run, not one each).
 type Run = Vec<Queued>;
-
-/// Most deliveries a source hands over at once (and a worker takes at once).
-pub const RUN: usize = 64;
 
 /// One worker's queue.
 struct Queue {
@@ -123,7 +120,7 @@ impl Workers {
     }
 
     /// The counters of the subscription this handle feeds from.
-    pub fn flow(&self) -> &Arc<FlowStats> {
+    pub fn flow_stats(&self) -> &Arc<FlowStats> {
         &self.flow
     }
 
@@ -134,11 +131,6 @@ impl Workers {
             flow: self.stats.add_flow(),
             ..self.clone()
         }
-    }
-
-    /// Hands a delivery to the worker that owns its subject; false once workers are gone.
-    pub async fn dispatch(&self, delivery: Delivery) -> bool {
-        self.dispatch_run(std::iter::once(delivery)).await
     }
 
     /// Hands deliveries (in arrival order) to the workers that own their
@@ -206,12 +198,96 @@ impl Workers {
     }
 }
 
+impl Sink for Workers {
+    fn take<I>(&self, run: I) -> impl std::future::Future<Output = bool> + Send
+    where
+        I: IntoIterator<Item = Delivery> + Send,
+        I::IntoIter: Send,
+    {
+        self.dispatch_run(run)
+    }
+
+    fn flow(&self) -> &FlowStats {
+        &self.flow
+    }
+}
+
 /// Closes a worker's room when the worker stops, however it stops.
 struct CloseOnDrop(Arc<Semaphore>);
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
         self.0.close();
+    }
+}
+
+/// One worker's instance of the component and what it needs to deliver:
+/// the policy's steps are its methods.
+pub(crate) struct Worker {
+    /// The version in use; a hot update swaps it between two messages.
+    template: Arc<ComponentTemplate>,
+    /// The worker's number, in logs.
+    index: usize,
+    /// Its instance; dropped when it fails (the next attempt makes one).
+    instance: Option<Instance>,
+    /// Where its dead letters go.
+    letters: DeadLetters,
+}
+
+impl Worker {
+    /// A worker of `template` with no instance yet.
+    pub(crate) fn new(
+        template: Arc<ComponentTemplate>,
+        index: usize,
+        letters: DeadLetters,
+    ) -> Self {
+        Worker {
+            template,
+            index,
+            instance: None,
+            letters,
+        }
+    }
+
+    /// Switches to the version `current` holds, dropping the old
+    /// version's instance (the next message makes one of the new).
+    fn take_new_version(&mut self, current: &mut watch::Receiver<Arc<ComponentTemplate>>) {
+        let next = current.borrow_and_update().clone();
+        tracing::debug!(
+            component = next.name(),
+            instance = self.index,
+            from = self.template.version(),
+            to = next.version(),
+            "worker takes the new version"
+        );
+        self.template = next;
+        self.instance = None;
+    }
+
+    /// Handles one queued delivery, with its span, latency and in-flight count.
+    async fn handle_one(&mut self, delivery: Delivery, flow: &FlowStats) {
+        let start = std::time::Instant::now();
+        // A span per event (at debug level, so it costs nothing unless asked
+        // for with RUST_LOG=weir=debug): logs inside carry these fields.
+        let span = tracing::debug_span!(
+            "event",
+            component = self.template.name(),
+            subject = %delivery.msg.subject,
+            sequence = delivery.meta.sequence,
+            correlation_id = tracing::field::Empty,
+        );
+        if !span.is_disabled()
+            && let Some(id) = correlation_id(&delivery.msg)
+        {
+            span.record("correlation_id", id.as_str());
+        }
+        self.deliver(delivery, flow).instrument(span).await;
+        flow.latency.record(start.elapsed());
+        self.template
+            .ctx
+            .stats
+            .in_flight
+            .fetch_sub(1, Ordering::Relaxed);
     }
 }
 
@@ -224,8 +300,7 @@ async fn worker(
     letters: DeadLetters,
 ) {
     let _close = CloseOnDrop(room.clone());
-    let mut template = current.borrow_and_update().clone();
-    let mut instance: Option<Instance> = None;
+    let mut w = Worker::new(current.borrow_and_update().clone(), index, letters);
     let mut pending: VecDeque<Queued> = VecDeque::with_capacity(RUN);
     // Failures left out of the log are summed up even when no more come.
     let mut summaries = tokio::time::interval(crate::failure_log::INTERVAL);
@@ -239,12 +314,12 @@ async fn worker(
             },
             // An idle worker lets go of the old version's instance at once.
             Ok(()) = current.changed() => {
-                take_new_version(&mut current, &mut template, &mut instance, index);
+                w.take_new_version(&mut current);
                 continue;
             }
             _ = summaries.tick() => {
-                for summary in template.ctx.stats.failures.due(std::time::Instant::now()) {
-                    summary.log(template.name());
+                for summary in w.template.ctx.stats.failures.due(std::time::Instant::now()) {
+                    summary.log(w.template.name());
                 }
                 continue;
             }
@@ -259,12 +334,12 @@ async fn worker(
         }
         while !pending.is_empty() {
             if current.has_changed().unwrap_or(false) {
-                take_new_version(&mut current, &mut template, &mut instance, index);
+                w.take_new_version(&mut current);
             }
-            let n = batch::batchable(&template, &pending);
+            let n = batch::batchable(&w.template, &pending);
             if n >= 2 {
                 let taken: Vec<Queued> = pending.drain(..n).collect();
-                match batch::handle(&template, index, &mut instance, taken, &letters).await {
+                match w.handle_batch(taken).await {
                     // Not reached (the batch stopped at an error): in
                     // front of the queue again, in order.
                     batch::Rest::Again(rest) => {
@@ -275,13 +350,12 @@ async fn worker(
                     // The instance failed: one by one, before the rest.
                     batch::Rest::Singly(rest) => {
                         for (delivery, flow) in rest {
-                            handle_one(&template, index, &mut instance, delivery, &flow, &letters)
-                                .await;
+                            w.handle_one(delivery, &flow).await;
                         }
                     }
                 }
             } else if let Some((delivery, flow)) = pending.pop_front() {
-                handle_one(&template, index, &mut instance, delivery, &flow, &letters).await;
+                w.handle_one(delivery, &flow).await;
             }
         }
     }
@@ -291,57 +365,6 @@ async fn worker(
 fn take(room: &Semaphore, pending: &mut VecDeque<Queued>, run: Run) {
     room.add_permits(run.len());
     pending.extend(run);
-}
-
-/// Switches a worker to the version `current` holds, dropping the old
-/// version's instance (the next message makes one of the new).
-fn take_new_version(
-    current: &mut watch::Receiver<Arc<ComponentTemplate>>,
-    template: &mut Arc<ComponentTemplate>,
-    instance: &mut Option<Instance>,
-    index: usize,
-) {
-    let next = current.borrow_and_update().clone();
-    tracing::debug!(
-        component = next.name(),
-        instance = index,
-        from = template.version(),
-        to = next.version(),
-        "worker takes the new version"
-    );
-    *template = next;
-    *instance = None;
-}
-
-/// Handles one queued delivery, with its span, latency and in-flight count.
-async fn handle_one(
-    template: &ComponentTemplate,
-    index: usize,
-    instance: &mut Option<Instance>,
-    delivery: Delivery,
-    flow: &FlowStats,
-    letters: &DeadLetters,
-) {
-    let start = std::time::Instant::now();
-    // A span per event (at debug level, so it costs nothing unless asked
-    // for with RUST_LOG=weir=debug): logs inside carry these fields.
-    let span = tracing::debug_span!(
-        "event",
-        component = template.name(),
-        subject = %delivery.msg.subject,
-        sequence = delivery.meta.sequence,
-        correlation_id = tracing::field::Empty,
-    );
-    if !span.is_disabled()
-        && let Some(id) = correlation_id(&delivery.msg)
-    {
-        span.record("correlation_id", id.as_str());
-    }
-    deliver(template, flow, index, instance, delivery, letters)
-        .instrument(span)
-        .await;
-    flow.latency.record(start.elapsed());
-    template.ctx.stats.in_flight.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// The correlation id of a message: a `correlation-id` style header, or the
@@ -359,34 +382,6 @@ fn correlation_id(msg: &BusMessage) -> Option<String> {
     }
     let v: serde_json::Value = serde_json::from_slice(&msg.payload).ok()?;
     v.get("correlation_id")?.as_str().map(str::to_owned)
-}
-
-/// Runs `handle` once, on a fresh instance if the slot is empty.
-async fn attempt_once(
-    template: &ComponentTemplate,
-    slot: &mut Option<Instance>,
-    msg: &BusMessage,
-    meta: &Meta,
-    attempt: u32,
-) -> HandleOutcome {
-    let limit = template.ctx.limits.max_payload_bytes;
-    if msg.payload.len() > limit {
-        // Refused at the door: the guest never sees it.
-        return HandleOutcome::Reject(format!(
-            "payload of {} bytes exceeds the component's limit of {limit} bytes (limits.max_payload_bytes)",
-            msg.payload.len()
-        ));
-    }
-    let inst = match slot {
-        Some(inst) => inst,
-        None => match template.instantiate().await {
-            Ok(inst) => slot.insert(inst),
-            Err(failure) => return HandleOutcome::Failed(failure),
-        },
-    };
-    let stream = meta.stream.as_deref();
-    inst.handle(template, msg, stream, meta.sequence, attempt)
-        .await
 }
 
 /// Longest reason kept from a guest (it lands in logs and dead letters).
@@ -413,107 +408,122 @@ enum Verdict {
     Reject(String),
 }
 
-/// Counts and logs an outcome; drops a failed instance (it is poisoned,
-/// the next attempt gets a fresh one).
-fn judge(
-    template: &ComponentTemplate,
-    flow: &FlowStats,
-    index: usize,
-    slot: &mut Option<Instance>,
-    msg: &BusMessage,
-    attempt: u32,
-    outcome: HandleOutcome,
-) -> Result<(), Verdict> {
-    let stats = &template.ctx.stats;
-    if !matches!(outcome, HandleOutcome::Handled) {
-        ComponentStats::bump(&flow.failed);
-    }
-    match outcome {
-        HandleOutcome::Handled => {
-            ComponentStats::bump(&flow.handled);
-            Ok(())
+impl Worker {
+    /// Runs `handle` once, on a fresh instance if there is none.
+    async fn attempt_once(&mut self, msg: &BusMessage, meta: &Meta, attempt: u32) -> HandleOutcome {
+        let template = &*self.template;
+        let limit = template.ctx.limits.max_payload_bytes;
+        if msg.payload.len() > limit {
+            // Refused at the door: the guest never sees it.
+            return HandleOutcome::Reject(format!(
+                "payload of {} bytes exceeds the component's limit of {limit} bytes (limits.max_payload_bytes)",
+                msg.payload.len()
+            ));
         }
-        // Logged with its dead letter.
-        HandleOutcome::Reject(reason) => {
-            Err(Verdict::Reject(format!("rejected: {}", clip(reason))))
-        }
-        HandleOutcome::Retry(reason) => {
-            Err(Verdict::Retry(format!("retry requested: {}", clip(reason))))
-        }
-        HandleOutcome::Failed(failure) => {
-            *slot = None;
-            ComponentStats::bump(&stats.traps);
-            ComponentStats::bump(&stats.restarts);
-            if failure.kind == FailureKind::Deadline {
-                ComponentStats::bump(&stats.deadline_hits);
-            }
-            if log_failure(&template.ctx, "failed attempts", || {
-                format!("{}: {failure}", msg.subject)
-            }) {
-                tracing::error!(component = template.name(), instance = index, subject = %msg.subject, attempt, "{failure}");
-            }
-            Err(Verdict::Retry(failure.to_string()))
-        }
-    }
-}
-
-/// Delivers until handled or dead-lettered, then settles: the one policy
-/// (see the module's documentation). Workers call it for live traffic,
-/// the replay for recorded events.
-pub(crate) async fn deliver(
-    template: &ComponentTemplate,
-    flow: &FlowStats,
-    index: usize,
-    slot: &mut Option<Instance>,
-    delivery: Delivery,
-    letters: &DeadLetters,
-) {
-    deliver_from(template, flow, index, slot, delivery, letters, None).await;
-}
-
-/// [`deliver`], with the outcome of the first attempt already known when
-/// `first` holds it (an error answered inside a batch).
-async fn deliver_from(
-    template: &ComponentTemplate,
-    flow: &FlowStats,
-    index: usize,
-    slot: &mut Option<Instance>,
-    delivery: Delivery,
-    letters: &DeadLetters,
-    mut first: Option<HandleOutcome>,
-) {
-    let Delivery { msg, meta, settle } = delivery;
-    let max = template.ctx.limits.max_deliver;
-    let mut attempt = meta.attempt.max(1);
-    let reason = loop {
-        let outcome = match first.take() {
-            Some(outcome) => outcome,
-            None => attempt_once(template, slot, &msg, &meta, attempt).await,
+        let inst = match &mut self.instance {
+            Some(inst) => inst,
+            None => match template.instantiate().await {
+                Ok(inst) => self.instance.insert(inst),
+                Err(failure) => return HandleOutcome::Failed(failure),
+            },
         };
-        match judge(template, flow, index, slot, &msg, attempt, outcome) {
-            Ok(()) => return settled(&template.ctx, &meta, "ack", settle.ack().await),
-            Err(Verdict::Reject(reason)) => break reason,
-            Err(Verdict::Retry(reason)) if attempt >= max => break reason,
-            Err(Verdict::Retry(_)) => {}
+        let stream = meta.stream.as_deref();
+        inst.handle(template, msg, stream, meta.sequence, attempt)
+            .await
+    }
+
+    /// Counts and logs an outcome; drops a failed instance (it is poisoned,
+    /// the next attempt gets a fresh one).
+    fn judge(
+        &mut self,
+        flow: &FlowStats,
+        msg: &BusMessage,
+        attempt: u32,
+        outcome: HandleOutcome,
+    ) -> Result<(), Verdict> {
+        let template = &*self.template;
+        let stats = &template.ctx.stats;
+        if !matches!(outcome, HandleOutcome::Handled) {
+            ComponentStats::bump(&flow.failed);
         }
-        ComponentStats::bump(&flow.retried);
-        // Keep the transport from redelivering it behind later messages.
-        let _ = settle.in_progress().await;
-        template.ctx.clock.sleep(backoff(attempt)).await;
-        attempt += 1;
-    };
-    let letter = DeadLetter::new(
-        template.ctx.clock.now(),
-        &msg,
-        template.name(),
-        reason,
-        attempt,
-        meta.stream.clone(),
-        meta.sequence,
-    );
-    letters
-        .store(&template.ctx, flow, letter, settle, meta)
-        .await;
+        match outcome {
+            HandleOutcome::Handled => {
+                ComponentStats::bump(&flow.handled);
+                Ok(())
+            }
+            // Logged with its dead letter.
+            HandleOutcome::Reject(reason) => {
+                Err(Verdict::Reject(format!("rejected: {}", clip(reason))))
+            }
+            HandleOutcome::Retry(reason) => {
+                Err(Verdict::Retry(format!("retry requested: {}", clip(reason))))
+            }
+            HandleOutcome::Failed(failure) => {
+                self.instance = None;
+                ComponentStats::bump(&stats.traps);
+                ComponentStats::bump(&stats.restarts);
+                if failure.kind == FailureKind::Deadline {
+                    ComponentStats::bump(&stats.deadline_hits);
+                }
+                if log_failure(&template.ctx, "failed attempts", || {
+                    format!("{}: {failure}", msg.subject)
+                }) {
+                    tracing::error!(component = template.name(), instance = self.index, subject = %msg.subject, attempt, "{failure}");
+                }
+                Err(Verdict::Retry(failure.to_string()))
+            }
+        }
+    }
+
+    /// Delivers until handled or dead-lettered, then settles: the one
+    /// policy (see the module's documentation). Workers call it for live
+    /// traffic, the replay for recorded events.
+    pub(crate) async fn deliver(&mut self, delivery: Delivery, flow: &FlowStats) {
+        self.deliver_from(delivery, flow, None).await;
+    }
+
+    /// [`Self::deliver`], with the outcome of the first attempt already
+    /// known when `first` holds it (an error answered inside a batch).
+    async fn deliver_from(
+        &mut self,
+        delivery: Delivery,
+        flow: &FlowStats,
+        mut first: Option<HandleOutcome>,
+    ) {
+        let Delivery { msg, meta, settle } = delivery;
+        let max = self.template.ctx.limits.max_deliver;
+        let mut attempt = meta.attempt.max(1);
+        let reason = loop {
+            let outcome = match first.take() {
+                Some(outcome) => outcome,
+                None => self.attempt_once(&msg, &meta, attempt).await,
+            };
+            match self.judge(flow, &msg, attempt, outcome) {
+                Ok(()) => return settled(&self.template.ctx, &meta, "ack", settle.ack().await),
+                Err(Verdict::Reject(reason)) => break reason,
+                Err(Verdict::Retry(reason)) if attempt >= max => break reason,
+                Err(Verdict::Retry(_)) => {}
+            }
+            ComponentStats::bump(&flow.retried);
+            // Keep the transport from redelivering it behind later messages.
+            let _ = settle.in_progress().await;
+            self.template.ctx.clock.sleep(backoff(attempt)).await;
+            attempt += 1;
+        };
+        let template = &*self.template;
+        let letter = DeadLetter::new(
+            template.ctx.clock.now(),
+            &msg,
+            template.name(),
+            reason,
+            attempt,
+            meta.stream.clone(),
+            meta.sequence,
+        );
+        self.letters
+            .store(&template.ctx, flow, letter, settle, meta)
+            .await;
+    }
 }
 
 /// Logs a failed settle: the transport will deliver the message again.

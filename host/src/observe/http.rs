@@ -49,7 +49,7 @@ struct Since {
     since: Option<u64>,
 }
 
-async fn dashboard(State(o): State<Observed>, Query(q): Query<Since>) -> Json<serde_json::Value> {
+async fn dashboard(State(o): State<Observed>, Query(q): Query<Since>) -> Json<super::Dashboard> {
     Json(super::dashboard(&o, q.since).await)
 }
 

@@ -14,19 +14,23 @@ use serde::Serialize;
 use crate::bus::NatsBus;
 use crate::cache::monitor::CacheMonitor;
 use crate::cache::{CacheStore, LayerStats, RedisStore};
+use crate::shutdown::Shutdown;
 use crate::stats::{ComponentSnapshot, ComponentStats, FlowStats};
 
-pub use dashboard::document as dashboard;
+pub use dashboard::{
+    AverageMetrics, ComponentView, Connections, CurrentMetrics, Dashboard, SubscriptionView,
+    document as dashboard,
+};
 pub use http::serve;
 pub use metrics::render;
-pub use timeline::{Sample, Timeline, run as sample_every};
+pub use timeline::{ComponentSample, Sample, Timeline, run as sample_every};
 
 /// Starts the timeline's sampling and, when `http` is set, the HTTP
 /// endpoints; both stop on `shutdown`. Returns where HTTP listens.
 pub async fn start(
     observed: &Observed,
     http: Option<&str>,
-    shutdown: &tokio::sync::watch::Receiver<bool>,
+    shutdown: &Shutdown,
     tasks: &mut tokio::task::JoinSet<()>,
 ) -> anyhow::Result<Option<std::net::SocketAddr>> {
     use anyhow::Context as _;
@@ -41,11 +45,7 @@ pub async fn start(
         .await
         .with_context(|| format!("cannot listen for HTTP on {addr} (host.http)"))?;
     let local = listener.local_addr().ok();
-    let mut stop = shutdown.clone();
-    let done = async move {
-        let _ = stop.wait_for(|s| *s).await;
-    };
-    tasks.spawn(serve(listener, observed.clone(), done));
+    tasks.spawn(serve(listener, observed.clone(), shutdown.wait()));
     tracing::info!(
         "dashboard on http://{0}/ (metrics on http://{0}/metrics)",
         local.map(|a| a.to_string()).unwrap_or_default()

@@ -6,18 +6,18 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use serde::Serialize;
-use tokio::sync::watch;
+use serde::{Deserialize, Serialize};
 
 use super::Observed;
 use crate::latency::{self, Counts};
+use crate::shutdown::Shutdown;
 use crate::stats::ComponentSnapshot;
 
 /// Samples kept: ten minutes at one a second.
 const KEEP: usize = 600;
 
 /// One component over one interval.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ComponentSample {
     /// Messages received per second.
     pub received_per_s: f64,
@@ -38,7 +38,7 @@ pub struct ComponentSample {
 }
 
 /// The host over one interval.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sample {
     /// End of the interval, ms since the Unix epoch.
     pub t: u64,
@@ -91,19 +91,14 @@ struct Before {
 }
 
 /// Takes a sample every `every` until shutdown.
-pub async fn run(
-    observed: Observed,
-    timeline: Timeline,
-    every: Duration,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn run(observed: Observed, timeline: Timeline, every: Duration, shutdown: Shutdown) {
     let mut tick = tokio::time::interval(every);
     let mut before = Before::default();
     let mut last = Instant::now();
     sample(&observed, &mut before, every);
     loop {
         tokio::select! {
-            _ = shutdown.wait_for(|s| *s) => return,
+            _ = shutdown.wait() => return,
             _ = tick.tick() => {}
         }
         let elapsed = last.elapsed();

@@ -12,8 +12,8 @@ use bytes::Bytes;
 use super::tape::{Record, Tape};
 use crate::bus::dlq::DLQ_PREFIX;
 use crate::bus::{Bus, BusError, BusMessage, PublishAck};
+use crate::bus::{Settle, SettleError};
 use crate::cache::{CacheError, CacheStore, LayerStats};
-use crate::delivery::{Settle, SettleError};
 use crate::subject;
 
 /// What the components of one replay share: the tape, the subscriptions

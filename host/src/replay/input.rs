@@ -186,6 +186,7 @@ pub enum Input {
     },
     /// A stream, in sequence order.
     Stream {
+        /// An ordered consumer from the first sequence asked for.
         messages: Box<jetstream::consumer::pull::Ordered>,
         /// The stream's last sequence when the replay started.
         last: u64,

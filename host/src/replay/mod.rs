@@ -27,12 +27,13 @@ pub use record::record;
 pub use tape::{Record, Tape};
 
 use crate::bus::BusMessage;
+use crate::bus::{Delivery, Meta};
 use crate::cache::{CacheStore, MemoryStore, MemoryStoreConfig};
 use crate::clock::{Clock, VirtualClock};
-use crate::delivery::{Delivery, Meta};
+use crate::dispatch::{DeadLetters, Worker};
 use crate::manifest::Manifest;
 use crate::market::MarketStore;
-use crate::runtime::{ComponentTemplate, Instance, Parts, Runtime, RuntimeConfig};
+use crate::runtime::{ComponentTemplate, Parts, Runtime, RuntimeConfig};
 use crate::stats::FlowStats;
 use crate::subject;
 
@@ -112,8 +113,10 @@ struct Subscriber {
     /// Its name, for the settle records.
     name: Arc<str>,
     filters: Vec<String>,
-    /// One slot per instance; a failed instance is replaced on next use.
-    slots: Vec<Option<Instance>>,
+    /// One per instance, with the dispatcher's policy; a failed instance
+    /// is replaced on next use. Dead letters are stored before the next
+    /// event (a replay's output must not depend on timing).
+    workers: Vec<Worker>,
     flow: Arc<FlowStats>,
 }
 
@@ -182,7 +185,12 @@ impl Replay {
                     .iter()
                     .map(|s| s.get_ref().subject.clone())
                     .collect(),
-                slots: (0..spec.limits.instances.max(1)).map(|_| None).collect(),
+                workers: (0..spec.limits.instances.max(1))
+                    .map(|i| {
+                        let letters = DeadLetters::inline(template.ctx.messaging.bus.clone());
+                        Worker::new(template.clone(), i, letters)
+                    })
+                    .collect(),
                 flow: template.ctx.stats.add_flow(),
                 template,
             })
@@ -258,11 +266,7 @@ impl Replay {
 
     /// How component `c`'s delivery of a message on `subject_` settles:
     /// once, on the tape.
-    pub(crate) fn core_settle(
-        &self,
-        c: usize,
-        subject_: Arc<str>,
-    ) -> Box<dyn crate::delivery::Settle> {
+    pub(crate) fn core_settle(&self, c: usize, subject_: Arc<str>) -> Box<dyn crate::bus::Settle> {
         Box::new(ReplaySettle {
             world: self.world.clone(),
             component: self.subscribers[c].name.clone(),
@@ -291,14 +295,14 @@ impl Replay {
         c: usize,
         msg: BusMessage,
         meta: Meta,
-        settle: Box<dyn crate::delivery::Settle>,
+        settle: Box<dyn crate::bus::Settle>,
     ) {
         let s = &mut self.subscribers[c];
-        let index = (stable_hash(&msg.subject) % s.slots.len() as u64) as usize;
+        let index = (stable_hash(&msg.subject) % s.workers.len() as u64) as usize;
         let delivery = Delivery { msg, meta, settle };
-        let letters = crate::dispatch::DeadLetters::inline(s.template.ctx.bus.clone());
-        let slot = &mut s.slots[index];
-        crate::dispatch::deliver(&s.template, &s.flow, index, slot, delivery, &letters).await;
+        if let Some(worker) = s.workers.get_mut(index) {
+            worker.deliver(delivery, &s.flow).await;
+        }
     }
 
     /// Delivers what components published to each other during the

@@ -56,7 +56,7 @@ pub struct Parts {
 
 impl RuntimeConfig {
     /// Sizes the engine for a manifest's components.
-    pub fn for_manifest(manifest: &crate::Manifest) -> RuntimeConfig {
+    pub fn for_manifest(manifest: &crate::manifest::Manifest) -> RuntimeConfig {
         let specs = &manifest.components;
         RuntimeConfig {
             epoch_tick: Duration::from_millis(manifest.host.epoch_tick_ms),
@@ -217,7 +217,7 @@ impl Runtime {
     /// bus and clock from `parts` (given the component's name).
     pub fn load_manifest(
         &self,
-        manifest: &crate::Manifest,
+        manifest: &crate::manifest::Manifest,
         parts: impl Fn(&str) -> Parts,
     ) -> Result<Vec<Arc<ComponentTemplate>>, LoadError> {
         manifest
@@ -234,7 +234,7 @@ impl Runtime {
     /// manifest, with its context built from its entry and `parts`.
     pub fn load_component(
         &self,
-        manifest: &crate::Manifest,
+        manifest: &crate::manifest::Manifest,
         name: &str,
         spec: &crate::manifest::ComponentSpec,
         parts: Parts,
@@ -251,13 +251,12 @@ impl Runtime {
             name.to_owned(),
             spec.grants.clone(),
             spec.limits.clone(),
-            spec.config_strings(),
-            cache,
-            &manifest.cache,
             bus,
         )
+        .with_cache(cache, &manifest.cache)
+        .with_config(spec.config_strings())
+        .with_market(market)
         .on_clock(clock, seed);
-        ctx.market = market;
         if let Some(stats) = stats {
             ctx.stats = stats;
         }

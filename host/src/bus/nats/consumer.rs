@@ -1,22 +1,24 @@
 //! JetStream durable pull consumers for stream subscriptions: a
-//! [`DeliverySource`] whose deliveries settle with JetStream acks.
+//! source whose deliveries settle with JetStream acks.
 
 use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use anyhow::{Context as _, bail};
+use async_nats::jetstream::Message;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::message::Acker;
 use async_nats::jetstream::{self, AckKind, ErrorCode, context::GetStreamErrorKind};
 use async_trait::async_trait;
-use tokio::sync::watch;
+use futures::FutureExt as _;
 
-use crate::bus::BusMessage;
-use crate::delivery::{Delivery, DeliverySource, Meta, Settle, SettleError};
-use crate::dispatch::Workers;
+use crate::bus::delivery::{Delivery, Meta, RUN, Settle, SettleError, Sink};
 use crate::manifest::{Limits, Subscription};
+use crate::stats::FlowStats;
 
+use super::from_nats;
 use super::pulls::{Pulled, Pulls};
+use crate::shutdown::Shutdown;
 
 /// How long the server waits for an ack before redelivering: the
 /// subscription's `ack_wait_ms`, else twice the deadline and at least 30 s.
@@ -135,118 +137,127 @@ pub async fn open(
     })
 }
 
-/// Pulls messages from the consumer into the workers until shutdown.
-///
-/// Pull requests are pipelined on one inbox (see [`Pulls`]): the server
-/// fills the next while this one is dispatched, in stream order. At
-/// shutdown no new request is made and the messages already asked for
-/// are handled and acked, so none is left stranded until its ack wait.
-#[async_trait]
-impl DeliverySource for PullSource {
-    async fn run(self: Box<Self>, workers: Workers, shutdown: watch::Receiver<bool>) {
+impl PullSource {
+    /// Pulls messages from the consumer into `sink` until shutdown.
+    ///
+    /// Pull requests are pipelined on one inbox (see [`Pulls`]): the server
+    /// fills the next while this one is dispatched, in stream order. What
+    /// has arrived goes on as one run (up to [`RUN`]). At shutdown no new
+    /// request is made and the messages already asked for are handled and
+    /// acked, so none is left stranded until its ack wait.
+    pub async fn run(self, sink: impl Sink, shutdown: Shutdown) {
         let PullSource {
             consumer,
             js,
             component,
-        } = *self;
-        route(consumer, js, workers, component, shutdown).await;
+        } = self;
+        let mut errors = 0u64;
+        let mut warn = |e: &dyn std::fmt::Display| {
+            // Heartbeats and requests fail while NATS is away; pulls resume after.
+            errors += 1;
+            if errors.is_power_of_two() {
+                tracing::warn!(%component, errors, "pull consumer: {e}");
+            }
+        };
+        let mut pulls = loop {
+            match Pulls::open(consumer.clone(), js.clone()).await {
+                Ok(p) => break p,
+                Err(e) => {
+                    warn(&e);
+                    tokio::select! {
+                        _ = shutdown.wait() => return,
+                        _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    }
+                }
+            }
+        };
+        let flow = sink.flow();
+        // What ended the last run without being a message of it.
+        let mut next = None;
+        loop {
+            if shutdown.is_stopping() {
+                pulls.stop();
+            }
+            if let Err(e) = pulls.top_up().await {
+                flow.set_pull_error(Some(e.clone()));
+                warn(&e);
+            }
+            let pulled = match next.take() {
+                Some(p) => p,
+                None => tokio::select! {
+                    biased;
+                    p = pulls.next() => p,
+                    // Stop asking; what was asked for is still drained.
+                    _ = shutdown.wait(), if !shutdown.is_stopping() => continue,
+                },
+            };
+            let first = match pulled {
+                Pulled::Message(m) => m,
+                Pulled::Idle if shutdown.is_stopping() => return,
+                Pulled::Idle => continue,
+                // The consumer served a request on an idle stream: whatever
+                // refused an earlier one (no leader yet, a leader change, NATS
+                // away) is over, message or not.
+                Pulled::Expired => {
+                    flow.set_pull_error(None);
+                    continue;
+                }
+                Pulled::Error(e) => {
+                    flow.set_pull_error(Some(e.clone()));
+                    warn(&e);
+                    tokio::select! {
+                        _ = shutdown.wait() => {}
+                        _ = tokio::time::sleep(Duration::from_millis(250)) => {}
+                    }
+                    continue;
+                }
+            };
+            flow.set_pull_error(None);
+            // The first message and those already here behind it, in order.
+            let mut run = Vec::with_capacity(RUN);
+            run.extend(delivery(first, flow, &component));
+            while run.len() < RUN {
+                match pulls.next().now_or_never() {
+                    Some(Pulled::Message(m)) => run.extend(delivery(m, flow, &component)),
+                    Some(other) => {
+                        next = Some(other);
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            if !sink.take(run).await {
+                return;
+            }
+        }
     }
 }
 
-async fn route(
-    consumer: PullConsumer,
-    js: jetstream::Context,
-    workers: Workers,
-    component: String,
-    mut shutdown: watch::Receiver<bool>,
-) {
-    let mut errors = 0u64;
-    let mut warn = |e: &dyn std::fmt::Display| {
-        // Heartbeats and requests fail while NATS is away; pulls resume after.
-        errors += 1;
-        if errors.is_power_of_two() {
-            tracing::warn!(%component, errors, "pull consumer: {e}");
+/// A pulled message as a delivery settled with its ack subject; none when
+/// it lacks JetStream's metadata.
+fn delivery(msg: Message, flow: &FlowStats, component: &str) -> Option<Delivery> {
+    let meta = match msg.info() {
+        Ok(i) => {
+            flow.pending.store(i.pending, Ordering::Relaxed);
+            let nanos = i.published.unix_timestamp_nanos();
+            Meta {
+                stream: Some(i.stream.to_owned()),
+                sequence: Some(i.stream_sequence),
+                attempt: u32::try_from(i.delivered).unwrap_or(u32::MAX).max(1),
+                time: u64::try_from(nanos)
+                    .ok()
+                    .map(|n| SystemTime::UNIX_EPOCH + Duration::from_nanos(n)),
+            }
+        }
+        Err(e) => {
+            tracing::warn!(%component, "message without JetStream metadata skipped: {e}");
+            return None;
         }
     };
-    let mut pulls = loop {
-        match Pulls::open(consumer.clone(), js.clone()).await {
-            Ok(p) => break p,
-            Err(e) => {
-                warn(&e);
-                tokio::select! {
-                    _ = shutdown.wait_for(|stop| *stop) => return,
-                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                }
-            }
-        }
-    };
-    loop {
-        if *shutdown.borrow() {
-            pulls.stop();
-        }
-        if let Err(e) = pulls.top_up().await {
-            workers.flow().set_pull_error(Some(e.clone()));
-            warn(&e);
-        }
-        let pulled = tokio::select! {
-            biased;
-            p = pulls.next() => p,
-            // Stop asking; what was asked for is still drained.
-            _ = shutdown.wait_for(|stop| *stop), if !*shutdown.borrow() => continue,
-        };
-        let msg = match pulled {
-            Pulled::Message(m) => m,
-            Pulled::Idle if *shutdown.borrow() => return,
-            Pulled::Idle => continue,
-            // The consumer served a request on an idle stream: whatever
-            // refused an earlier one (no leader yet, a leader change, NATS
-            // away) is over, message or not.
-            Pulled::Expired => {
-                workers.flow().set_pull_error(None);
-                continue;
-            }
-            Pulled::Error(e) => {
-                workers.flow().set_pull_error(Some(e.clone()));
-                warn(&e);
-                tokio::select! {
-                    _ = shutdown.wait_for(|stop| *stop) => {}
-                    _ = tokio::time::sleep(Duration::from_millis(250)) => {}
-                }
-                continue;
-            }
-        };
-        workers.flow().set_pull_error(None);
-        let meta = match msg.info() {
-            Ok(i) => {
-                workers.flow().pending.store(i.pending, Ordering::Relaxed);
-                let nanos = i.published.unix_timestamp_nanos();
-                Meta {
-                    stream: Some(i.stream.to_owned()),
-                    sequence: Some(i.stream_sequence),
-                    attempt: u32::try_from(i.delivered).unwrap_or(u32::MAX).max(1),
-                    time: u64::try_from(nanos)
-                        .ok()
-                        .map(|n| SystemTime::UNIX_EPOCH + Duration::from_nanos(n)),
-                }
-            }
-            Err(e) => {
-                tracing::warn!(%component, "message without JetStream metadata skipped: {e}");
-                continue;
-            }
-        };
-        let (m, acker) = msg.split();
-        let job = Delivery {
-            msg: BusMessage {
-                subject: m.subject.as_str().to_owned(),
-                reply_to: None,
-                headers: crate::bus::from_header_map(m.headers.as_ref()),
-                payload: m.payload,
-            },
-            meta,
-            settle: Box::new(JetStreamSettle(acker)),
-        };
-        if !workers.dispatch(job).await {
-            return;
-        }
-    }
+    let (m, acker) = msg.split();
+    Some(Delivery {
+        msg: from_nats(m),
+        meta,
+        settle: Box::new(JetStreamSettle(acker)),
+    })
 }

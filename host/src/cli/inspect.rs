@@ -2,15 +2,27 @@
 //! without running it: world, imports (each marked provided or not),
 //! exports, size and the sha256 to pin in the manifest.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use weir::runtime::{Inspection, Runtime, RuntimeConfig};
 
-/// Prints the inspection as text, or as one JSON object with `json`.
+/// Shows what a component file is: world, imports (provided by weir or
+/// not), exports, size and sha256; fails when weir would refuse it.
+#[derive(clap::Args)]
+pub struct InspectArgs {
+    /// The `.wasm` component.
+    file: PathBuf,
+    /// One JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Prints the inspection as text, or as one JSON object with `--json`.
 /// Fails (after printing) when weir would refuse the component.
-pub fn inspect(path: &Path, json: bool) -> anyhow::Result<()> {
+pub fn run(args: InspectArgs) -> anyhow::Result<()> {
+    let (path, json) = (args.file.as_path(), args.json);
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let runtime = Runtime::new(&RuntimeConfig {
         epoch_tick: Duration::from_millis(10),

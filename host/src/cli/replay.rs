@@ -1,16 +1,17 @@
-//! `weir replay` and `weir record`: the command-line side of
-//! [`weir::replay`].
+//! `weir replay`: the command-line side of [`weir::replay`].
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context as _;
 use weir::bus::NatsBus;
-use weir::manifest::NatsSettings;
+use weir::manifest::{LogFormat, NatsSettings};
 use weir::replay::{Bound, Input, Replay, ReplayOptions, Speed};
 use weir::streams::Definition;
 
-/// What `weir replay` is asked.
+/// Runs the manifest's components over recorded events on a virtual
+/// clock; writes every publish, cache write, dead letter and settle, in
+/// order, as NDJSON (same input, same bytes). Nothing goes live.
 #[derive(clap::Args)]
 pub struct ReplayArgs {
     /// The manifest (TOML).
@@ -55,7 +56,7 @@ fn stream_subjects(dir: &Path) -> anyhow::Result<Vec<(String, Vec<String>)>> {
         .collect())
 }
 
-fn writer(out: Option<&Path>) -> anyhow::Result<Box<dyn Write + Send>> {
+pub(super) fn writer(out: Option<&Path>) -> anyhow::Result<Box<dyn Write + Send>> {
     Ok(match out {
         None => Box::new(std::io::BufWriter::new(std::io::stdout())),
         Some(p) => Box::new(std::io::BufWriter::new(
@@ -65,7 +66,8 @@ fn writer(out: Option<&Path>) -> anyhow::Result<Box<dyn Write + Send>> {
 }
 
 /// Runs a replay and prints a summary on stderr.
-pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
+    super::init_logging_at(LogFormat::Human, "warn");
     let manifest = weir::Manifest::load(&args.manifest, &weir::EnvOverrides::from_process())?;
     let options = ReplayOptions {
         start: args.start,
@@ -115,32 +117,4 @@ pub async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         },
     );
     Ok(())
-}
-
-/// Records live traffic on `subjects` into `out` in the replay's format,
-/// until `count` messages or `stop`.
-pub async fn record(
-    server: &str,
-    subjects: &[String],
-    out: &Path,
-    count: Option<u64>,
-    stop: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<u64> {
-    let nats = NatsBus::connect(
-        &NatsSettings::with_url(server),
-        Path::new("."),
-        "weir record",
-    )
-    .await?;
-    let mut w = writer(Some(out))?;
-    let n = weir::replay::record(&nats, subjects, &mut w, count, stop, || {
-        eprintln!(
-            "recording {} to {} (Ctrl-C to stop)",
-            subjects.join(", "),
-            out.display()
-        );
-    })
-    .await?;
-    eprintln!("recorded {n} messages");
-    Ok(n)
 }

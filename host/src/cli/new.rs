@@ -18,29 +18,29 @@ pub enum Kind {
 
 /// The SDK's sources, as `weir-guest/<path>` in the new project.
 const SDK: &[(&str, &str)] = &[
-    ("src/lib.rs", include_str!("../../guest/src/lib.rs")),
-    ("src/alloc.rs", include_str!("../../guest/src/alloc.rs")),
-    ("src/batch.rs", include_str!("../../guest/src/batch.rs")),
-    ("src/cache.rs", include_str!("../../guest/src/cache.rs")),
-    ("src/config.rs", include_str!("../../guest/src/config.rs")),
-    ("src/events.rs", include_str!("../../guest/src/events.rs")),
+    ("src/lib.rs", include_str!("../../../guest/src/lib.rs")),
+    ("src/alloc.rs", include_str!("../../../guest/src/alloc.rs")),
+    ("src/batch.rs", include_str!("../../../guest/src/batch.rs")),
+    ("src/cache.rs", include_str!("../../../guest/src/cache.rs")),
+    ("src/config.rs", include_str!("../../../guest/src/config.rs")),
+    ("src/events.rs", include_str!("../../../guest/src/events.rs")),
     (
         "src/events/trade_scan.rs",
-        include_str!("../../guest/src/events/trade_scan.rs"),
+        include_str!("../../../guest/src/events/trade_scan.rs"),
     ),
     (
         "src/messaging.rs",
-        include_str!("../../guest/src/messaging.rs"),
+        include_str!("../../../guest/src/messaging.rs"),
     ),
     // weir's own WIT package: what the SDK's bindings are generated from.
-    ("wit/types.wit", include_str!("../../wit/types.wit")),
-    ("wit/cache.wit", include_str!("../../wit/cache.wit")),
-    ("wit/messaging.wit", include_str!("../../wit/messaging.wit")),
-    ("wit/handler.wit", include_str!("../../wit/handler.wit")),
-    ("wit/config.wit", include_str!("../../wit/config.wit")),
-    ("wit/logging.wit", include_str!("../../wit/logging.wit")),
-    ("wit/market.wit", include_str!("../../wit/market.wit")),
-    ("wit/worlds.wit", include_str!("../../wit/worlds.wit")),
+    ("wit/types.wit", include_str!("../../../wit/types.wit")),
+    ("wit/cache.wit", include_str!("../../../wit/cache.wit")),
+    ("wit/messaging.wit", include_str!("../../../wit/messaging.wit")),
+    ("wit/handler.wit", include_str!("../../../wit/handler.wit")),
+    ("wit/config.wit", include_str!("../../../wit/config.wit")),
+    ("wit/logging.wit", include_str!("../../../wit/logging.wit")),
+    ("wit/market.wit", include_str!("../../../wit/market.wit")),
+    ("wit/worlds.wit", include_str!("../../../wit/worlds.wit")),
 ];
 
 const SDK_CARGO: &str = r#"[package]
@@ -61,8 +61,23 @@ serde_json = "1"
 wit-bindgen = { version = "0.63", default-features = false, features = ["macros", "realloc", "std"] }
 "#;
 
+/// Creates a component project (strategy or alert) that builds on its
+/// own, with the SDK, a manifest entry, sample data and a test.
+#[derive(clap::Args)]
+pub struct NewArgs {
+    /// What it is.
+    kind: Kind,
+    /// Its crate name, cache namespace and manifest key.
+    name: String,
+    /// Where to create it (the project is DIR/NAME).
+    #[arg(long, default_value = ".")]
+    dir: PathBuf,
+}
+
 /// Makes the project; prints where it is and what to run next.
-pub fn new(kind: Kind, name: &str, dir: &Path) -> anyhow::Result<()> {
+pub fn run(args: NewArgs) -> anyhow::Result<()> {
+    let NewArgs { kind, name, dir } = args;
+    let (name, dir) = (name.as_str(), dir.as_path());
     check_name(name)?;
     let root = dir.join(name);
     if root.exists() {
@@ -108,14 +123,14 @@ fn files(kind: Kind, name: &str) -> Vec<(PathBuf, String)> {
     let lib = name.replace('-', "_");
     let (source, noun, out_prefix, publish, config) = match kind {
         Kind::Strategy => (
-            include_str!("../templates/strategy.rs.txt"),
+            include_str!("../../templates/strategy.rs.txt"),
             "signal",
             "signals.",
             "signals.*",
             "{ window = 20 }",
         ),
         Kind::Alert => (
-            include_str!("../templates/alert.rs.txt"),
+            include_str!("../../templates/alert.rs.txt"),
             "alert",
             "alerts.triggered",
             "alerts.triggered",
@@ -132,7 +147,7 @@ fn files(kind: Kind, name: &str) -> Vec<(PathBuf, String)> {
         (PathBuf::from("src/lib.rs"), fill(source)),
         (
             PathBuf::from("tests/replay.rs"),
-            fill(include_str!("../templates/replay_test.rs.txt")),
+            fill(include_str!("../../templates/replay_test.rs.txt")),
         ),
         (
             PathBuf::from("weir.toml"),

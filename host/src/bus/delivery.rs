@@ -6,15 +6,17 @@
 //! (`crate::dispatch`); the transport decides what settling means: an ack
 //! on JetStream, nothing on a core subject.
 
+use std::future::Future;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use futures::StreamExt;
 use thiserror::Error;
-use tokio::sync::watch;
 
-use crate::bus::{BusMessage, Subscription};
-use crate::dispatch::Workers;
+use super::nats::consumer::PullSource;
+use super::{BusMessage, Subscription};
+use crate::shutdown::Shutdown;
+use crate::stats::FlowStats;
 
 /// What is known about one delivery of a message.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -104,39 +106,59 @@ impl Settle for AtMostOnce {
     }
 }
 
-/// Where one subscription's deliveries come from.
-#[async_trait]
-pub trait DeliverySource: Send + 'static {
-    /// Hands every delivery to `workers` until `shutdown`, finishing what
-    /// it holds (a JetStream batch) so nothing is left stranded.
-    async fn run(self: Box<Self>, workers: Workers, shutdown: watch::Receiver<bool>);
+/// Most deliveries a source hands on at once (and a worker takes at once).
+pub const RUN: usize = 64;
+
+/// Where sources hand their deliveries: the dispatcher's workers. One
+/// handle feeds one subscription and carries its counters.
+pub trait Sink: Send + Sync + 'static {
+    /// Hands deliveries on, in arrival order; false once nobody takes
+    /// them any more (the host is stopping).
+    fn take<I>(&self, run: I) -> impl Future<Output = bool> + Send
+    where
+        I: IntoIterator<Item = Delivery> + Send,
+        I::IntoIter: Send;
+
+    /// The counters of the subscription this handle feeds from: a source
+    /// reports its pull errors and backlog there.
+    fn flow(&self) -> &FlowStats;
 }
 
-/// Core subscriptions (embedded bus or core NATS) as a source.
-pub struct CoreSource(pub Subscription);
+/// Where one subscription's deliveries come from.
+pub enum Source {
+    /// A core subscription (embedded bus or core NATS): at most once.
+    Core(Subscription),
+    /// A JetStream durable pull consumer: acked, redelivered.
+    Stream(PullSource),
+}
 
-#[async_trait]
-impl DeliverySource for CoreSource {
-    async fn run(self: Box<Self>, workers: Workers, mut shutdown: watch::Receiver<bool>) {
-        // What the subscription has ready goes on in one run (see
-        // `Workers::dispatch_run`); a lone message goes on at once.
-        let mut sub = self.0.ready_chunks(crate::dispatch::RUN);
-        // One shutdown future for the whole run: a new one per message
-        // would lock the watch's waiter list twice for every message.
-        let stop = shutdown.wait_for(|stop| *stop);
-        tokio::pin!(stop);
-        loop {
-            let msgs = tokio::select! {
-                biased;
-                _ = &mut stop => break,
-                msgs = sub.next() => match msgs { Some(m) => m, None => break },
-            };
-            if !workers
-                .dispatch_run(msgs.into_iter().map(Delivery::core))
-                .await
-            {
-                break;
-            }
+impl Source {
+    /// Hands every delivery to `sink` until `shutdown`, finishing what it
+    /// holds (a JetStream batch) so nothing is left stranded.
+    pub async fn run(self, sink: impl Sink, shutdown: Shutdown) {
+        match self {
+            Source::Core(sub) => run_core(sub, sink, shutdown).await,
+            Source::Stream(pull) => pull.run(sink, shutdown).await,
+        }
+    }
+}
+
+/// Feeds a core subscription to `sink`: what the subscription has ready
+/// goes on in one run (see [`RUN`]); a lone message goes on at once.
+async fn run_core(sub: Subscription, sink: impl Sink, shutdown: Shutdown) {
+    let mut sub = sub.ready_chunks(RUN);
+    // One shutdown future for the whole run: a new one per message would
+    // lock the watch's waiter list twice for every message.
+    let stop = shutdown.wait();
+    tokio::pin!(stop);
+    loop {
+        let msgs = tokio::select! {
+            biased;
+            _ = &mut stop => break,
+            msgs = sub.next() => match msgs { Some(m) => m, None => break },
+        };
+        if !sink.take(msgs.into_iter().map(Delivery::core)).await {
+            break;
         }
     }
 }
