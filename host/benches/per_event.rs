@@ -231,11 +231,13 @@ fn setup() -> Setup {
         "sma-crossover".into(),
         grants,
         Limits::default(),
-        config,
+        Arc::new(bus.clone()),
+    )
+    .with_cache(
         Some(Arc::new(l1.clone()) as Arc<dyn CacheStore>),
         &CacheSettings::default(),
-        Arc::new(bus.clone()),
-    );
+    )
+    .with_config(config);
     let wasm = root().join("target/wasm32-wasip2/release/sma_crossover.wasm");
     let template = runtime
         .load(Arc::new(ctx), &wasm, None)

@@ -15,8 +15,8 @@ use crate::dispatch::Workers;
 use crate::manifest::Manifest;
 use crate::market::MarketStore;
 use crate::observe::{Flow, Observed, Timeline};
-use crate::runtime::{Runtime, RuntimeConfig};
-use crate::shutdown::{self, Trigger};
+use crate::runtime::{ComponentTemplate, Runtime, RuntimeConfig};
+use crate::shutdown::{self, Shutdown, Trigger};
 use crate::stats::{ComponentSnapshot, ComponentStats};
 use crate::update::{Updater, Wiring};
 
@@ -82,28 +82,7 @@ impl Host {
         let cache = cache::start(manifest, &id, &bus, nats.as_ref(), &signal, &mut tasks).await?;
         // The latest market data: subscribed before any component runs,
         // so what they read is never behind what they were handed.
-        let market = if manifest.market.subjects.is_empty() {
-            None
-        } else {
-            let store = MarketStore::default();
-            let subjects = &manifest.market.subjects;
-            match (&manifest.market.stream, &nats) {
-                (Some(stream), Some(nats)) => {
-                    let follow = store
-                        .follow_stream(nats.jetstream(), stream, subjects, signal.clone())
-                        .await?;
-                    tasks.spawn(follow);
-                }
-                (Some(stream), None) => anyhow::bail!(
-                    "[market] stream = {stream:?} needs JetStream: configure [nats], or drop the stream to follow the subjects on the embedded bus"
-                ),
-                (None, _) => {
-                    let follow = store.follow(&bus, subjects, signal.clone()).await?;
-                    tasks.spawn(follow);
-                }
-            }
-            Some(store)
-        };
+        let market = start_market(manifest, &bus, nats.as_ref(), &signal, &mut tasks).await?;
         let runtime = Runtime::new(&RuntimeConfig::for_manifest(manifest))
             .context("cannot build the WebAssembly engine")?;
         let wiring = Wiring {
@@ -114,35 +93,16 @@ impl Host {
         let components = runtime.load_manifest(manifest, |_| wiring.parts(None))?;
         let updater = Updater::new(runtime, wiring, manifest.clone(), &components);
 
-        // Open every subscription before any message flows, so a missing
-        // stream or a refused subscription stops the start.
-        let mut sources = Vec::new();
-        for (i, spec) in manifest.components.values().enumerate() {
-            let name = components[i].name();
-            for sub in &spec.subscribe {
-                let sub = sub.get_ref();
-                let source = open_source(&bus, nats.as_ref(), name, sub, &spec.limits).await?;
-                sources.push((i, sub, source));
-            }
-        }
-        let mut workers = Vec::new();
-        for i in 0..components.len() {
-            let current = updater
-                .watch(i)
-                .context("a component without its version")?;
-            workers.push(Workers::spawn(current, bus.clone(), &mut tasks));
-        }
-        let mut flows = Vec::new();
-        for (i, sub, source) in sources {
-            let w = workers[i].for_subscription();
-            flows.push(Flow {
-                component: components[i].name().to_owned(),
-                subject: sub.subject.clone(),
-                stream: sub.stream.clone(),
-                stats: w.flow_stats().clone(),
-            });
-            tasks.spawn(source.run(w, signal.clone()));
-        }
+        let flows = start_flows(
+            manifest,
+            &components,
+            &updater,
+            &bus,
+            nats.as_ref(),
+            &signal,
+            &mut tasks,
+        )
+        .await?;
         // A subscription reaches the server asynchronously: one round trip
         // makes sure every one is in place before the host says it runs,
         // or a core message published right after the start may be lost.
@@ -315,6 +275,82 @@ impl Host {
     }
 }
 
+/// Follows `[market]`'s subjects (or its stream) into a latest-value
+/// store, when the manifest names any.
+async fn start_market(
+    manifest: &Manifest,
+    bus: &Arc<dyn Bus>,
+    nats: Option<&NatsBus>,
+    signal: &Shutdown,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<Option<MarketStore>> {
+    if manifest.market.subjects.is_empty() {
+        return Ok(None);
+    }
+    let store = MarketStore::default();
+    let subjects = &manifest.market.subjects;
+    match (&manifest.market.stream, nats) {
+        (Some(stream), Some(nats)) => {
+            let follow = store
+                .follow_stream(nats.jetstream(), stream, subjects, signal.clone())
+                .await?;
+            tasks.spawn(follow);
+        }
+        (Some(stream), None) => anyhow::bail!(
+            "[market] stream = {stream:?} needs JetStream: configure [nats], or drop the stream to follow the subjects on the embedded bus"
+        ),
+        (None, _) => {
+            let follow = store.follow(bus, subjects, signal.clone()).await?;
+            tasks.spawn(follow);
+        }
+    }
+    Ok(Some(store))
+}
+
+/// Opens every subscription before any message flows (so a missing stream
+/// or a refused subscription stops the start), starts each component's
+/// workers, and feeds each source into its component's workers.
+async fn start_flows(
+    manifest: &Manifest,
+    components: &[Arc<ComponentTemplate>],
+    updater: &Updater,
+    bus: &Arc<dyn Bus>,
+    nats: Option<&NatsBus>,
+    signal: &Shutdown,
+    tasks: &mut JoinSet<()>,
+) -> anyhow::Result<Vec<Flow>> {
+    // Open every subscription before any message flows, so a missing
+    // stream or a refused subscription stops the start.
+    let mut sources = Vec::new();
+    for (i, spec) in manifest.components.values().enumerate() {
+        let name = components[i].name();
+        for sub in &spec.subscribe {
+            let sub = sub.get_ref();
+            let source = open_source(bus, nats, name, sub, &spec.limits).await?;
+            sources.push((i, sub, source));
+        }
+    }
+    let mut workers = Vec::new();
+    for i in 0..components.len() {
+        let current = updater
+            .watch(i)
+            .context("a component without its version")?;
+        workers.push(Workers::spawn(current, bus.clone(), tasks));
+    }
+    let mut flows = Vec::new();
+    for (i, sub, source) in sources {
+        let w = workers[i].for_subscription();
+        flows.push(Flow {
+            component: components[i].name().to_owned(),
+            subject: sub.subject.clone(),
+            stream: sub.stream.clone(),
+            stats: w.flow_stats().clone(),
+        });
+        tasks.spawn(source.run(w, signal.clone()));
+    }
+    Ok(flows)
+}
+
 /// Runs a host until `shutdown` resolves, then stops it gracefully.
 pub async fn run(host: Host, shutdown: impl Future) {
     shutdown.await;
@@ -348,9 +384,9 @@ async fn open_source(
         (Some(stream), None) => anyhow::bail!(
             "component {component} consumes stream {stream}: JetStream needs a NATS server (set [nats] url or NATS_URL)"
         ),
-        (Some(_), Some(nats)) => Ok(Source::Stream(
+        (Some(_), Some(nats)) => Ok(Source::Stream(Box::new(
             crate::bus::nats::consumer::open(nats.jetstream(), component, sub, limits).await?,
-        )),
+        ))),
         (None, _) => {
             let s = bus
                 .subscribe(&sub.subject, sub.queue_group.as_deref())

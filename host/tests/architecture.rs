@@ -4,6 +4,8 @@
 //! sources, `use` lines and paths in code alike, and fails on any that
 //! points up, and on a module the list does not place.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may fail loudly
+
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 

@@ -129,7 +129,7 @@ pub enum Source {
     /// A core subscription (embedded bus or core NATS): at most once.
     Core(Subscription),
     /// A JetStream durable pull consumer: acked, redelivered.
-    Stream(PullSource),
+    Stream(Box<PullSource>),
 }
 
 impl Source {
@@ -138,7 +138,7 @@ impl Source {
     pub async fn run(self, sink: impl Sink, shutdown: Shutdown) {
         match self {
             Source::Core(sub) => run_core(sub, sink, shutdown).await,
-            Source::Stream(pull) => pull.run(sink, shutdown).await,
+            Source::Stream(pull) => (*pull).run(sink, shutdown).await,
         }
     }
 }

@@ -22,8 +22,14 @@ const SDK: &[(&str, &str)] = &[
     ("src/alloc.rs", include_str!("../../../guest/src/alloc.rs")),
     ("src/batch.rs", include_str!("../../../guest/src/batch.rs")),
     ("src/cache.rs", include_str!("../../../guest/src/cache.rs")),
-    ("src/config.rs", include_str!("../../../guest/src/config.rs")),
-    ("src/events.rs", include_str!("../../../guest/src/events.rs")),
+    (
+        "src/config.rs",
+        include_str!("../../../guest/src/config.rs"),
+    ),
+    (
+        "src/events.rs",
+        include_str!("../../../guest/src/events.rs"),
+    ),
     (
         "src/events/trade_scan.rs",
         include_str!("../../../guest/src/events/trade_scan.rs"),
@@ -35,7 +41,10 @@ const SDK: &[(&str, &str)] = &[
     // weir's own WIT package: what the SDK's bindings are generated from.
     ("wit/types.wit", include_str!("../../../wit/types.wit")),
     ("wit/cache.wit", include_str!("../../../wit/cache.wit")),
-    ("wit/messaging.wit", include_str!("../../../wit/messaging.wit")),
+    (
+        "wit/messaging.wit",
+        include_str!("../../../wit/messaging.wit"),
+    ),
     ("wit/handler.wit", include_str!("../../../wit/handler.wit")),
     ("wit/config.wit", include_str!("../../../wit/config.wit")),
     ("wit/logging.wit", include_str!("../../../wit/logging.wit")),

@@ -5,6 +5,9 @@ use std::path::Path;
 use super::{ComponentSpec, Manifest, ManifestError, line_of};
 use crate::subject;
 
+/// Builds a [`ManifestError`] at a place in the manifest.
+type Fail<'a> = &'a dyn Fn(usize, String, String) -> ManifestError;
+
 /// Validates everything that needs no server.
 pub(super) fn check(m: &Manifest, text: &str, file: &Path) -> Result<(), ManifestError> {
     let fail = |line: usize, field: String, message: String| ManifestError {
@@ -13,6 +16,15 @@ pub(super) fn check(m: &Manifest, text: &str, file: &Path) -> Result<(), Manifes
         field,
         message,
     };
+    check_host(m, &fail)?;
+    for (name, spec) in &m.components {
+        check_component(m, text, name, spec, &fail)?;
+    }
+    Ok(())
+}
+
+/// The host-wide tables: cache, host, redis, nats, market.
+fn check_host(m: &Manifest, fail: Fail<'_>) -> Result<(), ManifestError> {
     if m.cache.default_ttl_secs == 0 {
         return Err(fail(
             0,
@@ -56,121 +68,145 @@ pub(super) fn check(m: &Manifest, text: &str, file: &Path) -> Result<(), Manifes
         subject::validate_filter(filter)
             .map_err(|e| fail(0, format!("market.subjects[{i}]"), e.to_string()))?;
     }
-    for (name, spec) in &m.components {
-        let table_line = component_line(text, name);
-        let field = |f: &str| format!("components.{name}.{f}");
-        if name.is_empty()
-            || !name
+    Ok(())
+}
+
+/// One component: its name, limits, grants, subscriptions and files.
+fn check_component(
+    m: &Manifest,
+    text: &str,
+    name: &str,
+    spec: &ComponentSpec,
+    fail: Fail<'_>,
+) -> Result<(), ManifestError> {
+    let table_line = component_line(text, name);
+    let field = |f: &str| format!("components.{name}.{f}");
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(fail(
+            table_line,
+            format!("components.{name}"),
+            "component names use letters, digits, `-` and `_`".into(),
+        ));
+    }
+    check_limits(spec).map_err(|(f, msg)| fail(table_line, field(f), msg))?;
+    for (i, pattern) in spec
+        .grants
+        .publish
+        .iter()
+        .chain(&spec.grants.subscribe)
+        .chain(&spec.grants.request)
+        .enumerate()
+    {
+        subject::validate_filter(pattern)
+            .map_err(|e| fail(table_line, field(&format!("grants[{i}]")), e.to_string()))?;
+    }
+    if let Some(ns) = &spec.grants.cache
+        && (ns.is_empty()
+            || !ns
                 .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-        {
-            return Err(fail(
-                table_line,
-                format!("components.{name}"),
-                "component names use letters, digits, `-` and `_`".into(),
-            ));
-        }
-        check_limits(spec).map_err(|(f, msg)| fail(table_line, field(f), msg))?;
-        for (i, pattern) in spec
-            .grants
-            .publish
-            .iter()
-            .chain(&spec.grants.subscribe)
-            .chain(&spec.grants.request)
-            .enumerate()
-        {
-            subject::validate_filter(pattern)
-                .map_err(|e| fail(table_line, field(&format!("grants[{i}]")), e.to_string()))?;
-        }
-        if let Some(ns) = &spec.grants.cache
-            && (ns.is_empty()
-                || !ns
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
-        {
-            return Err(fail(
-                table_line,
-                field("grants.cache"),
-                format!("namespace {ns:?} may use letters, digits, `-`, `_` and `.`"),
-            ));
-        }
-        for (i, sub) in spec.subscribe.iter().enumerate() {
-            let line = line_of(text, sub.span().start);
-            let f = field(&format!("subscribe[{i}]"));
-            let s = sub.get_ref();
-            subject::validate_filter(&s.subject)
-                .map_err(|e| fail(line, f.clone(), e.to_string()))?;
-            if !spec
-                .grants
-                .subscribe
-                .iter()
-                .any(|g| subject::covers(g, &s.subject))
-            {
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)))
+    {
+        return Err(fail(
+            table_line,
+            field("grants.cache"),
+            format!("namespace {ns:?} may use letters, digits, `-`, `_` and `.`"),
+        ));
+    }
+    for (i, sub) in spec.subscribe.iter().enumerate() {
+        let line = line_of(text, sub.span().start);
+        check_subscription(
+            spec,
+            sub.get_ref(),
+            line,
+            field(&format!("subscribe[{i}]")),
+            fail,
+        )?;
+    }
+    if let Some(dir) = &spec.grants.data_dir
+        && !m.base_dir.join(dir).is_dir()
+    {
+        return Err(fail(
+            table_line,
+            field("grants.data_dir"),
+            format!("{} is not a directory", m.base_dir.join(dir).display()),
+        ));
+    }
+    let wasm = m.wasm_path(spec);
+    if !wasm.is_file() {
+        return Err(fail(
+            line_of(text, spec.wasm.span().start),
+            field("wasm"),
+            format!(
+                "{} does not exist (build the components first: `just build`)",
+                wasm.display()
+            ),
+        ));
+    }
+    if let Some(sha) = &spec.sha256
+        && (sha.get_ref().len() != 64 || !sha.get_ref().chars().all(|c| c.is_ascii_hexdigit()))
+    {
+        return Err(fail(
+            line_of(text, sha.span().start),
+            field("sha256"),
+            "must be 64 hex digits".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// One subscription: its filter, its grant, and a stream's consumer.
+fn check_subscription(
+    spec: &ComponentSpec,
+    s: &super::Subscription,
+    line: usize,
+    f: String,
+    fail: Fail<'_>,
+) -> Result<(), ManifestError> {
+    subject::validate_filter(&s.subject).map_err(|e| fail(line, f.clone(), e.to_string()))?;
+    if !spec
+        .grants
+        .subscribe
+        .iter()
+        .any(|g| subject::covers(g, &s.subject))
+    {
+        return Err(fail(
+            line,
+            f,
+            format!(
+                "subscription {:?} is not covered by grants.subscribe {:?}; add a grant that covers it",
+                s.subject, spec.grants.subscribe
+            ),
+        ));
+    }
+    match (&s.stream, &s.consumer) {
+        (Some(stream), Some(_)) => {
+            if s.queue_group.is_some() {
+                return Err(fail(line, f, "a stream subscription shares work through its durable consumer; drop queue_group".into()));
+            }
+            if !spec.grants.streams.contains(stream) {
                 return Err(fail(
                     line,
                     f,
                     format!(
-                        "subscription {:?} is not covered by grants.subscribe {:?}; add a grant that covers it",
-                        s.subject, spec.grants.subscribe
+                        "stream {stream:?} is not in grants.streams {:?}",
+                        spec.grants.streams
                     ),
                 ));
             }
-            match (&s.stream, &s.consumer) {
-                (Some(stream), Some(_)) => {
-                    if s.queue_group.is_some() {
-                        return Err(fail(line, f, "a stream subscription shares work through its durable consumer; drop queue_group".into()));
-                    }
-                    if !spec.grants.streams.contains(stream) {
-                        return Err(fail(
-                            line,
-                            f,
-                            format!(
-                                "stream {stream:?} is not in grants.streams {:?}",
-                                spec.grants.streams
-                            ),
-                        ));
-                    }
-                }
-                (Some(_), None) => {
-                    return Err(fail(
-                        line,
-                        f,
-                        "a stream subscription needs a durable `consumer` name".into(),
-                    ));
-                }
-                (None, Some(_)) => return Err(fail(line, f, "`consumer` needs a `stream`".into())),
-                (None, None) => {}
-            }
         }
-        if let Some(dir) = &spec.grants.data_dir
-            && !m.base_dir.join(dir).is_dir()
-        {
+        (Some(_), None) => {
             return Err(fail(
-                table_line,
-                field("grants.data_dir"),
-                format!("{} is not a directory", m.base_dir.join(dir).display()),
+                line,
+                f,
+                "a stream subscription needs a durable `consumer` name".into(),
             ));
         }
-        let wasm = m.wasm_path(spec);
-        if !wasm.is_file() {
-            return Err(fail(
-                line_of(text, spec.wasm.span().start),
-                field("wasm"),
-                format!(
-                    "{} does not exist (build the components first: `just build`)",
-                    wasm.display()
-                ),
-            ));
-        }
-        if let Some(sha) = &spec.sha256
-            && (sha.get_ref().len() != 64 || !sha.get_ref().chars().all(|c| c.is_ascii_hexdigit()))
-        {
-            return Err(fail(
-                line_of(text, sha.span().start),
-                field("sha256"),
-                "must be 64 hex digits".into(),
-            ));
-        }
+        (None, Some(_)) => return Err(fail(line, f, "`consumer` needs a `stream`".into())),
+        (None, None) => {}
     }
     Ok(())
 }

@@ -15,7 +15,10 @@ use super::limiter::{LimitHit, Limiter};
 use super::packed::Packer;
 use crate::bus::BusMessage;
 use crate::capability::bindings::exports::wasmcloud::messaging::handler::BrokerMessage;
-use crate::capability::bindings::exports::weir::host::handler::{Delivery, HandleError};
+// The WIT `delivery` record (what the guest is told), not `crate::bus::Delivery`.
+use crate::capability::bindings::exports::weir::host::handler::{
+    Delivery as DeliveryRecord, HandleError,
+};
 use crate::capability::bindings::weir::host::messaging::MessageParam;
 use crate::capability::{Capabilities, ComponentContext};
 
@@ -278,7 +281,7 @@ impl Instance {
                     headers: &headers,
                     payload: &msg.payload,
                 };
-                let delivery = Delivery {
+                let delivery = DeliveryRecord {
                     stream,
                     sequence,
                     attempt,
