@@ -335,7 +335,7 @@ async fn start_flows(
         let current = updater
             .watch(i)
             .context("a component without its version")?;
-        workers.push(Workers::spawn(current, bus.clone(), tasks));
+        workers.push(Workers::spawn(current, tasks));
     }
     let mut flows = Vec::new();
     for (i, sub, source) in sources {

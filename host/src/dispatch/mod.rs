@@ -39,7 +39,7 @@ use std::time::Duration;
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::bus::{Bus, Delivery, Meta, RUN, SettleError, Sink};
+use crate::bus::{Delivery, Meta, RUN, SettleError, Sink};
 use crate::capability::ComponentContext;
 use crate::failure_log::Verdict as LogVerdict;
 use crate::runtime::ComponentTemplate;
@@ -92,10 +92,11 @@ impl Workers {
     /// flight finishes on the old instance and the queued ones go to new.
     pub fn spawn(
         current: watch::Receiver<Arc<ComponentTemplate>>,
-        bus: Arc<dyn Bus>,
         tasks: &mut JoinSet<()>,
     ) -> Workers {
         let template = current.borrow().clone();
+        // Every version of a component publishes on the same bus.
+        let bus = &template.ctx.messaging.bus;
         let instances = template.ctx.limits.instances;
         let mut queues = Vec::with_capacity(instances);
         for index in 0..instances {
