@@ -129,6 +129,10 @@ fn check_name(name: &str) -> anyhow::Result<()> {
 
 /// Every file of the project, by path relative to its root.
 fn files(kind: Kind, name: &str) -> Vec<(PathBuf, String)> {
+    // The project's test runs the `weir` that made it (a Rust string literal).
+    let weir_path = std::env::current_exe()
+        .map(|p| format!("{:?}", p.display().to_string()))
+        .unwrap_or_else(|_| "\"weir\"".to_owned());
     let lib = name.replace('-', "_");
     let (source, noun, out_prefix, publish, config) = match kind {
         Kind::Strategy => (
@@ -150,6 +154,7 @@ fn files(kind: Kind, name: &str) -> Vec<(PathBuf, String)> {
         t.replace("{name}", name)
             .replace("{kind}", noun)
             .replace("{out_prefix}", out_prefix)
+            .replace("{weir_path}", &weir_path)
     };
     let mut out = vec![
         (PathBuf::from("Cargo.toml"), cargo_toml(name)),
@@ -252,7 +257,7 @@ fn readme(kind: Kind, name: &str, noun: &str) -> String {
     format!(
         r#"# {name}
 
-A [weir](https://github.com/) component, {what}. Made with `weir new`.
+A weir component, {what}. Made with `weir new`.
 
 ```sh
 rustup target add wasm32-wasip2
@@ -267,8 +272,8 @@ weir run weir.toml --feed data/sample.ndjson --tap '>'
   namespace), limits and config.
 - `tests/replay.rs`: builds the component for `wasm32-wasip2` (into `target/wasm`)
   and runs `weir replay` over the sample data: every {noun} it publishes is checked,
-  and no message may be dead-lettered. Set `WEIR` to the `weir` binary if it is not
-  on the PATH.
+  and no message may be dead-lettered. It runs the `weir` that made the project
+  (or `WEIR`, when set, or the one on the PATH).
 - `weir-guest/`: the SDK and the WIT, vendored, so the project builds on its own.
 
 Returning `Err(retry(..))` delivers the message again with backoff; `Err(reject(..))`
