@@ -57,6 +57,12 @@ soak: build-components
     cargo build --release -p weir
     WEIR_BIN="$PWD/target/release/weir" cargo bench -p weir-tests --bench soak
 
+# The book (docs/ → target/book, with mdBook) and the crates' API docs, warnings as errors.
+# Links and anchors, the CLI and manifest references are checked by `just test` (host/tests/docs.rs).
+docs:
+    mdbook build docs
+    RUSTDOCFLAGS="-D warnings" cargo doc --no-deps -p weir -p weir-guest
+
 # Format check and clippy with warnings as errors (host and guests).
 lint:
     cargo fmt --all --check

@@ -12,7 +12,7 @@
 //! Policy: handled → ack; `retry` or a failed instance → again after
 //! [`backoff`], up to `limits.max_deliver` deliveries; `reject` or the last
 //! delivery → dead letter on `dlq.<subject>`, then term once the letter is
-//! stored (see [`dead_letters`]). A dead letter that cannot be stored
+//! stored (see `dead_letters`). A dead letter that cannot be stored
 //! leaves the message to its transport's redelivery (JetStream) or is
 //! logged as lost (core: at most once).
 //!
@@ -21,7 +21,7 @@
 //! summary per interval, while the counters and dead letters hold each.
 //!
 //! Batches: a component that exports `handle-batch` gets the messages
-//! already waiting for its instance in one call (see [`batch`]), with the
+//! already waiting for its instance in one call (see `batch`), with the
 //! same policy for each of them.
 
 mod batch;

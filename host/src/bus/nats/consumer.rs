@@ -140,7 +140,7 @@ pub async fn open(
 impl PullSource {
     /// Pulls messages from the consumer into `sink` until shutdown.
     ///
-    /// Pull requests are pipelined on one inbox (see [`Pulls`]): the server
+    /// Pull requests are pipelined on one inbox (see `Pulls`): the server
     /// fills the next while this one is dispatched, in stream order. What
     /// has arrived goes on as one run (up to [`RUN`]). At shutdown no new
     /// request is made and the messages already asked for are handled and

@@ -1,4 +1,4 @@
-//! L2: Redis (one server or a Redis Cluster, see [`connection`]), shared
+//! L2: Redis (one server or a Redis Cluster, see `connection`), shared
 //! by hosts. Values travel in codec envelopes ([`super::codec`]); every
 //! call is bounded by a timeout and guarded by a circuit breaker, so a dead
 //! Redis costs microseconds, not seconds.
@@ -357,7 +357,7 @@ impl RedisStore {
     }
 
     /// Adds `delta` to the counter at `key` in one script (see
-    /// [`super::counter::INCREMENT_SCRIPT`]); the new value and the TTL left.
+    /// `super::counter::INCREMENT_SCRIPT`); the new value and the TTL left.
     pub async fn increment(
         &self,
         key: &str,
