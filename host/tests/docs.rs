@@ -366,7 +366,11 @@ fn manifest_examples() -> Vec<(PathBuf, String)> {
 #[test]
 fn every_manifest_in_the_docs_passes_the_manifest_check() {
     let examples = manifest_examples();
-    assert!(examples.len() >= 4, "only {} manifests found", examples.len());
+    assert!(
+        examples.len() >= 4,
+        "only {} manifests found",
+        examples.len()
+    );
     // Relative paths resolve from the repository's root or from examples/,
     // where the book's manifests live.
     let bases = [root(), root().join("examples")];
@@ -383,9 +387,14 @@ fn every_manifest_in_the_docs_passes_the_manifest_check() {
         // missing; every other check must pass.
         let missing_own_build = err.field.ends_with(".wasm")
             && err.message.contains("does not exist")
-            && !["sma_crossover", "price_alert", "wasmcloud_echo", "wasmcloud_kv"]
-                .iter()
-                .any(|c| err.message.contains(c));
+            && ![
+                "sma_crossover",
+                "price_alert",
+                "wasmcloud_echo",
+                "wasmcloud_kv",
+            ]
+            .iter()
+            .any(|c| err.message.contains(c));
         assert!(
             missing_own_build,
             "{}: a manifest the docs show is refused: {err}\n{toml}",
