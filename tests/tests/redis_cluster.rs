@@ -154,11 +154,30 @@ async fn a_killed_master_is_replaced_by_its_replica_and_the_host_heals() {
         .enumerate()
         .map(|(i, k)| (k.clone(), value(i)))
         .collect();
-    cache.set_many(entries, MIN).await.unwrap();
-    // Replicated before the master dies.
+    cache.set_many(entries.clone(), MIN).await.unwrap();
+    // In Redis before the master dies: a write Redis did not confirm in time
+    // stays in this host's L1 only (its L2 is not required), so write again
+    // until a reader of the cluster sees every key.
+    let reader = on_cluster(&cluster, &[]);
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    while reader
+        .get_many(&keys)
+        .await
+        .map_or(true, |got| got.iter().any(Option::is_none))
+    {
+        assert!(
+            tokio::time::Instant::now() < until,
+            "the first 100 keys never all reached Redis"
+        );
+        cache.set_many(entries.clone(), MIN).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Replicated before the master dies. (`WAIT` from another connection
+    // proves nothing: it waits for that connection's own writes, of which
+    // redis-cli has none. The replicas' offsets must reach the master's.)
     let masters = cluster.master_nodes(0);
     for &m in &masters {
-        cluster.cli(m, &["wait", "1", "2000"]);
+        wait_replicated(&cluster, m).await;
     }
 
     let victim = masters[0];
@@ -231,4 +250,37 @@ fn on_cluster_without(cluster: &RedisCluster, dead: usize) -> LayeredCache {
         None,
         config,
     )
+}
+
+/// Waits until every replica of master `m` has acknowledged all the master
+/// has written so far (its offset in `INFO replication`), within 10 s.
+async fn wait_replicated(cluster: &RedisCluster, m: usize) {
+    let field = |text: &str, key: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let info = cluster.cli(m, &["info", "replication"]);
+    let target = field(&info, "master_repl_offset:").expect("the master's offset");
+    let until = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let info = cluster.cli(m, &["info", "replication"]);
+        let offsets: Vec<u64> = info
+            .lines()
+            .filter(|l| l.starts_with("slave"))
+            .filter_map(|l| {
+                l.split(',')
+                    .find_map(|kv| kv.strip_prefix("offset="))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .collect();
+        if !offsets.is_empty() && offsets.iter().all(|o| *o >= target) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < until,
+            "node {m}'s replicas at {offsets:?}, short of {target} after 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -23,7 +23,7 @@ use std::sync::atomic::Ordering;
 use tracing::Instrument;
 
 use super::{Queued, Worker, log_failure, settled};
-use crate::runtime::{BatchItem, ComponentTemplate, FailureKind, HandleOutcome};
+use crate::runtime::{BatchItem, ComponentTemplate, HandleOutcome};
 use crate::stats::ComponentStats;
 
 /// Longest deadline a batch may have, in milliseconds.
@@ -124,12 +124,7 @@ impl Worker {
         let outcomes = match answered {
             Ok(outcomes) => outcomes,
             Err(failure) => {
-                self.instance = None;
-                ComponentStats::bump(&stats.traps);
-                ComponentStats::bump(&stats.restarts);
-                if failure.kind == FailureKind::Deadline {
-                    ComponentStats::bump(&stats.deadline_hits);
-                }
+                self.instance_failed(&failure);
                 if log_failure(&template.ctx, "failed attempts", || {
                     format!("a batch: {failure}")
                 }) {

@@ -12,7 +12,7 @@ use tracing::Instrument;
 use super::{DeadLetters, Queued, Run, WORKER_QUEUE, backoff, batch, log_failure, settled};
 use crate::bus::dlq::DeadLetter;
 use crate::bus::{BusMessage, Delivery, Meta, RUN};
-use crate::runtime::{ComponentTemplate, FailureKind, HandleOutcome, Instance};
+use crate::runtime::{ComponentTemplate, Failure, FailureKind, HandleOutcome, Instance};
 use crate::stats::{ComponentStats, FlowStats};
 
 /// Closes a worker's room when the worker stops, however it stops.
@@ -65,6 +65,18 @@ impl Worker {
         );
         self.template = next;
         self.instance = None;
+    }
+
+    /// Drops a failed instance (it is poisoned: the next attempt makes a
+    /// fresh one) and counts the failure.
+    pub(super) fn instance_failed(&mut self, failure: &Failure) {
+        self.instance = None;
+        let stats = &self.template.ctx.stats;
+        ComponentStats::bump(&stats.traps);
+        ComponentStats::bump(&stats.restarts);
+        if failure.kind == FailureKind::Deadline {
+            ComponentStats::bump(&stats.deadline_hits);
+        }
     }
 
     /// Handles one queued delivery, with its span, latency and in-flight count.
@@ -244,8 +256,6 @@ impl Worker {
         attempt: u32,
         outcome: HandleOutcome,
     ) -> Result<(), Verdict> {
-        let template = &*self.template;
-        let stats = &template.ctx.stats;
         if !matches!(outcome, HandleOutcome::Handled) {
             ComponentStats::bump(&flow.failed);
         }
@@ -262,12 +272,8 @@ impl Worker {
                 Err(Verdict::Retry(format!("retry requested: {}", clip(reason))))
             }
             HandleOutcome::Failed(failure) => {
-                self.instance = None;
-                ComponentStats::bump(&stats.traps);
-                ComponentStats::bump(&stats.restarts);
-                if failure.kind == FailureKind::Deadline {
-                    ComponentStats::bump(&stats.deadline_hits);
-                }
+                self.instance_failed(&failure);
+                let template = &self.template;
                 if log_failure(&template.ctx, "failed attempts", || {
                     format!("{}: {failure}", msg.subject)
                 }) {
