@@ -128,6 +128,24 @@ impl RedisStore {
             Ok(Err(e)) if e.is_timeout() => {
                 Err(CacheError::Timeout(format!("Redis {what} timed out: {e}")))
             }
+            // The cluster moving slots, failing over or loading: the data
+            // is out of reach for now (a retry may find it), and the
+            // connection may hold a stale slot map (see below).
+            Ok(Err(e))
+                if e.is_cluster_error()
+                    || matches!(
+                        e.kind(),
+                        redis::ErrorKind::Server(
+                            redis::ServerErrorKind::MasterDown
+                                | redis::ServerErrorKind::BusyLoading
+                        )
+                    ) =>
+            {
+                Err(CacheError::Unavailable(format!(
+                    "Redis at {} {what}: {e}",
+                    inner.url
+                )))
+            }
             // The server answered with an error (one it knows, or a script's own).
             Ok(Err(e))
                 if matches!(
