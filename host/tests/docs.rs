@@ -229,7 +229,13 @@ fn every_chapter_is_in_the_summary() {
 
 #[test]
 fn the_docs_describe_the_software_not_its_history() {
-    let diary = ["session ", "this build", "the build before", "work period"];
+    // Spelt in parts, so that this list does not match itself.
+    let diary = [
+        concat!("sess", "ion "),
+        concat!("this ", "build"),
+        concat!("the build ", "before"),
+        concat!("work ", "period"),
+    ];
     for page in pages() {
         let text = std::fs::read_to_string(&page).unwrap().to_lowercase();
         for word in diary {
