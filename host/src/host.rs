@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::task::JoinSet;
 
-use crate::bus::{Bus, EmbeddedBus, NatsBus, Source};
+use crate::bus::{Bus, EmbeddedBus, NatsBus, Sink, Source};
 use crate::cache::{self, CacheStore, LayerStats};
 use crate::dispatch::Workers;
 use crate::manifest::Manifest;
@@ -344,7 +344,7 @@ async fn start_flows(
             component: components[i].name().to_owned(),
             subject: sub.subject.clone(),
             stream: sub.stream.clone(),
-            stats: w.flow_stats().clone(),
+            stats: w.flow().clone(),
         });
         tasks.spawn(source.run(w, signal.clone()));
     }

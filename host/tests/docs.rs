@@ -120,42 +120,28 @@ fn pages() -> Vec<PathBuf> {
 /// The anchors a page's headings make (GitHub's and mdBook's rule:
 /// lowercase, punctuation dropped, spaces to dashes).
 fn anchors(text: &str) -> BTreeSet<String> {
-    let mut in_code = false;
-    let mut out = BTreeSet::new();
-    for line in text.lines() {
-        if line.starts_with("```") {
-            in_code = !in_code;
-        }
-        if in_code || !line.starts_with('#') {
-            continue;
-        }
-        let heading = line.trim_start_matches('#').trim();
-        let slug: String = heading
-            .to_lowercase()
-            .chars()
-            .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
-            .map(|c| if c == ' ' { '-' } else { c })
-            .collect();
-        out.insert(slug);
-    }
-    out
+    prose(text)
+        .filter_map(|line| line.strip_prefix('#'))
+        .map(|heading| {
+            heading
+                .trim_start_matches('#')
+                .trim()
+                .to_lowercase()
+                .chars()
+                .filter(|c| c.is_alphanumeric() || *c == ' ' || *c == '-' || *c == '_')
+                .map(|c| if c == ' ' { '-' } else { c })
+                .collect()
+        })
+        .collect()
 }
 
 /// `[text](target)` links outside code blocks and inline code.
 fn links(text: &str) -> Vec<String> {
-    let mut in_code = false;
     let mut out = Vec::new();
-    for line in text.lines() {
-        if line.starts_with("```") {
-            in_code = !in_code;
-            continue;
-        }
-        if in_code {
-            continue;
-        }
+    for line in prose(text) {
         // Inline code spans hold examples, not links.
-        let prose: String = line.split('`').step_by(2).collect::<Vec<_>>().join(" ");
-        let mut rest = prose.as_str();
+        let words: String = line.split('`').step_by(2).collect::<Vec<_>>().join(" ");
+        let mut rest = words.as_str();
         while let Some(i) = rest.find("](") {
             let after = &rest[i + 2..];
             let end = after.find(')').unwrap_or(after.len());
@@ -164,6 +150,18 @@ fn links(text: &str) -> Vec<String> {
         }
     }
     out
+}
+
+/// The lines of a page outside its fenced code blocks.
+fn prose(text: &str) -> impl Iterator<Item = &str> {
+    let mut in_code = false;
+    text.lines().filter(move |line| {
+        if line.starts_with("```") {
+            in_code = !in_code;
+            return false;
+        }
+        !in_code
+    })
 }
 
 #[test]

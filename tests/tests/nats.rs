@@ -135,14 +135,7 @@ async fn jetstream_pipeline_survives_a_server_restart_with_exact_signals() {
     // redelivered trades are skipped by trade id, and a re-published
     // signal is dropped by its Nats-Msg-Id.
     assert_eq!(
-        js.get_stream("TRADE")
-            .await
-            .unwrap()
-            .info()
-            .await
-            .unwrap()
-            .state
-            .messages,
+        weir_tests::stream_messages(&js, "TRADE").await,
         trades.len() as u64
     );
     let stored = stream_contents(&js, "SIGNALS").await;
@@ -301,14 +294,7 @@ async fn msg_id_deduplicates_and_stream_grants_are_enforced() {
         letter.error
     );
     assert_eq!(
-        js.get_stream("SIGNALS")
-            .await
-            .unwrap()
-            .info()
-            .await
-            .unwrap()
-            .state
-            .messages,
+        weir_tests::stream_messages(&js, "SIGNALS").await,
         1,
         "only the test's own message"
     );

@@ -146,19 +146,6 @@ async fn on_nats_predictions_are_stored_once_each_and_explanations_answer_plain_
             .await
             .unwrap();
     }
-    let count = |name: &'static str| {
-        let js = js.clone();
-        async move {
-            js.get_stream(name)
-                .await
-                .unwrap()
-                .info()
-                .await
-                .unwrap()
-                .state
-                .messages
-        }
-    };
     weir_tests::wait_for_stream(&js, "PREDICTIONS", 360, Duration::from_secs(30)).await;
 
     // The last candles again, as after a crash between storing a
@@ -194,7 +181,7 @@ async fn on_nats_predictions_are_stored_once_each_and_explanations_answer_plain_
         "the three were predicted again"
     );
     assert_eq!(
-        count("PREDICTIONS").await,
+        weir_tests::stream_messages(&js, "PREDICTIONS").await,
         360,
         "and de-duplicated by Nats-Msg-Id"
     );

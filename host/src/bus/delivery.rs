@@ -7,6 +7,7 @@
 //! on JetStream, nothing on a core subject.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -121,7 +122,7 @@ pub trait Sink: Send + Sync + 'static {
 
     /// The counters of the subscription this handle feeds from: a source
     /// reports its pull errors and backlog there.
-    fn flow(&self) -> &FlowStats;
+    fn flow(&self) -> &Arc<FlowStats>;
 }
 
 /// Where one subscription's deliveries come from.

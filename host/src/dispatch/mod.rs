@@ -118,11 +118,6 @@ impl Workers {
         }
     }
 
-    /// The counters of the subscription this handle feeds from.
-    pub fn flow_stats(&self) -> &Arc<FlowStats> {
-        &self.flow
-    }
-
     /// A handle for one more subscription, with its own counters (which
     /// count in the component's totals too).
     pub fn for_subscription(&self) -> Workers {
@@ -206,7 +201,7 @@ impl Sink for Workers {
         self.dispatch_run(run)
     }
 
-    fn flow(&self) -> &FlowStats {
+    fn flow(&self) -> &Arc<FlowStats> {
         &self.flow
     }
 }

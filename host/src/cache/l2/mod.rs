@@ -128,31 +128,8 @@ impl RedisStore {
             Ok(Err(e)) if e.is_timeout() => {
                 Err(CacheError::Timeout(format!("Redis {what} timed out: {e}")))
             }
-            // The cluster moving slots, failing over or loading: the data
-            // is out of reach for now (a retry may find it), and the
-            // connection may hold a stale slot map (see below).
-            Ok(Err(e))
-                if e.is_cluster_error()
-                    || matches!(
-                        e.kind(),
-                        redis::ErrorKind::Server(
-                            redis::ServerErrorKind::MasterDown
-                                | redis::ServerErrorKind::BusyLoading
-                        )
-                    ) =>
-            {
-                Err(CacheError::Unavailable(format!(
-                    "Redis at {} {what}: {e}",
-                    inner.url
-                )))
-            }
             // The server answered with an error (one it knows, or a script's own).
-            Ok(Err(e))
-                if matches!(
-                    e.kind(),
-                    redis::ErrorKind::Server(_) | redis::ErrorKind::Extension
-                ) =>
-            {
+            Ok(Err(e)) if refused(&e) => {
                 Err(CacheError::Invalid(format!("Redis refused {what}: {e}")))
             }
             Ok(Err(e)) => Err(CacheError::Unavailable(format!(
@@ -513,5 +490,57 @@ impl RedisStore {
     /// Whether the breaker currently keeps calls away from Redis.
     pub fn is_failing(&self) -> bool {
         self.inner.breaker.is_open()
+    }
+}
+
+/// Whether Redis refused the command itself (an error it knows, or a
+/// script's own), as opposed to being out of reach. A cluster moving slots,
+/// failing over or loading answers with server errors too, but those say
+/// the data is out of reach for now: a retry may find it, and the breaker
+/// must see them so that a stale slot map is replaced.
+fn refused(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind};
+    let transient = e.is_cluster_error()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(ServerErrorKind::MasterDown | ServerErrorKind::BusyLoading)
+        );
+    !transient && matches!(e.kind(), ErrorKind::Server(_) | ErrorKind::Extension)
+}
+
+#[cfg(test)]
+mod tests {
+    use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+    use super::refused;
+
+    fn error(kind: ErrorKind) -> RedisError {
+        RedisError::from((kind, "from the test"))
+    }
+
+    #[test]
+    fn a_failing_over_cluster_is_out_of_reach_not_a_refusal() {
+        for transient in [
+            ServerErrorKind::Moved,
+            ServerErrorKind::Ask,
+            ServerErrorKind::TryAgain,
+            ServerErrorKind::ClusterDown,
+            ServerErrorKind::MasterDown,
+            ServerErrorKind::BusyLoading,
+        ] {
+            assert!(
+                !refused(&error(ErrorKind::Server(transient))),
+                "{transient:?}"
+            );
+        }
+        for refusal in [
+            ServerErrorKind::ResponseError,
+            ServerErrorKind::NoScript,
+            ServerErrorKind::CrossSlot,
+        ] {
+            assert!(refused(&error(ErrorKind::Server(refusal))), "{refusal:?}");
+        }
+        assert!(refused(&error(ErrorKind::Extension)));
+        assert!(!refused(&error(ErrorKind::Io)));
     }
 }
