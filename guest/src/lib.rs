@@ -6,9 +6,8 @@
 //!
 //! struct Momentum;
 //!
-//! impl Handler for Momentum {
-//!     fn handle(msg: Message, _delivery: Delivery) -> Result<(), HandleError> {
-//!         let Event::Trade(trade) = msg.event()? else { return Ok(()) };
+//! impl Strategy for Momentum {
+//!     fn on_trade(trade: &Trade, _delivery: &Delivery) -> Result<(), HandleError> {
 //!         let last: Option<f64> = cache::get_json(&format!("last:{}", trade.symbol))?;
 //!         cache::set_json(&format!("last:{}", trade.symbol), &trade.price, None)?;
 //!         if last.is_some_and(|p| trade.price > p * 1.01) {
@@ -20,8 +19,12 @@
 //!     }
 //! }
 //!
-//! weir_guest::export_handler!(Momentum);
+//! weir_guest::export_strategy!(Momentum);
 //! ```
+//!
+//! A [`Strategy`] gets trades, order books and candles decoded by the host
+//! (see [`strategy`]); a [`Handler`] exported with [`export_handler!`] gets
+//! every message as bytes and may parse it with [`Message::event`].
 //!
 //! Host errors map onto the handler's answer with `?`: `denied` and
 //! `invalid` can never succeed, so they reject the message (dead letter at
@@ -36,6 +39,7 @@ pub mod cache;
 pub mod config;
 pub mod events;
 pub mod messaging;
+pub mod strategy;
 
 /// Small blocks from free lists (see [`alloc`]): 6–7% fewer instructions
 /// per event than dlmalloc alone.
@@ -61,15 +65,37 @@ pub mod bindings {
     });
 }
 
-pub use bindings::exports::weir::host::handler::{Delivery, HandleError};
+/// The raw bindings of the `weir:host/market-events` world (market events
+/// decoded by the host): its export only, its imports are [`bindings`]'.
+/// [`export_strategy!`] exports it beside [`bindings`]' handlers.
+#[allow(missing_docs)]
+pub mod market_bindings {
+    wit_bindgen::generate!({
+        path: "wit",
+        world: "weir:host/market-events",
+        pub_export_macro: true,
+        default_bindings_module: "weir_guest::market_bindings",
+        with: {
+            "weir:host/types@0.1.0": crate::bindings::weir::host::types,
+            "weir:host/cache@0.1.0": crate::bindings::weir::host::cache,
+            "weir:host/messaging@0.1.0": crate::bindings::weir::host::messaging,
+            "weir:host/config@0.1.0": crate::bindings::weir::host::config,
+            "weir:host/logging@0.1.0": crate::bindings::weir::host::logging,
+            "weir:host/market@0.1.0": crate::bindings::weir::host::market,
+        },
+    });
+}
+
 pub use bindings::weir::host::logging::{Level, log};
 /// The latest trade, order book and candle per symbol the host saw
 /// (`last_trade`, `last_depth`, `last_ohlcv`); needs `grants.market`.
 pub use bindings::weir::host::market;
 pub use bindings::weir::host::messaging::Message;
 pub use bindings::weir::host::types::Error;
+pub use bindings::weir::host::types::{Delivery, HandleError};
 pub use events::Event;
 pub use messaging::Outgoing;
+pub use strategy::{Strategy, TradeRef, Trades};
 
 /// What a component implements: one call per delivered message. `Ok`
 /// acknowledges it; see [`HandleError`] for retry and reject.
@@ -131,6 +157,7 @@ pub fn handle_each(
 pub mod prelude {
     pub use crate::events::{Depth, Event, Ohlcv, Prediction, Trade};
     pub use crate::messaging::{Outgoing, reply_json, request_json};
+    pub use crate::strategy::{Strategy, TradeRef, Trades};
     pub use crate::{
         Delivery, Error, HandleError, Handler, Level, Message, cache, config, log, market,
     };

@@ -12,9 +12,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 
 use futures::StreamExt;
-use weir_guest::events::{Depth, Event, Ohlcv, Trade};
+use weir_guest::events::{Depth, Ohlcv, Trade};
 
-use crate::bus::Bus;
+use crate::bus::decoded::decode;
+use crate::bus::{Bus, BusMessage, MarketEvent};
 use crate::shutdown::Shutdown;
 
 /// A cheap-to-clone handle to the host's latest values.
@@ -48,17 +49,17 @@ pub struct MarketStats {
 }
 
 /// Stores `value` under `key` unless what is there is newer.
-fn keep<T>(
+fn keep<T: Clone>(
     map: &RwLock<HashMap<String, Arc<T>>>,
     key: &str,
-    value: T,
+    value: &T,
     newer: impl Fn(&T, &T) -> bool,
 ) -> bool {
     let mut map = map.write().unwrap_or_else(|e| e.into_inner());
     match map.get(key) {
-        Some(old) if newer(old, &value) => false,
+        Some(old) if newer(old, value) => false,
         _ => {
-            map.insert(key.to_owned(), Arc::new(value));
+            map.insert(key.to_owned(), Arc::new(value.clone()));
             true
         }
     }
@@ -75,27 +76,29 @@ impl MarketStore {
     /// Takes one market message: whether it changed a latest value. A
     /// subject that carries no market event is ignored.
     pub fn update(&self, subject: &str, payload: &[u8]) -> Result<bool, String> {
+        match decode(subject, payload) {
+            None => Ok(false),
+            Some(event) => self.keep(&event),
+        }
+    }
+
+    /// Takes one decoded market message (or the decoder's refusal).
+    fn keep(&self, event: &Result<MarketEvent, String>) -> Result<bool, String> {
         let inner = &self.inner;
-        let kept = match Event::parse(subject, payload) {
+        let kept = match event {
             Err(e) => {
                 inner.malformed.fetch_add(1, Ordering::Relaxed);
-                return Err(e);
+                return Err(e.clone());
             }
-            Ok(Event::Trade(t)) => {
-                let symbol = t.symbol.clone();
-                keep(&inner.trades, &symbol, t, |old, new| {
-                    (old.ts, old.trade_id) > (new.ts, new.trade_id)
-                })
+            Ok(MarketEvent::Trade(t)) => keep(&inner.trades, &t.symbol, t, |old, new| {
+                (old.ts, old.trade_id) > (new.ts, new.trade_id)
+            }),
+            Ok(MarketEvent::Depth(d)) => {
+                keep(&inner.depth, &d.symbol, d, |old, new| old.ts > new.ts)
             }
-            Ok(Event::Depth(d)) => {
-                let symbol = d.symbol.clone();
-                keep(&inner.depth, &symbol, d, |old, new| old.ts > new.ts)
+            Ok(MarketEvent::Ohlcv(c)) => {
+                keep(&inner.ohlcv, &c.ticker, c, |old, new| old.ts > new.ts)
             }
-            Ok(Event::Ohlcv(c)) => {
-                let ticker = c.ticker.clone();
-                keep(&inner.ohlcv, &ticker, c, |old, new| old.ts > new.ts)
-            }
-            Ok(Event::Prediction(_) | Event::Other) => return Ok(false),
         };
         let counter = if kept { &inner.updates } else { &inner.stale };
         counter.fetch_add(1, Ordering::Relaxed);
@@ -176,7 +179,19 @@ impl MarketStore {
 
     /// Updates from one message, logging (sparsely) what does not decode.
     fn take(&self, subject: &str, payload: &[u8]) {
-        if let Err(e) = self.update(subject, payload) {
+        self.log_refusal(subject, self.update(subject, payload));
+    }
+
+    /// Updates from one bus message, sharing its decode with the
+    /// components that received the same message.
+    fn take_message(&self, m: &BusMessage) {
+        if let Some(event) = m.market_event() {
+            self.log_refusal(&m.subject, self.keep(event));
+        }
+    }
+
+    fn log_refusal(&self, subject: &str, result: Result<bool, String>) {
+        if let Err(e) = result {
             let n = self.inner.malformed.load(Ordering::Relaxed);
             if n.is_power_of_two() {
                 tracing::warn!(subject, malformed = n, "market data ignored: {e}");
@@ -210,7 +225,7 @@ impl MarketStore {
                     _ = &mut stop => return,
                     next = all.next() => match next {
                         None => return,
-                        Some(m) => store.take(&m.subject, &m.payload),
+                        Some(m) => store.take_message(&m),
                     },
                 }
             }

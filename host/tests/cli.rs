@@ -108,22 +108,33 @@ fn inspect_names_what_a_component_imports_that_weir_lacks() {
 }
 
 #[test]
-fn inspect_says_whether_a_component_takes_batches() {
+fn inspect_says_whether_a_component_takes_batches_and_decoded_market_data() {
     let wasm = |name: &str| {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .join(format!("../target/wasm32-wasip2/release/{name}.wasm"))
     };
-    // sma-crossover exports `batch-handler`, price-alert only `handler`.
+    let market = "market   decoded by weir: trades, books and candles (exports weir:host/market-handler@0.1.0)\n";
+    // sma-crossover is a `Strategy`: batches and decoded market data.
     let (ok, stdout, _) = weir_out(&["inspect", wasm("sma_crossover").to_str().unwrap()]);
     assert!(ok, "{stdout}");
     assert!(
         stdout.contains("batches  yes (exports weir:host/batch-handler@0.1.0)\n"),
         "{stdout}"
     );
-    let (ok, stdout, _) = weir_out(&["inspect", wasm("price_alert").to_str().unwrap()]);
+    assert!(stdout.contains(market), "{stdout}");
+    // predictor takes bytes (`export_handler!`): batches, no market data.
+    let (ok, stdout, _) = weir_out(&["inspect", wasm("predictor").to_str().unwrap()]);
     assert!(ok, "{stdout}");
-    assert!(stdout.contains("world    weir"), "{stdout}");
-    assert!(!stdout.contains("batches"), "{stdout}");
+    assert!(stdout.contains("batches  yes"), "{stdout}");
+    assert!(!stdout.contains("market "), "{stdout}");
+    // A wasmCloud component: neither.
+    let (ok, stdout, _) = weir_out(&["inspect", wasm("wasmcloud_echo").to_str().unwrap()]);
+    assert!(ok, "{stdout}");
+    assert!(stdout.contains("world    wasmcloud"), "{stdout}");
+    assert!(
+        !stdout.contains("batches") && !stdout.contains("market "),
+        "{stdout}"
+    );
 }
 
 /// `WEIR_PROFILER=perfmap` writes the map `perf` reads to name a
@@ -143,11 +154,12 @@ fn a_profiler_map_names_the_guests_functions() {
     assert!(out.status.success());
     let text = std::fs::read_to_string(&map).unwrap();
     std::fs::remove_file(&map).unwrap();
-    // `<start> <size> <name>` lines; the strategy's own step among them.
+    // `<start> <size> <name>` lines; the strategy's own functions among
+    // them (its step is inlined into the SDK's `on_trades` glue).
     let apply = text
         .lines()
-        .find(|l| l.contains("sma_crossover5apply"))
-        .unwrap_or_else(|| panic!("no sma_crossover::apply in {}", map.display()));
+        .find(|l| l.contains("sma_crossover8settings"))
+        .unwrap_or_else(|| panic!("no sma_crossover::settings in {}", map.display()));
     let fields: Vec<&str> = apply.splitn(3, ' ').collect();
     assert!(
         u64::from_str_radix(fields[0].trim_start_matches("0x"), 16).is_ok_and(|a| a > 0),

@@ -197,3 +197,127 @@ alerts = [
     assert!(want.iter().any(|(id, _)| id == "alert-eth-dip"));
     assert_eq!(have, want, "in trade order");
 }
+
+/// A trade the host cannot decode is dead-lettered at once with the
+/// decoder's reason, and the component is never called for it: here it
+/// cannot run at all (one unit of fuel per event), so a call would fail
+/// and be retried, as the good trade after it is.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_trade_the_host_cannot_decode_is_dead_lettered_without_calling_the_component() {
+    let mut h = Harness::new(&format!(
+        r#"
+[components.sma-crossover]
+wasm = "{}"
+subscribe = [{{ subject = "TRADE.trade.>", stream = "TRADE", consumer = "sma" }}]
+grants = {{ subscribe = ["TRADE.trade.>"], publish = ["signals.*"], streams = ["TRADE"], cache = "sma" }}
+limits = {{ max_deliver = 2, fuel_per_event = 1 }}
+"#,
+        wasm("sma_crossover").display()
+    ))
+    .unwrap();
+    let bad = h
+        .push(
+            "TRADE.trade.BTCUSDT",
+            r#"{"symbol":"BTCUSDT","price":"x","ts":1}"#,
+        )
+        .await;
+    assert_eq!(h.settled(bad), [Settled::Termed { attempt: 1 }]);
+    let good = h
+        .push(
+            "TRADE.trade.BTCUSDT",
+            r#"{"symbol":"BTCUSDT","price":64000.5,"qty":1,"ts":1,"trade_id":1}"#,
+        )
+        .await;
+    h.advance(Duration::from_secs(60)).await;
+    let letters = h.dead_letters();
+    assert_eq!(letters.len(), 2, "{letters:?}");
+    assert_eq!((letters[0].sequence, letters[0].attempts), (Some(bad), 1));
+    assert!(
+        letters[0]
+            .error
+            .starts_with("rejected: weir could not decode it: malformed trade JSON:"),
+        "{}",
+        letters[0].error
+    );
+    // The good trade reached the component, which could not run it.
+    assert_eq!((letters[1].sequence, letters[1].attempts), (Some(good), 2));
+    assert!(letters[1].error.contains("fuel"), "{}", letters[1].error);
+}
+
+/// Books and candles reach a `Strategy` decoded, one per call: price-alert
+/// alerts on a book's mid price and a candle's close, in arrival order,
+/// and a book it cannot decode is dead-lettered without reaching it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn books_and_candles_reach_a_strategy_decoded_in_order() {
+    let mut h = Harness::new(&format!(
+        r#"
+[components.price-alert]
+wasm = "{}"
+subscribe = [{{ subject = "TRADE.depth.*" }}, {{ subject = "market.data.ohlcv.*" }}]
+grants = {{ subscribe = ["TRADE.depth.*", "market.data.ohlcv.*"], publish = ["alerts.triggered"], cache = "alerts" }}
+
+[components.price-alert.config]
+alerts = [
+    {{ id = "btc-mid-above-64k", symbol = "BTCUSDT", condition = "above", threshold = 64000 }},
+    {{ id = "aapl-close-below-150", symbol = "AAPL", condition = "below", threshold = 150 }},
+]
+"#,
+        wasm("price_alert").display()
+    ))
+    .unwrap();
+    let book = |bid: &str, ask: &str, ts: u64| {
+        format!(r#"{{"s":"BTCUSDT","b":[["{bid}","1"]],"a":[["{ask}","2"]],"E":{ts}}}"#)
+    };
+    let candle = |close: f64, ts: u64| {
+        format!(
+            r#"{{"ticker":"AAPL","open":151,"high":152,"low":149,"close":{close},"volume":10,"timestamp":{ts}}}"#
+        )
+    };
+    h.push("TRADE.depth.BTCUSDT", book("63990", "64000", 1))
+        .await; // mid 63995
+    h.push("market.data.ohlcv.AAPL", candle(151.0, 2)).await;
+    h.push("TRADE.depth.BTCUSDT", book("64000", "64010", 3))
+        .await; // mid 64005: fires
+    h.push("TRADE.depth.BTCUSDT", r#"{"s":"BTCUSDT","b":"nope"}"#)
+        .await;
+    h.push("market.data.ohlcv.AAPL", candle(149.5, 4)).await; // fires
+    h.push("TRADE.depth.BTCUSDT", book("64001", "64011", 5))
+        .await; // still above
+    let have: Vec<(String, f64, String)> = h
+        .published("alerts.triggered")
+        .iter()
+        .map(|p| {
+            let a = p.json();
+            assert!(a.get("trade_id").is_none(), "{a}");
+            (
+                a["alert_id"].as_str().unwrap().to_owned(),
+                a["value"].as_f64().unwrap(),
+                a["time"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        have,
+        [
+            (
+                "btc-mid-above-64k".to_owned(),
+                64005.0,
+                "1970-01-01T00:00:00.003Z".to_owned()
+            ),
+            (
+                "aapl-close-below-150".to_owned(),
+                149.5,
+                "1970-01-01T00:00:00.004Z".to_owned()
+            ),
+        ]
+    );
+    let letters = h.dead_letters();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(
+        letters[0]
+            .error
+            .contains("weir could not decode it: malformed depth JSON on TRADE.depth.BTCUSDT"),
+        "{}",
+        letters[0].error
+    );
+}

@@ -60,8 +60,9 @@ wit_bindgen::generate!({
     world: "weir:host/batch-strategy",
 });
 
-use exports::weir::host::handler::{Delivery, Guest, HandleError};
+use exports::weir::host::handler::Guest;
 use weir::host::messaging::{self, Message};
+use weir::host::types::{Delivery, HandleError};
 use weir::host::{cache, config, market};
 
 /// Recursion the optimiser cannot turn into a loop, with no locals in

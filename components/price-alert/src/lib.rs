@@ -6,12 +6,14 @@
 //! those fields inside `alert` or with an `nl_description` such as
 //! "Alert me when ETHUSDT goes below 3000".
 //!
-//! On `TRADE.trade.<SYMBOL>` it publishes `alerts.triggered` once per
-//! crossing: when the condition becomes true. It re-arms when the condition
+//! On each trade of `TRADE.trade.<SYMBOL>` (decoded by the host: a
+//! weir-guest [`Strategy`]), and on each order book's mid price and each
+//! candle's close when subscribed to `TRADE.depth.*` or
+//! `market.data.ohlcv.*` (an alert from those has no `trade_id`), it
+//! publishes `alerts.triggered` once per crossing: when the condition
+//! becomes true. It re-arms when the condition
 //! becomes false again. Specs and armed state live in the cache, so a fresh
 //! instance carries on where a failed one stopped.
-
-#![allow(unsafe_code)] // the ABI glue that wit-bindgen generates is unsafe
 
 use std::collections::BTreeMap;
 use std::sync::OnceLock;
@@ -19,16 +21,10 @@ use std::sync::OnceLock;
 use market::{Trade, iso8601_ms};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
-
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "weir:host/alert",
-});
-
-use exports::weir::host::handler::{Delivery, Guest, HandleError};
-use weir::host::logging::{Level, log};
-use weir::host::messaging::{self, Message};
-use weir::host::{cache, config, types};
+use weir_guest::bindings::weir::host::logging::{Level, log};
+use weir_guest::bindings::weir::host::{cache, config, messaging, types};
+use weir_guest::events::{Depth, Ohlcv};
+use weir_guest::{Delivery, HandleError, Message, Strategy};
 
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -174,31 +170,44 @@ fn on_created(payload: &[u8]) -> Result<(), HandleError> {
     store(&key, &specs)
 }
 
-fn on_trade(payload: &[u8]) -> Result<(), HandleError> {
-    let trade = Trade::parse(payload).map_err(HandleError::Reject)?;
-    let dynamic: Vec<Spec> = load(&format!("alerts:specs:{}", trade.symbol))?;
+/// Where a price came from: a trade, or (without a trade id) a book's
+/// mid price or a candle's close.
+struct Price<'a> {
+    symbol: &'a str,
+    value: f64,
+    trade_id: Option<u64>,
+    ts: i64,
+}
+
+fn on_price(p: &Price) -> Result<(), HandleError> {
+    let dynamic: Vec<Spec> = load(&format!("alerts:specs:{}", p.symbol))?;
     let specs = config_specs()?
         .iter()
         .chain(&dynamic)
-        .filter(|s| s.symbol == trade.symbol);
-    let state_key = format!("alerts:state:{}", trade.symbol);
-    // Alert id → whether its condition held at the previous trade.
+        .filter(|s| s.symbol == p.symbol);
+    let state_key = format!("alerts:state:{}", p.symbol);
+    // Alert id → whether its condition held at the previous price.
     let mut held: BTreeMap<String, bool> = load(&state_key)?;
     let mut changed = false;
     for spec in specs {
-        let now = spec.holds(trade.price);
+        let now = spec.holds(p.value);
         let before = held.get(&spec.id).copied().unwrap_or(false);
         if now && !before {
-            let alert = json!({
+            let mut alert = json!({
                 "alert_id": spec.id,
                 "name": spec.name,
-                "symbol": trade.symbol,
+                "symbol": p.symbol,
                 "condition": spec.condition,
                 "threshold": spec.threshold,
-                "value": trade.price,
-                "trade_id": trade.trade_id,
-                "time": iso8601_ms(trade.ts),
+                "value": p.value,
+                "trade_id": p.trade_id,
+                "time": iso8601_ms(p.ts),
             });
+            if p.trade_id.is_none()
+                && let Some(fields) = alert.as_object_mut()
+            {
+                fields.remove("trade_id");
+            }
             messaging::publish("alerts.triggered", alert.to_string().as_bytes(), &[])
                 .map_err(host_error)?;
         }
@@ -216,14 +225,49 @@ fn on_trade(payload: &[u8]) -> Result<(), HandleError> {
 
 struct PriceAlert;
 
-impl Guest for PriceAlert {
-    fn handle(msg: Message, _delivery: Delivery) -> Result<(), HandleError> {
+impl Strategy for PriceAlert {
+    fn on_trade(trade: &Trade, _delivery: &Delivery) -> Result<(), HandleError> {
+        on_price(&Price {
+            symbol: &trade.symbol,
+            value: trade.price,
+            trade_id: Some(trade.trade_id),
+            ts: trade.ts,
+        })
+    }
+
+    /// A book's mid price (a book missing a side is skipped).
+    fn on_depth(book: &Depth, _delivery: &Delivery) -> Result<(), HandleError> {
+        let Some(mid) = book.mid() else {
+            return Ok(());
+        };
+        on_price(&Price {
+            symbol: &book.symbol,
+            value: mid,
+            trade_id: None,
+            ts: book.ts,
+        })
+    }
+
+    /// A candle's close.
+    fn on_ohlcv(candle: &Ohlcv, _delivery: &Delivery) -> Result<(), HandleError> {
+        on_price(&Price {
+            symbol: &candle.ticker,
+            value: candle.close,
+            trade_id: None,
+            ts: candle.ts,
+        })
+    }
+
+    fn on_message(msg: Message, _delivery: Delivery) -> Result<(), HandleError> {
         if msg.subject == "alerts.created" {
             on_created(&msg.payload)
         } else {
-            on_trade(&msg.payload)
+            Err(HandleError::Reject(format!(
+                "price-alert takes trades and alerts.created, not {}",
+                msg.subject
+            )))
         }
     }
 }
 
-export!(PriceAlert);
+weir_guest::export_strategy!(PriceAlert);

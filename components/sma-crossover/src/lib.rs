@@ -1,13 +1,15 @@
 //! Simple moving average crossover strategy.
 //!
-//! Consumes `TRADE.trade.<SYMBOL>` trades. Per symbol it keeps the newest
-//! `slow_window` prices and the side the fast average was on in the cache
-//! (key `sma:<SYMBOL>`), so a fresh instance carries on where a failed one
-//! stopped. When the fast average crosses the slow one it publishes a signal
-//! on `signals.<SYMBOL>` and caches `trading_signal_<SYMBOL>`.
+//! Takes the trades of `TRADE.trade.<SYMBOL>`, decoded by the host (a
+//! weir-guest [`Strategy`]: no JSON is parsed here). Per symbol it keeps
+//! the newest `slow_window` prices and the side the fast average was on in
+//! the cache (key `sma:<SYMBOL>`), so a fresh instance carries on where a
+//! failed one stopped. When the fast average crosses the slow one it
+//! publishes a signal on `signals.<SYMBOL>` and caches
+//! `trading_signal_<SYMBOL>`.
 //!
-//! Through `handle-batch` the states of all the batch's symbols are read
-//! in one `get-many` and written in one `set-many`: in a batch of 30 trades
+//! The trades come many per call, and the states of all the call's symbols
+//! are read in one `get-many` and written in one `set-many`: for 30 trades
 //! over five symbols, two calls into the host instead of sixty.
 //!
 //! Config: `fast_window` (default 5), `slow_window` (default 20),
@@ -18,25 +20,12 @@
 //! Redelivery is harmless: the state remembers the last trade id per
 //! symbol, and a trade at or below it is acknowledged without effect.
 
-#![allow(unsafe_code)] // the ABI glue that wit-bindgen generates is unsafe
-
 use std::sync::OnceLock;
 
-use market::{Trade, iso8601_ms, sma_pair_after};
+use market::{iso8601_ms, sma_pair_after};
 use serde::Serialize;
-
-wit_bindgen::generate!({
-    path: "../../wit",
-    // With the batch form of the handler: the messages waiting for an
-    // instance come in one call, and each symbol's state is read and
-    // written once per call.
-    world: "weir:host/batch-strategy",
-});
-
-use exports::weir::host::batch_handler::Batch;
-use exports::weir::host::handler::{Delivery, Guest, HandleError};
-use weir::host::messaging::{self, Message};
-use weir::host::{cache, config, types};
+use weir_guest::bindings::weir::host::{cache, config, messaging, types};
+use weir_guest::{HandleError, Strategy, TradeRef, Trades};
 
 struct Settings {
     fast: usize,
@@ -160,86 +149,49 @@ fn round6(x: f64) -> f64 {
 
 struct SmaCrossover;
 
-/// A symbol's state held through one batch: read from the cache before
-/// the batch's first trade, written back once after its last.
+/// A symbol's state held through one call: read from the cache before
+/// the call's first trade, written back once after its last.
 struct Held {
-    symbol: String,
     state: State,
-    /// The first event of the batch that changed it (not yet written).
+    /// The first trade of the call that changed it (not yet written).
     first_change: Option<usize>,
 }
 
-impl exports::weir::host::batch_handler::Guest for SmaCrossover {
-    /// Each trade as `handle` would, in order, stopping after the first
-    /// retry (an unreadable trade is rejected and the batch goes on); but
-    /// the states of all the batch's symbols are read in one `get-many`
-    /// and written in one `set-many`, not once per trade (each call into
-    /// the host costs more than the arithmetic of a trade). A failed read
-    /// retries the batch from its first event. A failed write takes the
-    /// answers back from the first event that changed a state: that event
+impl Strategy for SmaCrossover {
+    /// Each trade in order, stopping after the first retry; but the
+    /// states of all the call's symbols are read in one `get-many` and
+    /// written in one `set-many`, not once per trade (each call into the
+    /// host costs more than the arithmetic of a trade). A failed read
+    /// retries the call from its first trade. A failed write takes the
+    /// answers back from the first trade that changed a state: that trade
     /// is retried and the later ones delivered again (the trade ids in the
     /// states that were written make those harmless, as on a redelivery).
-    fn handle_batch(batch: Batch) -> Vec<Result<(), HandleError>> {
+    fn on_trades(trades: &Trades) -> Vec<Result<(), HandleError>> {
         let settings = match settings() {
             Ok(settings) => settings,
             Err(e) => return vec![Err(e)],
         };
-        // Each frame's trade, read in place from the batch's payload
-        // buffer, or why it cannot be (a frame outside the batch ends it).
-        let mut trades = Vec::with_capacity(batch.frames.len() / FRAME_WORDS);
-        for frame in batch.frames.chunks_exact(FRAME_WORDS) {
-            match payload(&batch, frame) {
-                Ok(p) => trades.push(Trade::parse(p).map_err(HandleError::Reject)),
-                Err(e) => {
-                    trades.push(Err(e));
-                    break;
-                }
-            }
-        }
-        // Each readable trade's symbol as an index into `held`.
-        let mut held: Vec<Held> = Vec::new();
-        let slots: Vec<Option<usize>> = trades
-            .iter()
-            .map(|trade| {
-                let trade = trade.as_ref().ok()?;
-                Some(match held.iter().position(|h| h.symbol == trade.symbol) {
-                    Some(at) => at,
-                    None => {
-                        held.push(Held {
-                            symbol: trade.symbol.clone(),
-                            state: State::fresh(),
-                            first_change: None,
-                        });
-                        held.len() - 1
-                    }
-                })
-            })
-            .collect();
-        let keys: Vec<String> = held.iter().map(|h| state_key(&h.symbol)).collect();
-        if !keys.is_empty() {
-            match cache::get_many(&keys) {
-                Ok(values) => {
-                    for (h, value) in held.iter_mut().zip(values) {
-                        if let Some(bytes) = value {
-                            h.state = State::decode(&bytes);
-                        }
-                    }
-                }
-                Err(e) => return vec![Err(host_error(e))],
-            }
+        // One state per symbol of the call, in the order of `symbols()`.
+        let keys: Vec<String> = trades.symbols().iter().map(|s| state_key(s)).collect();
+        let mut held: Vec<Held> = Vec::with_capacity(keys.len());
+        match cache::get_many(&keys) {
+            Ok(values) => held.extend(values.into_iter().map(|value| Held {
+                state: value.map_or_else(State::fresh, |bytes| State::decode(&bytes)),
+                first_change: None,
+            })),
+            Err(e) => return vec![Err(host_error(e))],
         }
         let mut out = Vec::with_capacity(trades.len());
-        for (index, (trade, slot)) in trades.into_iter().zip(slots).enumerate() {
-            // A trade whose signal fails leaves the held state as it was.
-            let result = match (trade, slot.and_then(|at| held.get_mut(at))) {
-                (Ok(trade), Some(h)) => apply(settings, &trade, &mut h.state).map(|changed| {
-                    if changed {
-                        h.first_change.get_or_insert(index);
-                    }
-                }),
-                (Err(e), _) => Err(e),
-                (Ok(_), None) => break,
+        for (index, trade) in trades.iter().enumerate() {
+            let Some(h) = held.get_mut(trade.symbol_index) else {
+                break;
             };
+            // A trade whose signal fails leaves the held state as it was.
+            let result = apply(settings, &trade, &mut h.state).map(|changed| {
+                if changed {
+                    h.first_change.get_or_insert(index);
+                }
+            });
             let retry = matches!(result, Err(HandleError::Retry(_)));
             out.push(result);
             if retry {
@@ -262,25 +214,6 @@ impl exports::weir::host::batch_handler::Guest for SmaCrossover {
     }
 }
 
-/// Numbers per message in `batch.frames` (`wit/handler.wit` lays them
-/// out; words 2 and 3 are the payload's start and length).
-const FRAME_WORDS: usize = 12;
-
-/// A frame's payload in the batch's buffer; a retry if it lies outside
-/// (weir never sends such a frame).
-fn payload<'a>(batch: &'a Batch, frame: &[u32]) -> Result<&'a [u8], HandleError> {
-    let outside = || HandleError::Retry("batch frame outside its batch".into());
-    let (&start, &len) = (
-        frame.get(2).ok_or_else(outside)?,
-        frame.get(3).ok_or_else(outside)?,
-    );
-    let start = start as usize;
-    start
-        .checked_add(len as usize)
-        .and_then(|end| batch.bytes.get(start..end))
-        .ok_or_else(outside)
-}
-
 /// The cache key of a symbol's state.
 fn state_key(symbol: &str) -> String {
     // Joined by hand: `format!`'s machinery costs more than the rest of
@@ -291,19 +224,11 @@ fn state_key(symbol: &str) -> String {
     key
 }
 
-/// The symbol's state in the cache, or a fresh one.
-fn load(key: &str) -> Result<State, HandleError> {
-    Ok(match cache::get(key).map_err(host_error)? {
-        Some(bytes) => State::decode(&bytes),
-        None => State::fresh(),
-    })
-}
-
 /// Applies `trade` to `state` (publishing a signal when the averages
 /// cross). `Ok(false)` for a trade already applied (a redelivery: nothing
 /// to do). The averages are taken before the state changes, so a signal
 /// that fails leaves `state` as it was.
-fn apply(settings: &Settings, trade: &Trade, state: &mut State) -> Result<bool, HandleError> {
+fn apply(settings: &Settings, trade: &TradeRef, state: &mut State) -> Result<bool, HandleError> {
     if trade.trade_id != 0 && trade.trade_id <= state.last_trade_id {
         return Ok(false);
     }
@@ -329,21 +254,6 @@ fn apply(settings: &Settings, trade: &Trade, state: &mut State) -> Result<bool, 
     state.side = side;
     state.last_trade_id = trade.trade_id;
     Ok(true)
-}
-
-impl Guest for SmaCrossover {
-    fn handle(msg: Message, _delivery: Delivery) -> Result<(), HandleError> {
-        let settings = settings()?;
-        let trade = Trade::parse(&msg.payload).map_err(HandleError::Reject)?;
-        let key = state_key(&trade.symbol);
-        let mut state = load(&key)?;
-        if apply(settings, &trade, &mut state)? {
-            // Written after the signal went out: a failure in between means
-            // a redelivery that publishes the signal again (at least once).
-            cache::set(&key, &state.encode(), None).map_err(host_error)?;
-        }
-        Ok(())
-    }
 }
 
 /// `trading_signal_<SYMBOL>` in the seed's format. Fields in name order
@@ -375,7 +285,7 @@ fn encode(value: &impl Serialize) -> Result<Vec<u8>, HandleError> {
 /// Caches `trading_signal_<SYMBOL>` in the seed's format and publishes the signal.
 fn signal(
     settings: &Settings,
-    trade: &Trade,
+    trade: &TradeRef,
     buy: bool,
     fast: f64,
     slow: f64,
@@ -402,7 +312,7 @@ fn signal(
         price: trade.price,
         signal,
         slow_sma: round6(slow),
-        symbol: &trade.symbol,
+        symbol: trade.symbol,
         timestamp: &timestamp,
         trade_id: trade.trade_id,
     })?;
@@ -417,4 +327,4 @@ fn signal(
     .map_err(host_error)
 }
 
-export!(SmaCrossover);
+weir_guest::export_strategy!(SmaCrossover);

@@ -224,6 +224,24 @@ mod tests {
     use super::*;
 
     #[tokio::test]
+    async fn the_subscribers_of_a_publish_share_one_decode() {
+        let bus = EmbeddedBus::new();
+        let mut a = bus.subscribe("TRADE.trade.*", None).await.unwrap();
+        let mut b = bus.subscribe("TRADE.>", None).await.unwrap();
+        let trade = r#"{"symbol":"BTCUSDT","price":64000.5,"qty":0.1,"ts":1,"trade_id":7}"#;
+        bus.publish(BusMessage::new("TRADE.trade.BTCUSDT", trade))
+            .await
+            .unwrap();
+        let (x, y) = (a.next().await.unwrap(), b.next().await.unwrap());
+        assert!(!y.decoded.is_decoded());
+        assert!(matches!(
+            x.market_event(),
+            Some(Ok(super::super::MarketEvent::Trade(_)))
+        ));
+        assert!(y.decoded.is_decoded(), "decoded once, for both subscribers");
+    }
+
+    #[tokio::test]
     async fn wildcards_and_queue_groups() {
         let bus = EmbeddedBus::new();
         let mut all = bus.subscribe("TRADE.>", None).await.unwrap();

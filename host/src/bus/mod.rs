@@ -1,6 +1,7 @@
 //! Messaging backends behind one trait: the in-process [`EmbeddedBus`] for
 //! a server-less start, NATS for real deployments.
 
+pub mod decoded;
 pub mod delivery;
 pub mod dlq;
 mod embedded;
@@ -14,6 +15,7 @@ use bytes::Bytes;
 use futures::Stream;
 use thiserror::Error;
 
+pub use decoded::{Decoded, MarketEvent, MarketKind};
 pub use delivery::{AtMostOnce, Delivery, Meta, RUN, Settle, SettleError, Sink, Source};
 pub use embedded::EmbeddedBus;
 pub use nats::NatsBus;
@@ -62,17 +64,29 @@ pub struct BusMessage {
     pub headers: Vec<(String, String)>,
     /// Payload bytes, shared cheaply between subscribers.
     pub payload: Bytes,
+    /// The market event the payload holds, decoded once for every
+    /// subscriber (see [`Decoded`]); make it with [`Decoded::for_subject`].
+    pub decoded: Decoded,
 }
 
 impl BusMessage {
     /// A message with no headers and no reply subject.
     pub fn new(subject: impl Into<String>, payload: impl Into<Bytes>) -> Self {
+        let subject = subject.into();
         BusMessage {
-            subject: subject.into(),
+            decoded: Decoded::for_subject(&subject),
+            subject,
             reply_to: None,
             headers: Vec::new(),
             payload: payload.into(),
         }
+    }
+
+    /// The market event it carries: `None` on a subject without market
+    /// data, else the event or the decoder's reason for refusing it.
+    /// Decoded on the first call, shared with every clone.
+    pub fn market_event(&self) -> Option<&Result<MarketEvent, String>> {
+        self.decoded.get(&self.subject, &self.payload)
     }
 }
 

@@ -2,7 +2,9 @@
 //! from [`MarketStore`](crate::market::MarketStore), for components granted
 //! `grants.market`. Synchronous: a lookup never waits.
 
-use super::bindings::weir::host::market::{Depth, Host, Level, Ohlcv, Trade};
+use super::bindings::weir::host::market::{
+    DepthResult as Depth, Host, Level, OhlcvResult as Ohlcv, Trade,
+};
 use super::{Capabilities, GuestError};
 use crate::market::MarketStore;
 

@@ -126,6 +126,7 @@ impl Capabilities {
             )));
         }
         Ok(BusMessage {
+            decoded: crate::bus::Decoded::for_subject(&subject_),
             subject: subject_,
             reply_to: None,
             headers,

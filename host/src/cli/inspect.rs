@@ -63,6 +63,13 @@ fn text(path: &Path, r: &Inspection) -> String {
             if r.exports.iter().any(|e| e == batch) {
                 let _ = writeln!(out, "batches  yes (exports {batch})");
             }
+            let market = weir::runtime::MARKET_HANDLER;
+            if r.exports.iter().any(|e| e == market) {
+                let _ = writeln!(
+                    out,
+                    "market   decoded by weir: trades, books and candles (exports {market})"
+                );
+            }
         }
         None => {
             let _ = writeln!(out, "world    none that weir runs");

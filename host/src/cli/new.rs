@@ -38,6 +38,10 @@ const SDK: &[(&str, &str)] = &[
         "src/messaging.rs",
         include_str!("../../../guest/src/messaging.rs"),
     ),
+    (
+        "src/strategy.rs",
+        include_str!("../../../guest/src/strategy.rs"),
+    ),
     // weir's own WIT package: what the SDK's bindings are generated from.
     ("wit/types.wit", include_str!("../../../wit/types.wit")),
     ("wit/cache.wit", include_str!("../../../wit/cache.wit")),
@@ -265,9 +269,11 @@ cargo test                      # builds the component and replays data/sample.n
 weir run weir.toml --feed data/sample.ndjson --tap '>'
 ```
 
-- `src/lib.rs`: the handler. It uses `weir-guest`, the SDK (typed market events,
-  cache and messaging helpers, `export_handler!`); plain `wit-bindgen` against
-  `weir-guest/wit` works as well.
+- `src/lib.rs`: the handler. It uses `weir-guest`, the SDK: a `Strategy` takes the
+  trades, books and candles weir decodes (`on_trade`, `on_trades`, `on_depth`,
+  `on_ohlcv`) and any other message as bytes (`on_message`); `export_handler!` takes
+  every message as bytes instead. Plain `wit-bindgen` against `weir-guest/wit` works
+  as well.
 - `weir.toml`: the manifest entry: subjects, grants (what it may publish, its cache
   namespace), limits and config.
 - `tests/replay.rs`: builds the component for `wasm32-wasip2` (into `target/wasm`)

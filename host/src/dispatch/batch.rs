@@ -23,6 +23,7 @@ use std::sync::atomic::Ordering;
 use tracing::Instrument;
 
 use super::{Queued, Worker, log_failure, settled};
+use crate::bus::MarketKind;
 use crate::runtime::{BatchItem, ComponentTemplate, HandleOutcome};
 use crate::stats::ComponentStats;
 
@@ -40,10 +41,44 @@ pub(super) enum Rest {
 /// How many messages at the front of `queue` can go in one batch (up to
 /// `limits.max_batch`): none when the component has no `handle-batch`.
 pub(super) fn batchable(template: &ComponentTemplate, queue: &VecDeque<Queued>) -> usize {
-    if !template.batches() {
+    let typed = template.takes_market_events();
+    if !template.batches() && !typed {
         return 0;
     }
-    batchable_under(&template.ctx.limits, queue)
+    let n = batchable_under(&template.ctx.limits, queue);
+    if typed {
+        alike(queue, n, template.batches())
+    } else {
+        n
+    }
+}
+
+/// For a component that takes decoded market events: how many of the
+/// first `n` messages go in one call. Trades of one stream go to
+/// `on-trades` together; books and candles go alone; other messages go
+/// to `handle-batch` together (when it is exported), never mixed with
+/// market data.
+fn alike(queue: &VecDeque<Queued>, n: usize, bytes_batches: bool) -> usize {
+    let Some((first, _)) = queue.front() else {
+        return 0;
+    };
+    let kind = |d: &crate::bus::Delivery| MarketKind::of(&d.msg.subject);
+    match kind(first) {
+        Some(MarketKind::Trade) => queue
+            .iter()
+            .take(n)
+            .take_while(|(d, _)| {
+                kind(d) == Some(MarketKind::Trade) && d.meta.stream == first.meta.stream
+            })
+            .count(),
+        Some(_) => 0,
+        None if bytes_batches => queue
+            .iter()
+            .take(n)
+            .take_while(|(d, _)| kind(d).is_none())
+            .count(),
+        None => 0,
+    }
 }
 
 /// [`batchable`] for a component that exports `handle-batch`.
@@ -218,6 +253,39 @@ mod tests {
             ..Limits::default()
         };
         assert_eq!(batchable_under(&single, &queue(&[10; 8], None)), 0);
+    }
+
+    #[test]
+    fn market_data_is_batched_by_kind_and_stream() {
+        use std::collections::VecDeque;
+        use std::sync::Arc;
+
+        use super::alike;
+        use crate::bus::{BusMessage, Delivery};
+
+        let queue = |subjects: &[(&str, Option<&str>)]| -> VecDeque<super::Queued> {
+            subjects
+                .iter()
+                .map(|(s, stream)| {
+                    let mut d = Delivery::core(BusMessage::new(*s, "{}"));
+                    d.meta.stream = stream.map(str::to_owned);
+                    (d, Arc::default())
+                })
+                .collect()
+        };
+        let t = ("TRADE.trade.A", None);
+        let d = ("TRADE.depth.A", None);
+        let o = ("market.data.ohlcv.A", None);
+        let x = ("alerts.created", None);
+        assert_eq!(alike(&queue(&[t, t, t, d, t]), 5, true), 3);
+        assert_eq!(alike(&queue(&[t, t, t]), 2, true), 2);
+        assert_eq!(alike(&queue(&[d, d]), 2, true), 0);
+        assert_eq!(alike(&queue(&[o, t]), 2, true), 0);
+        assert_eq!(alike(&queue(&[x, x, t]), 3, true), 2);
+        assert_eq!(alike(&queue(&[x, x]), 2, false), 0);
+        let s = ("TRADE.trade.A", Some("TRADE"));
+        let r = ("TRADE.trade.A", Some("RECORD"));
+        assert_eq!(alike(&queue(&[s, s, r]), 3, true), 2);
     }
 
     #[test]

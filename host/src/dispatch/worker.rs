@@ -12,6 +12,7 @@ use tracing::Instrument;
 use super::{DeadLetters, Queued, Run, WORKER_QUEUE, backoff, batch, log_failure, settled};
 use crate::bus::dlq::DeadLetter;
 use crate::bus::{BusMessage, Delivery, Meta, RUN};
+use crate::runtime::undecodable;
 use crate::runtime::{ComponentTemplate, Failure, FailureKind, HandleOutcome, Instance};
 use crate::stats::{ComponentStats, FlowStats};
 
@@ -234,6 +235,13 @@ impl Worker {
                 "payload of {} bytes exceeds the component's limit of {limit} bytes (limits.max_payload_bytes)",
                 msg.payload.len()
             ));
+        }
+        if template.takes_market_events()
+            && msg.reply_to.is_none()
+            && let Some(Err(reason)) = msg.market_event()
+        {
+            // Market data the decoder refuses: the guest never sees it.
+            return HandleOutcome::Reject(undecodable(reason));
         }
         let inst = match &mut self.instance {
             Some(inst) => inst,

@@ -278,6 +278,12 @@ impl Collector for HostCollector {
             let bytes = as_gauge(rows(|l| l.bytes));
             gauge(&mut enc, "weir_cache_bytes", "Bytes held", bytes)?;
         }
+        counter(
+            &mut enc,
+            "weir_market_decodes",
+            "Market messages (trades, books, candles) decoded by the host, each once for all its subscribers",
+            vec![(vec![], crate::bus::decoded::decodes())],
+        )?;
         Ok(())
     }
 }

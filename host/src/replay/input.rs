@@ -343,6 +343,7 @@ impl Input {
                         seq: info.stream_sequence,
                         time: nanos.map(|n| SystemTime::UNIX_EPOCH + Duration::from_nanos(n)),
                         msg: BusMessage {
+                            decoded: crate::bus::Decoded::for_subject(&m.subject),
                             subject: m.subject.to_string(),
                             reply_to: None,
                             headers: crate::bus::from_header_map(m.headers.as_ref()),

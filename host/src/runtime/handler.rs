@@ -10,6 +10,7 @@ use wasmtime::component::{Component, Instance, InstancePre};
 use crate::capability::bindings::exports::wasmcloud::messaging::handler as wasmcloud;
 use crate::capability::bindings::exports::weir::host::batch_handler as batch;
 use crate::capability::bindings::exports::weir::host::handler as weir;
+use crate::capability::bindings::exports::weir::host::market_handler as market;
 
 /// The world a component is written for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
@@ -42,18 +43,26 @@ impl World {
 /// The optional batch form of weir's handler.
 pub const BATCH_HANDLER: &str = "weir:host/batch-handler@0.1.0";
 
+/// The optional typed form: market events the host decoded.
+pub const MARKET_HANDLER: &str = "weir:host/market-handler@0.1.0";
+
 /// Where the handler is among a component's exports, found once.
 #[derive(Clone)]
 pub(crate) enum HandlerIndices {
-    /// weir's handler, and its batch form when the component exports it.
-    Weir(weir::GuestIndices, Option<batch::GuestIndices>),
+    /// weir's handler, its batch form and its typed form, when the
+    /// component exports them.
+    Weir(
+        weir::GuestIndices,
+        Option<batch::GuestIndices>,
+        Option<market::GuestIndices>,
+    ),
     WasmCloud(wasmcloud::GuestIndices),
 }
 
 /// The handler of one instance.
 pub(crate) enum Handler {
-    /// `handle`, and `handle-batch` when exported.
-    Weir(weir::Guest, Option<batch::Guest>),
+    /// `handle`, and `handle-batch` and the typed handler when exported.
+    Weir(weir::Guest, Option<batch::Guest>, Option<market::Guest>),
     WasmCloud(wasmcloud::Guest),
 }
 
@@ -68,7 +77,8 @@ impl HandlerIndices {
             let batch = batch::GuestIndices::new(pre)
                 .ok()
                 .filter(|_| batch_export(pre.component(), engine) == BatchExport::Packed);
-            return Ok(HandlerIndices::Weir(i, batch));
+            let market = market::GuestIndices::new(pre).ok();
+            return Ok(HandlerIndices::Weir(i, batch, market));
         }
         if let Ok(i) = wasmcloud::GuestIndices::new(pre) {
             return Ok(HandlerIndices::WasmCloud(i));
@@ -101,7 +111,12 @@ impl HandlerIndices {
 
     /// Whether the component exports `handle-batch` too.
     pub(crate) fn batches(&self) -> bool {
-        matches!(self, HandlerIndices::Weir(_, Some(_)))
+        matches!(self, HandlerIndices::Weir(_, Some(_), _))
+    }
+
+    /// Whether the component takes decoded market events.
+    pub(crate) fn takes_market_events(&self) -> bool {
+        matches!(self, HandlerIndices::Weir(_, _, Some(_)))
     }
 
     /// The handler of a new instance (type-checked against the WIT).
@@ -111,13 +126,17 @@ impl HandlerIndices {
         instance: &Instance,
     ) -> wasmtime::Result<Handler> {
         Ok(match self {
-            HandlerIndices::Weir(i, b) => {
+            HandlerIndices::Weir(i, b, m) => {
                 let mut store = store;
                 let batch = match b {
                     Some(b) => Some(b.load(&mut store, instance)?),
                     None => None,
                 };
-                Handler::Weir(i.load(&mut store, instance)?, batch)
+                let market = match m {
+                    Some(m) => Some(m.load(&mut store, instance)?),
+                    None => None,
+                };
+                Handler::Weir(i.load(&mut store, instance)?, batch, market)
             }
             HandlerIndices::WasmCloud(i) => Handler::WasmCloud(i.load(store, instance)?),
         })

@@ -13,13 +13,12 @@ use super::ComponentTemplate;
 use super::handler::Handler;
 use super::limiter::{LimitHit, Limiter};
 use super::packed::Packer;
+use super::typed::TradeColumns;
 use crate::bus::BusMessage;
 use crate::capability::bindings::exports::wasmcloud::messaging::handler::BrokerMessage;
 // The WIT `delivery` record (what the guest is told), not `crate::bus::Delivery`.
-use crate::capability::bindings::exports::weir::host::handler::{
-    Delivery as DeliveryRecord, HandleError,
-};
 use crate::capability::bindings::weir::host::messaging::MessageParam;
+use crate::capability::bindings::weir::host::types::{Delivery as DeliveryRecord, HandleError};
 use crate::capability::{Capabilities, ComponentContext};
 
 /// Store data of one instance.
@@ -137,9 +136,9 @@ pub enum HandleOutcome {
 
 /// A live instance.
 pub struct Instance {
-    store: Store<InstanceState>,
+    pub(super) store: Store<InstanceState>,
     /// The component's handler, weir's or wasmCloud's.
-    handler: Handler,
+    pub(super) handler: Handler,
     /// Deadline per event.
     deadline: Duration,
     /// Epoch ticks in `deadline`.
@@ -149,6 +148,8 @@ pub struct Instance {
     /// The buffers `handle-batch`'s messages are packed into, kept for
     /// the next batch.
     packer: Packer,
+    /// The columns decoded trades are laid out in, kept for the next call.
+    pub(super) columns: TradeColumns,
 }
 
 impl ComponentTemplate {
@@ -193,6 +194,7 @@ impl ComponentTemplate {
             deadline_ticks,
             fuel,
             packer: Packer::default(),
+            columns: TradeColumns::default(),
         })
     }
 
@@ -254,12 +256,17 @@ impl Instance {
         sequence: Option<u64>,
         attempt: u32,
     ) -> HandleOutcome {
-        self.store.data_mut().caps.begin_event(msg.reply_to.clone());
-        self.store.set_epoch_deadline(self.deadline_ticks);
-        if let Some(f) = self.fuel
-            && let Err(e) = self.store.set_fuel(f)
+        if let Handler::Weir(_, _, Some(_)) = &self.handler
+            && msg.reply_to.is_none()
+            && let Some(event) = msg.market_event()
         {
-            return HandleOutcome::Failed(template.failure(e));
+            return self
+                .handle_event(template, event, stream, sequence, attempt)
+                .await;
+        }
+        self.store.data_mut().caps.begin_event(msg.reply_to.clone());
+        if let Err(failure) = self.arm(template, 1) {
+            return HandleOutcome::Failed(failure);
         }
         // Most calls finish in their first poll (guest code and host calls
         // that do not wait): they need no timer. The epoch deadline stops
@@ -267,9 +274,9 @@ impl Instance {
         // call, stops that (the dropped call leaves the store unusable).
         // It counts from the start of the call, so the deadline is the same.
         let started = tokio::time::Instant::now();
-        let grace = self.deadline + Duration::from_millis(50);
+        let grace = self.grace(1);
         let result = match &self.handler {
-            Handler::Weir(handler, _) => {
+            Handler::Weir(handler, _, _) => {
                 let headers: Vec<(&str, &str)> = msg
                     .headers
                     .iter()
@@ -287,13 +294,7 @@ impl Instance {
                     attempt,
                 };
                 let call = handler.call_handle(&mut self.store, message, delivery);
-                within(call, started, grace).await.map(|r| {
-                    r.map(|answer| match answer {
-                        Ok(()) => HandleOutcome::Handled,
-                        Err(HandleError::Retry(reason)) => HandleOutcome::Retry(reason),
-                        Err(HandleError::Reject(reason)) => HandleOutcome::Reject(reason),
-                    })
-                })
+                within(call, started, grace).await.map(|r| r.map(answered))
             }
             Handler::WasmCloud(handler) => {
                 // wasmCloud's broker message has no headers or delivery
@@ -312,18 +313,65 @@ impl Instance {
                 })
             }
         };
-        match result {
-            Some(Ok(outcome)) => outcome,
-            Some(Err(e)) => HandleOutcome::Failed(template.failure(e)),
-            None => HandleOutcome::Failed(Failure {
-                component: template.ctx.name.clone(),
-                kind: FailureKind::Deadline,
-                detail: format!(
-                    "handle took longer than {} ms (waiting in a host call)",
-                    template.ctx.limits.time_per_event_ms
-                ),
-            }),
+        finished(template, result, 1).unwrap_or_else(HandleOutcome::Failed)
+    }
+
+    /// Sets the deadline and fuel for a call of `n` events.
+    pub(super) fn arm(&mut self, template: &ComponentTemplate, n: u32) -> Result<(), Failure> {
+        self.store
+            .set_epoch_deadline(self.deadline_ticks.saturating_mul(u64::from(n)));
+        if let Some(f) = self.fuel {
+            self.store
+                .set_fuel(f.saturating_mul(u64::from(n)))
+                .map_err(|e| template.failure(e))?;
         }
+        Ok(())
+    }
+
+    /// How long a call of `n` events may wait in host calls.
+    pub(super) fn grace(&self, n: u32) -> Duration {
+        self.deadline.saturating_mul(n) + Duration::from_millis(50)
+    }
+}
+
+/// The handler's answer as an outcome.
+pub(super) fn answered(answer: Result<(), HandleError>) -> HandleOutcome {
+    match answer {
+        Ok(()) => HandleOutcome::Handled,
+        Err(HandleError::Retry(reason)) => HandleOutcome::Retry(reason),
+        Err(HandleError::Reject(reason)) => HandleOutcome::Reject(reason),
+    }
+}
+
+/// What a call of `n` events came to: its answer, or why the instance
+/// failed (a trap, or the deadline passed while it waited in a host call).
+pub(super) fn finished<T>(
+    template: &ComponentTemplate,
+    result: Option<wasmtime::Result<T>>,
+    n: u32,
+) -> Result<T, Failure> {
+    let ms = template.ctx.limits.time_per_event_ms;
+    let took_too_long = |waiting: &str| {
+        if n == 1 {
+            format!("handle took longer than {ms} ms{waiting}")
+        } else {
+            format!("a call of {n} events took longer than {n} × {ms} ms{waiting}")
+        }
+    };
+    match result {
+        Some(Ok(answer)) => Ok(answer),
+        Some(Err(e)) => {
+            let mut failure = template.failure(e);
+            if failure.kind == FailureKind::Deadline {
+                failure.detail = took_too_long("");
+            }
+            Err(failure)
+        }
+        None => Err(Failure {
+            component: template.ctx.name.clone(),
+            kind: FailureKind::Deadline,
+            detail: took_too_long(" (waiting in a host call)"),
+        }),
     }
 }
 
@@ -351,7 +399,19 @@ impl Instance {
         template: &ComponentTemplate,
         items: &[BatchItem<'_>],
     ) -> Result<Vec<HandleOutcome>, Failure> {
-        let Handler::Weir(_, Some(batch)) = &self.handler else {
+        if let Handler::Weir(_, _, Some(_)) = &self.handler {
+            return self.handle_market_batch(template, items).await;
+        }
+        self.handle_bytes_batch(template, items).await
+    }
+
+    /// `handle-batch` over the items' bytes.
+    pub(super) async fn handle_bytes_batch(
+        &mut self,
+        template: &ComponentTemplate,
+        items: &[BatchItem<'_>],
+    ) -> Result<Vec<HandleOutcome>, Failure> {
+        let Handler::Weir(_, Some(batch), _) = &self.handler else {
             // The dispatcher batches only components that export it.
             return Err(Failure {
                 component: template.ctx.name.clone(),
@@ -359,17 +419,12 @@ impl Instance {
                 detail: format!("it exports no {}", super::handler::BATCH_HANDLER),
             });
         };
+        let batch = batch.clone();
         let n = u32::try_from(items.len()).unwrap_or(u32::MAX);
         self.store.data_mut().caps.begin_batch(items.len());
-        self.store
-            .set_epoch_deadline(self.deadline_ticks.saturating_mul(u64::from(n)));
-        if let Some(f) = self.fuel
-            && let Err(e) = self.store.set_fuel(f.saturating_mul(u64::from(n)))
-        {
-            return Err(template.failure(e));
-        }
+        self.arm(template, n)?;
         let started = tokio::time::Instant::now();
-        let grace = self.deadline.saturating_mul(n) + Duration::from_millis(50);
+        let grace = self.grace(n);
         let mut headers = Vec::new();
         let Ok(packed) = self.packer.pack(items, &mut headers) else {
             // Not reached: the dispatcher cuts a batch at 64 MiB of
@@ -381,49 +436,31 @@ impl Instance {
             });
         };
         let call = batch.call_handle_batch(&mut self.store, packed);
-        match within(call, started, grace).await {
-            Some(Ok(answers)) => {
-                let mut outcomes = Vec::with_capacity(answers.len().min(items.len()));
-                for answer in answers.into_iter().take(items.len()) {
-                    match answer {
-                        Ok(()) => outcomes.push(HandleOutcome::Handled),
-                        Err(HandleError::Retry(reason)) => {
-                            outcomes.push(HandleOutcome::Retry(reason));
-                            break;
-                        }
-                        // A rejected message is dead-lettered; the batch goes on.
-                        Err(HandleError::Reject(reason)) => {
-                            outcomes.push(HandleOutcome::Reject(reason));
-                        }
-                    }
-                }
-                Ok(outcomes)
-            }
-            Some(Err(e)) => {
-                let mut failure = template.failure(e);
-                if failure.kind == FailureKind::Deadline {
-                    failure.detail = format!(
-                        "handle-batch of {n} events took longer than {n} × {} ms",
-                        template.ctx.limits.time_per_event_ms
-                    );
-                }
-                Err(failure)
-            }
-            None => Err(Failure {
-                component: template.ctx.name.clone(),
-                kind: FailureKind::Deadline,
-                detail: format!(
-                    "handle-batch of {n} events took longer than {n} × {} ms (waiting in a host call)",
-                    template.ctx.limits.time_per_event_ms
-                ),
-            }),
+        let answers = finished(template, within(call, started, grace).await, n)?;
+        Ok(outcomes(answers, items.len()))
+    }
+}
+
+/// A batch's answers as outcomes: at most one per item, in order,
+/// stopping after the first retry (what the guest answered past it is
+/// ignored: those items are not counted handled). A rejected item is
+/// dead-lettered and the batch goes on.
+pub(super) fn outcomes(answers: Vec<Result<(), HandleError>>, items: usize) -> Vec<HandleOutcome> {
+    let mut out = Vec::with_capacity(answers.len().min(items));
+    for answer in answers.into_iter().take(items) {
+        let outcome = answered(answer);
+        let stop = matches!(outcome, HandleOutcome::Retry(_));
+        out.push(outcome);
+        if stop {
+            break;
         }
     }
+    out
 }
 
 /// Runs a call: at once if it finishes in its first poll, else until
 /// `started + grace`; `None` when that passed first.
-async fn within<F: Future>(
+pub(super) async fn within<F: Future>(
     call: F,
     started: tokio::time::Instant,
     grace: Duration,

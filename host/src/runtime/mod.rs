@@ -5,6 +5,7 @@ mod handler;
 mod instance;
 mod limiter;
 mod packed;
+mod typed;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -16,8 +17,9 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use crate::capability::{self, ComponentContext};
 
-pub use handler::{BATCH_HANDLER, PROVIDED, World};
+pub use handler::{BATCH_HANDLER, MARKET_HANDLER, PROVIDED, World};
 pub use instance::{BatchItem, Failure, FailureKind, HandleOutcome, Instance, InstanceState};
+pub use typed::undecodable;
 
 use handler::HandlerIndices;
 
@@ -485,6 +487,12 @@ impl ComponentTemplate {
     /// Whether it takes runs of messages in one call (`handle-batch`).
     pub fn batches(&self) -> bool {
         self.handler.batches()
+    }
+
+    /// Whether it takes trades, books and candles decoded by the host
+    /// (`market-handler`) rather than their bytes.
+    pub fn takes_market_events(&self) -> bool {
+        self.handler.takes_market_events()
     }
 
     /// Its version in this host: 1 at start, one more per hot update.

@@ -132,6 +132,7 @@ mod tests {
 
     fn msg(subject: &str, payload: &str, headers: &[(&str, &str)]) -> BusMessage {
         BusMessage {
+            decoded: crate::bus::Decoded::for_subject(subject),
             subject: subject.into(),
             reply_to: None,
             headers: headers

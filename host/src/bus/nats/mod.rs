@@ -205,6 +205,7 @@ pub(crate) fn from_header_map(headers: Option<&HeaderMap>) -> Vec<(String, Strin
 
 pub(crate) fn from_nats(m: async_nats::Message) -> BusMessage {
     BusMessage {
+        decoded: crate::bus::Decoded::for_subject(m.subject.as_str()),
         subject: m.subject.as_str().to_owned(),
         reply_to: m.reply.map(|r| r.as_str().to_owned()),
         headers: from_header_map(m.headers.as_ref()),

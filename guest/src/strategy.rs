@@ -1,0 +1,316 @@
+//! Strategies over market data the host decoded: implement [`Strategy`]
+//! and export it with [`export_strategy!`](crate::export_strategy).
+//!
+//! weir decodes each trade, order book and candle once, natively, and
+//! hands the component typed records (the `weir:host/market-handler`
+//! interface): no JSON is parsed in the sandbox. Trades come many per
+//! call, as columns ([`Trades`]); [`Strategy::on_trade`] sees them one at
+//! a time, [`Strategy::on_trades`] all of a call's at once (to read and
+//! write the state of all its symbols in one cache call). Every other
+//! message reaches [`Strategy::on_message`] as bytes.
+//!
+//! ```ignore
+//! use weir_guest::prelude::*;
+//!
+//! struct Breakout;
+//!
+//! impl Strategy for Breakout {
+//!     fn on_trade(trade: &Trade, _delivery: &Delivery) -> Result<(), HandleError> {
+//!         if trade.price > 65_000.0 {
+//!             Outgoing::new(format!("signals.{}", trade.symbol))
+//!                 .json(&serde_json::json!({ "symbol": trade.symbol, "signal": "buy" }))?
+//!                 .publish()?;
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! weir_guest::export_strategy!(Breakout);
+//! ```
+
+use crate::events::{Depth, Ohlcv, Trade};
+use crate::market_bindings::exports::weir::host::market_handler;
+use crate::{Delivery, HandleError, Message, market};
+
+/// What a strategy implements; every method has a default, so it
+/// implements only what it subscribes to. By default a market event it
+/// does not handle is acknowledged and ignored, and so is any other
+/// message.
+pub trait Strategy {
+    /// One trade.
+    fn on_trade(trade: &Trade, delivery: &Delivery) -> Result<(), HandleError> {
+        let _ = (trade, delivery);
+        Ok(())
+    }
+
+    /// The trades of one call, in arrival order: one result per trade
+    /// handled, stopping after the first retry (weir retries it in place
+    /// and delivers the ones after it again); a rejected trade is
+    /// dead-lettered and the rest go on. By default
+    /// [`on_trade`](Strategy::on_trade) for each.
+    fn on_trades(trades: &Trades) -> Vec<Result<(), HandleError>> {
+        trades.each(Self::on_trade)
+    }
+
+    /// One order book snapshot.
+    fn on_depth(book: &Depth, delivery: &Delivery) -> Result<(), HandleError> {
+        let _ = (book, delivery);
+        Ok(())
+    }
+
+    /// One OHLCV candle.
+    fn on_ohlcv(candle: &Ohlcv, delivery: &Delivery) -> Result<(), HandleError> {
+        let _ = (candle, delivery);
+        Ok(())
+    }
+
+    /// Any message that is not market data (or that has a reply-to), as bytes.
+    fn on_message(msg: Message, delivery: Delivery) -> Result<(), HandleError> {
+        let _ = (msg, delivery);
+        Ok(())
+    }
+}
+
+/// The trades of one call, as the host laid them out: one list per
+/// field. [`Trades::iter`] reads them one by one.
+pub struct Trades {
+    raw: market_handler::Trades,
+}
+
+/// One trade of a [`Trades`], borrowed from its lists.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct TradeRef<'a> {
+    /// Instrument, e.g. `BTCUSDT`.
+    pub symbol: &'a str,
+    /// Where `symbol` is in [`Trades::symbols`]: an index for state kept
+    /// per symbol through a call.
+    pub symbol_index: usize,
+    /// Execution price.
+    pub price: f64,
+    /// Executed quantity.
+    pub qty: f64,
+    /// Trade time, milliseconds since the Unix epoch.
+    pub ts: i64,
+    /// Exchange trade id (0 when the message had none).
+    pub trade_id: u64,
+    /// Its stream sequence, when it came from a stream.
+    pub sequence: Option<u64>,
+    /// 1 on first delivery, then 2, 3, … on redelivery.
+    pub attempt: u32,
+}
+
+impl TradeRef<'_> {
+    /// The trade as an owned [`Trade`].
+    pub fn to_trade(&self) -> Trade {
+        Trade {
+            symbol: self.symbol.to_owned(),
+            price: self.price,
+            qty: self.qty,
+            ts: self.ts,
+            trade_id: self.trade_id,
+        }
+    }
+}
+
+impl Trades {
+    /// Checks that every list has one entry per trade and every symbol
+    /// index is in range (weir always sends them so).
+    fn new(raw: market_handler::Trades) -> Result<Trades, HandleError> {
+        let n = raw.symbol.len();
+        let lengths = [
+            raw.price.len(),
+            raw.qty.len(),
+            raw.ts.len(),
+            raw.trade_id.len(),
+            raw.sequence.len(),
+            raw.attempt.len(),
+        ];
+        if lengths.iter().any(|&l| l != n) {
+            return Err(crate::retry("on-trades: the columns differ in length"));
+        }
+        if raw.symbol.iter().any(|&s| s as usize >= raw.symbols.len()) {
+            return Err(crate::retry("on-trades: a symbol index is out of range"));
+        }
+        Ok(Trades { raw })
+    }
+
+    /// How many trades.
+    pub fn len(&self) -> usize {
+        self.raw.symbol.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The symbols the trades name, each once.
+    pub fn symbols(&self) -> &[String] {
+        &self.raw.symbols
+    }
+
+    /// The JetStream stream they came from, if they did.
+    pub fn stream(&self) -> Option<&str> {
+        self.raw.stream.as_deref()
+    }
+
+    /// Trade `i`.
+    pub fn get(&self, i: usize) -> Option<TradeRef<'_>> {
+        let r = &self.raw;
+        let symbol_index = *r.symbol.get(i)? as usize;
+        let symbol = r.symbols.get(symbol_index)?;
+        Some(TradeRef {
+            symbol,
+            symbol_index,
+            price: *r.price.get(i)?,
+            qty: *r.qty.get(i)?,
+            ts: *r.ts.get(i)?,
+            trade_id: *r.trade_id.get(i)?,
+            sequence: Some(*r.sequence.get(i)?).filter(|&s| s != 0),
+            attempt: *r.attempt.get(i)?,
+        })
+    }
+
+    /// The trades in arrival order.
+    pub fn iter(&self) -> impl Iterator<Item = TradeRef<'_>> + '_ {
+        (0..self.len()).filter_map(|i| self.get(i))
+    }
+
+    /// `handle` for each trade in order, stopping after the first retry:
+    /// the contract of [`Strategy::on_trades`] over a one-trade handler.
+    /// One [`Trade`] and one [`Delivery`] are reused for the whole call.
+    pub fn each(
+        &self,
+        mut handle: impl FnMut(&Trade, &Delivery) -> Result<(), HandleError>,
+    ) -> Vec<Result<(), HandleError>> {
+        let mut out = Vec::with_capacity(self.len());
+        let mut trade = Trade {
+            symbol: String::new(),
+            price: 0.0,
+            qty: 0.0,
+            ts: 0,
+            trade_id: 0,
+        };
+        let mut delivery = Delivery {
+            stream: self.raw.stream.clone(),
+            sequence: None,
+            attempt: 1,
+        };
+        for t in self.iter() {
+            trade.symbol.clear();
+            trade.symbol.push_str(t.symbol);
+            trade.price = t.price;
+            trade.qty = t.qty;
+            trade.ts = t.ts;
+            trade.trade_id = t.trade_id;
+            delivery.sequence = t.sequence;
+            delivery.attempt = t.attempt;
+            let result = handle(&trade, &delivery);
+            let retry = matches!(result, Err(HandleError::Retry(_)));
+            out.push(result);
+            if retry {
+                break;
+            }
+        }
+        out
+    }
+}
+
+/// `handler.handle` of a strategy.
+#[doc(hidden)]
+pub fn handle<S: Strategy>(msg: Message, delivery: Delivery) -> Result<(), HandleError> {
+    S::on_message(msg, delivery)
+}
+
+/// `batch-handler.handle-batch` of a strategy: its messages one by one.
+#[doc(hidden)]
+pub fn handle_batch<S: Strategy>(batch: crate::batch::Batch) -> Vec<Result<(), HandleError>> {
+    crate::handle_each(&batch, S::on_message)
+}
+
+/// `market-handler.on-trades` of a strategy.
+#[doc(hidden)]
+pub fn on_trades<S: Strategy>(raw: market_handler::Trades) -> Vec<Result<(), HandleError>> {
+    match Trades::new(raw) {
+        Ok(trades) => S::on_trades(&trades),
+        Err(e) => vec![Err(e)],
+    }
+}
+
+/// `market-handler.on-depth` of a strategy.
+#[doc(hidden)]
+pub fn on_depth<S: Strategy>(book: market::Depth, delivery: Delivery) -> Result<(), HandleError> {
+    let levels = |side: Vec<market::Level>| side.into_iter().map(|l| (l.price, l.qty)).collect();
+    let book = Depth {
+        symbol: book.symbol,
+        bids: levels(book.bids),
+        asks: levels(book.asks),
+        ts: book.ts,
+    };
+    S::on_depth(&book, &delivery)
+}
+
+/// `market-handler.on-ohlcv` of a strategy.
+#[doc(hidden)]
+pub fn on_ohlcv<S: Strategy>(c: market::Ohlcv, delivery: Delivery) -> Result<(), HandleError> {
+    let candle = Ohlcv {
+        ticker: c.ticker,
+        open: c.open,
+        high: c.high,
+        low: c.low,
+        close: c.close,
+        volume: c.volume,
+        ts: c.ts,
+    };
+    S::on_ohlcv(&candle, &delivery)
+}
+
+/// Exports a [`Strategy`] as the component's `weir:host/market-handler`
+/// (trades, books and candles the host decoded), `handler` and
+/// `batch-handler` (every other message, as bytes): the
+/// `weir:host/market-strategy` world.
+#[macro_export]
+macro_rules! export_strategy {
+    ($strategy:ty) => {
+        #[doc(hidden)]
+        pub struct __WeirGuestStrategy;
+        impl $crate::bindings::exports::weir::host::handler::Guest for __WeirGuestStrategy {
+            fn handle(
+                msg: $crate::Message,
+                delivery: $crate::Delivery,
+            ) -> ::core::result::Result<(), $crate::HandleError> {
+                $crate::strategy::handle::<$strategy>(msg, delivery)
+            }
+        }
+        impl $crate::bindings::exports::weir::host::batch_handler::Guest for __WeirGuestStrategy {
+            fn handle_batch(
+                batch: $crate::batch::Batch,
+            ) -> ::std::vec::Vec<::core::result::Result<(), $crate::HandleError>> {
+                $crate::strategy::handle_batch::<$strategy>(batch)
+            }
+        }
+        impl $crate::market_bindings::exports::weir::host::market_handler::Guest
+            for __WeirGuestStrategy
+        {
+            fn on_trades(
+                trades: $crate::market_bindings::exports::weir::host::market_handler::Trades,
+            ) -> ::std::vec::Vec<::core::result::Result<(), $crate::HandleError>> {
+                $crate::strategy::on_trades::<$strategy>(trades)
+            }
+            fn on_depth(
+                book: $crate::market::Depth,
+                delivery: $crate::Delivery,
+            ) -> ::core::result::Result<(), $crate::HandleError> {
+                $crate::strategy::on_depth::<$strategy>(book, delivery)
+            }
+            fn on_ohlcv(
+                candle: $crate::market::Ohlcv,
+                delivery: $crate::Delivery,
+            ) -> ::core::result::Result<(), $crate::HandleError> {
+                $crate::strategy::on_ohlcv::<$strategy>(candle, delivery)
+            }
+        }
+        $crate::bindings::export!(__WeirGuestStrategy with_types_in $crate::bindings);
+        $crate::market_bindings::export!(__WeirGuestStrategy with_types_in $crate::market_bindings);
+    };
+}
