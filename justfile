@@ -46,10 +46,31 @@ bench: build-components
     cargo bench -p weir-tests --bench cache 2>&1 | tee -a "$out"
     cargo build --release -p weir
     WEIR_BIN="$PWD/target/release/weir" cargo bench -p weir-tests --bench cluster 2>&1 | tee -a "$out"
+    just bench-peer 2>&1 | tee -a "$out"
     echo
     echo "Summary: each figure against a baseline measured in the same run"
     ( echo "TABLE|benchmark|weir|baseline|ratio|target"; grep '^TABLE|' "$out" ) \
         | awk -F'|' '{ printf "%-56s %-12s %-30s %-8s %s\n", $2, $3, $4, $5, $6 }'
+
+# A peer side by side: the wasmCloud echo component per message under weir and under
+# wasmCloud's own runtime library (`wasmcloud-runtime`, its own crate in tests/peer so that
+# its wasmtime stays apart), three rounds each in turn; prints the medians and their ratio.
+bench-peer: build-components
+    #!/usr/bin/env bash
+    set -euo pipefail
+    cargo build -q --release --manifest-path tests/peer/Cargo.toml
+    bin=$(cargo bench -p weir --bench per_event --no-run 2>&1 | grep -o 'target/release/deps/per_event-[0-9a-f]*' | head -1)
+    wasm="$PWD/target/wasm32-wasip2/release/wasmcloud_echo.wasm"
+    runs=$(mktemp)
+    for i in 1 2 3; do
+        (cd host && PER_EVENT_SIDE=echo "../$bin" nothing) | grep '^PEER|' >> "$runs"
+        tests/peer/target/release/weir-peer-bench "$wasm" | grep '^PEER|' >> "$runs"
+    done
+    cat "$runs"
+    awk -F'|' '{ v[$2] = v[$2] (v[$2] ? " " : "") $3 }
+        function med(s,  a, n) { n = split(s, a, " "); asort(a); return a[int((n + 1) / 2)] }
+        END { w = med(v["weir"]); p = med(v["wasmcloud-runtime"]);
+              printf "TABLE|peer: wasmcloud-echo per message (median of 3 runs)|%d ns|wasmcloud-runtime 0.12 %d ns|%.2fx|≤ 1x\n", w, p, w / p }' "$runs"
 
 # Soak run, not part of `bench` or CI: 20,000 trades/s through three hosts on a 3-node
 # cluster for 30 minutes (SOAK_SECS to change it); memory and open files must stay flat.

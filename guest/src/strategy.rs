@@ -71,19 +71,33 @@ pub trait Strategy {
     }
 }
 
-/// The trades of one call, as the host laid them out: one list per
-/// field. [`Trades::iter`] reads them one by one.
+/// The trades of one call, as the host packed them (`wit/handler.wit`,
+/// `market-handler`): [`Trades::iter`] reads them one by one.
 pub struct Trades {
-    raw: market_handler::Trades,
+    /// Every symbol, each once, one after another.
+    symbols: String,
+    /// Price and quantity per trade.
+    prices: Vec<f64>,
+    /// [`TRADE_WORDS`] per trade.
+    words: Vec<u64>,
+    /// The stream they came from.
+    stream: Option<String>,
+    /// Each distinct symbol: start and end in `symbols`, in order.
+    names: Vec<(usize, usize)>,
+    /// Each trade's symbol, as an index into `names`.
+    index: Vec<u32>,
 }
+
+/// Numbers per trade in the packed `words`.
+pub const TRADE_WORDS: usize = 5;
 
 /// One trade of a [`Trades`], borrowed from its lists.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct TradeRef<'a> {
     /// Instrument, e.g. `BTCUSDT`.
     pub symbol: &'a str,
-    /// Where `symbol` is in [`Trades::symbols`]: an index for state kept
-    /// per symbol through a call.
+    /// Where `symbol` is among [`Trades::symbols`]: an index for state
+    /// kept per symbol through a call.
     pub symbol_index: usize,
     /// Execution price.
     pub price: f64,
@@ -113,30 +127,56 @@ impl TradeRef<'_> {
 }
 
 impl Trades {
-    /// Checks that every list has one entry per trade and every symbol
-    /// index is in range (weir always sends them so).
     fn new(raw: market_handler::Trades) -> Result<Trades, HandleError> {
-        let n = raw.symbol.len();
-        let lengths = [
-            raw.price.len(),
-            raw.qty.len(),
-            raw.ts.len(),
-            raw.trade_id.len(),
-            raw.sequence.len(),
-            raw.attempt.len(),
-        ];
-        if lengths.iter().any(|&l| l != n) {
-            return Err(crate::retry("on-trades: the columns differ in length"));
+        Trades::from_parts(raw.symbols, raw.prices, raw.words, raw.stream)
+    }
+
+    /// Reads a packed call back, checking that the lists agree on the
+    /// number of trades and that every symbol lies within `symbols` (weir
+    /// always sends them so; anything else is a retry).
+    pub fn from_parts(
+        symbols: String,
+        prices: Vec<f64>,
+        words: Vec<u64>,
+        stream: Option<String>,
+    ) -> Result<Trades, HandleError> {
+        let n = words.len() / TRADE_WORDS;
+        if words.len() % TRADE_WORDS != 0 || prices.len() != 2 * n {
+            return Err(crate::retry(
+                "on-trades: its lists disagree on the number of trades",
+            ));
         }
-        if raw.symbol.iter().any(|&s| s as usize >= raw.symbols.len()) {
-            return Err(crate::retry("on-trades: a symbol index is out of range"));
+        let mut names: Vec<(usize, usize)> = Vec::new();
+        let mut index = Vec::with_capacity(n);
+        for w in words.chunks_exact(TRADE_WORDS) {
+            let start = (w[0] >> 32) as usize;
+            let end = start + (w[0] & u64::from(u32::MAX)) as usize;
+            if symbols.get(start..end).is_none() {
+                return Err(crate::retry("on-trades: a symbol lies outside `symbols`"));
+            }
+            // Symbols are laid out in the order trades first name them.
+            let at = match names.iter().position(|&(s, _)| s == start) {
+                Some(at) => at,
+                None => {
+                    names.push((start, end));
+                    names.len() - 1
+                }
+            };
+            index.push(at as u32);
         }
-        Ok(Trades { raw })
+        Ok(Trades {
+            symbols,
+            prices,
+            words,
+            stream,
+            names,
+            index,
+        })
     }
 
     /// How many trades.
     pub fn len(&self) -> usize {
-        self.raw.symbol.len()
+        self.index.len()
     }
 
     /// Whether there are none.
@@ -144,30 +184,31 @@ impl Trades {
         self.len() == 0
     }
 
-    /// The symbols the trades name, each once.
-    pub fn symbols(&self) -> &[String] {
-        &self.raw.symbols
+    /// The symbols the trades name, each once, in the order they first
+    /// appear (a trade's `symbol_index` counts in this order).
+    pub fn symbols(&self) -> impl ExactSizeIterator<Item = &str> + '_ {
+        self.names.iter().map(|&(s, e)| &self.symbols[s..e])
     }
 
     /// The JetStream stream they came from, if they did.
     pub fn stream(&self) -> Option<&str> {
-        self.raw.stream.as_deref()
+        self.stream.as_deref()
     }
 
     /// Trade `i`.
     pub fn get(&self, i: usize) -> Option<TradeRef<'_>> {
-        let r = &self.raw;
-        let symbol_index = *r.symbol.get(i)? as usize;
-        let symbol = r.symbols.get(symbol_index)?;
+        let w = self.words.get(i * TRADE_WORDS..(i + 1) * TRADE_WORDS)?;
+        let symbol_index = *self.index.get(i)? as usize;
+        let &(start, end) = self.names.get(symbol_index)?;
         Some(TradeRef {
-            symbol,
+            symbol: self.symbols.get(start..end)?,
             symbol_index,
-            price: *r.price.get(i)?,
-            qty: *r.qty.get(i)?,
-            ts: *r.ts.get(i)?,
-            trade_id: *r.trade_id.get(i)?,
-            sequence: Some(*r.sequence.get(i)?).filter(|&s| s != 0),
-            attempt: *r.attempt.get(i)?,
+            price: *self.prices.get(2 * i)?,
+            qty: *self.prices.get(2 * i + 1)?,
+            ts: w[1] as i64,
+            trade_id: w[2],
+            sequence: Some(w[3]).filter(|&s| s != 0),
+            attempt: w[4] as u32,
         })
     }
 
@@ -192,7 +233,7 @@ impl Trades {
             trade_id: 0,
         };
         let mut delivery = Delivery {
-            stream: self.raw.stream.clone(),
+            stream: self.stream.clone(),
             sequence: None,
             attempt: 1,
         };

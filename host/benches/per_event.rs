@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group};
+use futures::{FutureExt as _, StreamExt as _};
 use market::{Trade, iso8601_ms, sma_pair};
 use weir::bus::{Bus, BusMessage, EmbeddedBus};
 use weir::cache::{CacheStore, MemoryStore, MemoryStoreConfig};
@@ -378,20 +379,85 @@ fn per_event(c: &mut Criterion) {
     g.finish();
 }
 
+/// The wasmCloud echo (`components/wasmcloud-echo`) on one weir instance:
+/// a message with a reply-to in, its body published to the reply-to on the
+/// embedded bus. `just bench-peer` sets it beside the same component under
+/// wasmCloud's runtime library (`tests/peer`).
+fn echo(rounds: usize) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let bus = EmbeddedBus::new();
+    let runtime = Runtime::new(&RuntimeConfig {
+        epoch_tick: Duration::from_millis(5),
+        max_memory_bytes: 64 << 20,
+        max_instances: 4,
+        fuel: false,
+    })
+    .unwrap();
+    let ctx = ComponentContext::new(
+        "wasmcloud-echo".into(),
+        Grants::default(),
+        Limits::default(),
+        Arc::new(bus.clone()),
+    );
+    let wasm = root().join("target/wasm32-wasip2/release/wasmcloud_echo.wasm");
+    let template = runtime
+        .load(Arc::new(ctx), &wasm, None)
+        .expect("run `just build-components` first");
+    let n = 6000;
+    let body = r#"{"symbol":"BTCUSDT","price":64000.5,"qty":0.1,"ts":1,"trade_id":7}"#;
+    let (per_round, replies) = rt.block_on(async {
+        let mut replies = bus.subscribe("_INBOX.>", None).await.unwrap();
+        let mut instance = template.instantiate().await.unwrap();
+        let mut per_round = Vec::new();
+        let mut got = 0;
+        for _ in 0..rounds {
+            let start = Instant::now();
+            for _ in 0..n {
+                let mut msg = BusMessage::new("svc.echo", body);
+                msg.reply_to = Some("_INBOX.peer.1".into());
+                let out = instance.handle(&template, &msg, None, None, 1).await;
+                assert!(matches!(out, HandleOutcome::Handled), "{out:?}");
+                // The reply goes out from the component's publish queue:
+                // let it run, then drain what arrived (the bus drops what a
+                // full subscriber cannot take).
+                tokio::task::yield_now().await;
+                while let Some(Some(_)) = replies.next().now_or_never() {
+                    got += 1;
+                }
+            }
+            per_round.push(start.elapsed().as_nanos() as f64 / n as f64);
+        }
+        (per_round, got)
+    });
+    assert_eq!(replies, rounds * n, "one reply per message");
+    let mut v = per_round;
+    v.sort_by(f64::total_cmp);
+    let median = v.get(v.len() / 2).copied().unwrap_or(f64::NAN);
+    println!("weir: wasmcloud-echo, median of {rounds} rounds of {n}: {median:.0} ns per message");
+    println!("PEER|weir|{median:.0}");
+}
+
 /// Interleaved rounds of the whole sample, median ratio.
 ///
 /// For instruction counts (`valgrind --tool=callgrind`, repeatable on a
 /// noisy machine), `PER_EVENT_ROUNDS=N` sets the rounds and
-/// `PER_EVENT_SIDE=native|component|native-batch|batch` runs one side only: the difference
+/// `PER_EVENT_SIDE=native|component|native-batch|batch` runs one side only
+/// (`echo`: the wasmCloud echo alone, for `just bench-peer`): the difference
 /// between two round counts, divided by the events, is the cost per event.
 fn ratio() {
-    let mut s = setup();
-    let n = s.msgs.len();
     let rounds: usize = std::env::var("PER_EVENT_ROUNDS")
         .ok()
         .and_then(|r| r.parse().ok())
         .unwrap_or(7);
     let side = std::env::var("PER_EVENT_SIDE").unwrap_or_default();
+    if side == "echo" {
+        return echo(rounds);
+    }
+    let mut s = setup();
+    let n = s.msgs.len();
     let (mut native, mut comp, mut native_b, mut batched) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     let runs = |which: &str| side.is_empty() || side == which;

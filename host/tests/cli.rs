@@ -281,3 +281,86 @@ fn version_at(port: u16, want: u64, dir: &std::path::Path) -> u64 {
     let log = std::fs::read_to_string(dir.join("log")).unwrap_or_default();
     panic!("version {seen}, not {want}, after 30 s; log:\n{log}");
 }
+
+/// The demo's two components subscribe to the same trades: weir decodes
+/// each trade once for both (and for its latest-value store), as
+/// `weir_market_decodes_total` on `/metrics` shows.
+#[test]
+fn the_demo_decodes_each_trade_once_for_both_components() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let dir = std::env::temp_dir().join(format!("weir-cli-decode-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let demo = std::fs::read_to_string(root.join("examples/demo.toml")).unwrap();
+    let wasm_dir = root.join("target/wasm32-wasip2/release");
+    let manifest = demo
+        .replace("127.0.0.1:9464", &format!("127.0.0.1:{port}"))
+        .replace(
+            "../target/wasm32-wasip2/release",
+            wasm_dir.to_str().unwrap(),
+        );
+    assert!(
+        manifest.contains(&format!(":{port}")),
+        "the demo names its port"
+    );
+    std::fs::write(dir.join("weir.toml"), manifest).unwrap();
+    let trades = root.join("examples/data/trades.ndjson");
+    // Each line with a symbol is a trade (the feed puts it on `TRADE.trade.<SYMBOL>`).
+    let sent = std::fs::read_to_string(&trades)
+        .unwrap()
+        .lines()
+        .filter(|l| l.starts_with('{') && l.contains("\"symbol\":"))
+        .count();
+    assert!(sent > 1000, "{sent} trades in the sample");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_weir"))
+        .arg("run")
+        .arg(dir.join("weir.toml"))
+        .arg("--feed")
+        .arg(&trades)
+        .arg("--stay")
+        .env_remove("NATS_URL")
+        .env_remove("REDIS_URL")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let value = |text: &str, series: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    };
+    let sma = "weir_messages_handled_total{component=\"sma-crossover\",subject=\"TRADE.trade.*\"} ";
+    let alert = "weir_messages_handled_total{component=\"price-alert\",subject=\"TRADE.trade.*\"} ";
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut text = String::new();
+    while std::time::Instant::now() < until {
+        text = http_get(port, "/metrics").unwrap_or_default();
+        if value(&text, sma) == Some(sent as u64) && value(&text, alert) == Some(sent as u64) {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(value(&text, sma), Some(sent as u64), "{text}");
+    assert_eq!(value(&text, alert), Some(sent as u64), "{text}");
+    assert_eq!(
+        value(&text, "weir_market_decodes_total "),
+        Some(sent as u64),
+        "one decode per trade for two components; {text}"
+    );
+}
+
+/// The body of `GET path` on a local port.
+fn http_get(port: u16, path: &str) -> Option<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes())
+        .ok()?;
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).ok()?;
+    raw.split_once("\r\n\r\n").map(|(_, body)| body.to_owned())
+}

@@ -172,9 +172,15 @@ impl Strategy for SmaCrossover {
             Err(e) => return vec![Err(e)],
         };
         // One state per symbol of the call, in the order of `symbols()`.
-        let keys: Vec<String> = trades.symbols().iter().map(|s| state_key(s)).collect();
+        let keys: Vec<String> = trades.symbols().map(state_key).collect();
         let mut held: Vec<Held> = Vec::with_capacity(keys.len());
-        match cache::get_many(&keys) {
+        // One symbol (a lone trade, under a trickle): the single calls,
+        // which cross cheaper than lists of one.
+        let read = match keys.as_slice() {
+            [key] => cache::get(key).map(|value| vec![value]),
+            _ => cache::get_many(&keys),
+        };
+        match read {
             Ok(values) => held.extend(values.into_iter().map(|value| Held {
                 state: value.map_or_else(State::fresh, |bytes| State::decode(&bytes)),
                 first_change: None,
@@ -203,8 +209,12 @@ impl Strategy for SmaCrossover {
             .zip(keys)
             .filter_map(|(h, key)| Some(((key, h.state.encode()), h.first_change?)))
             .unzip();
+        let write = |entries: &[(String, Vec<u8>)]| match entries {
+            [(key, value)] => cache::set(key, value, None),
+            _ => cache::set_many(entries, None),
+        };
         if let Some(&first) = firsts.iter().min()
-            && let Err(e) = cache::set_many(&entries, None)
+            && let Err(e) = write(&entries)
             && first < out.len()
         {
             out.truncate(first);

@@ -70,9 +70,16 @@ pub fn decode(subject: &str, payload: &[u8]) -> Option<Result<MarketEvent, Strin
 }
 
 /// The shared slot for a message's decoded event: empty (and free) for
-/// a subject that carries no market data. Clones share the slot.
-#[derive(Clone, Default)]
+/// a subject that carries no market data. Clones share the slot; the
+/// default one is a slot (for a message built field by field).
+#[derive(Clone)]
 pub struct Decoded(Option<Arc<OnceLock<Result<MarketEvent, String>>>>);
+
+impl Default for Decoded {
+    fn default() -> Decoded {
+        Decoded(Some(Arc::default()))
+    }
+}
 
 impl Decoded {
     /// A slot for a message on `subject`.

@@ -86,6 +86,7 @@ impl BusMessage {
     /// data, else the event or the decoder's reason for refusing it.
     /// Decoded on the first call, shared with every clone.
     pub fn market_event(&self) -> Option<&Result<MarketEvent, String>> {
+        MarketKind::of(&self.subject)?;
         self.decoded.get(&self.subject, &self.payload)
     }
 }

@@ -23,24 +23,21 @@ pub fn undecodable(reason: &str) -> String {
     format!("weir could not decode it: {reason}")
 }
 
-/// The columns one instance lays trades out in, kept between calls so
-/// that a call allocates nothing once they have grown.
+/// Numbers per trade in a call's `words` (`wit/handler.wit` lays them out).
+pub(crate) const TRADE_WORDS: usize = 5;
+
+/// The buffers one instance packs trades into, kept between calls so that
+/// a call allocates nothing once they have grown.
 #[derive(Default)]
 pub(crate) struct TradeColumns {
-    /// Each trade's symbol, as an index into the call's symbols.
-    symbol: Vec<u32>,
-    /// Prices.
-    price: Vec<f64>,
-    /// Quantities.
-    qty: Vec<f64>,
-    /// Trade times.
-    ts: Vec<i64>,
-    /// Trade ids.
-    trade_id: Vec<u64>,
-    /// Stream sequences (0: none).
-    sequence: Vec<u64>,
-    /// Delivery attempts.
-    attempt: Vec<u32>,
+    /// The call's symbols, each once, one after another.
+    symbols: String,
+    /// Price and quantity of each trade.
+    prices: Vec<f64>,
+    /// [`TRADE_WORDS`] per trade.
+    words: Vec<u64>,
+    /// Each symbol laid out so far and its word 0 (start and length).
+    seen: Vec<(u32, u64)>,
 }
 
 /// One trade of a call, with its delivery.
@@ -50,52 +47,51 @@ struct TradeItem<'a> {
     attempt: u32,
 }
 
+/// Largest symbol text one call carries: offsets stay in 32 bits.
+const MAX_SYMBOL_BYTES: usize = u32::MAX as usize;
+
 impl TradeColumns {
-    /// Lays `trades` out as one call's columns; `symbols` gets each
-    /// symbol once (the caller owns it: it borrows from the trades).
-    fn fill<'a>(
-        &'a mut self,
-        trades: &[TradeItem<'a>],
-        symbols: &'a mut Vec<&'a str>,
-        stream: Option<&'a str>,
-    ) -> Trades<'a> {
-        for column in [&mut self.price, &mut self.qty] {
-            column.clear();
-        }
-        self.symbol.clear();
-        self.ts.clear();
-        self.trade_id.clear();
-        self.sequence.clear();
-        self.attempt.clear();
-        symbols.clear();
+    /// Packs `trades` as one call's record.
+    fn fill<'a>(&'a mut self, trades: &[TradeItem<'_>], stream: Option<&'a str>) -> Trades<'a> {
+        self.symbols.clear();
+        self.prices.clear();
+        self.words.clear();
+        self.seen.clear();
+        self.prices.reserve(trades.len() * 2);
+        self.words.reserve(trades.len() * TRADE_WORDS);
         for item in trades {
             let t = item.trade;
             // A call names a handful of symbols: a scan beats a map.
-            let at = match symbols.iter().position(|s| *s == t.symbol) {
-                Some(at) => at,
-                None => {
-                    symbols.push(&t.symbol);
-                    symbols.len() - 1
+            let known = self.seen.iter().find(|&&(start, word)| {
+                let len = (word & u64::from(u32::MAX)) as usize;
+                self.symbols.get(start as usize..start as usize + len) == Some(t.symbol.as_str())
+            });
+            let symbol = match known {
+                Some(&(_, word)) => word,
+                None if self.symbols.len() + t.symbol.len() <= MAX_SYMBOL_BYTES => {
+                    let start = self.symbols.len() as u32;
+                    self.symbols.push_str(&t.symbol);
+                    let word = (u64::from(start) << 32) | t.symbol.len() as u64;
+                    self.seen.push((start, word));
+                    word
                 }
+                // Not reached: a call holds at most 64 trades of 64 KiB.
+                None => 0,
             };
-            self.symbol.push(u32::try_from(at).unwrap_or(u32::MAX));
-            self.price.push(t.price);
-            self.qty.push(t.qty);
-            self.ts.push(t.ts);
-            self.trade_id.push(t.trade_id);
-            self.sequence.push(item.sequence.unwrap_or(0));
-            self.attempt.push(item.attempt);
+            self.prices.extend_from_slice(&[t.price, t.qty]);
+            self.words.extend_from_slice(&[
+                symbol,
+                t.ts as u64,
+                t.trade_id,
+                item.sequence.unwrap_or(0),
+                u64::from(item.attempt),
+            ]);
         }
         Trades {
-            symbols,
-            symbol: &self.symbol,
-            price: &self.price,
-            qty: &self.qty,
-            ts: &self.ts,
-            trade_id: &self.trade_id,
+            symbols: &self.symbols,
+            prices: &self.prices,
+            words: &self.words,
             stream,
-            sequence: &self.sequence,
-            attempt: &self.attempt,
         }
     }
 }
@@ -109,6 +105,7 @@ pub(crate) fn trade_run(items: &[BatchItem<'_>]) -> usize {
         .take_while(|i| {
             i.msg.reply_to.is_none()
                 && MarketKind::of(&i.msg.subject) == Some(MarketKind::Trade)
+                && i.msg.market_event().is_some()
                 && i.stream == first.stream
         })
         .count()
@@ -248,6 +245,7 @@ impl Instance {
                     refused.push(None);
                 }
                 Some(Err(reason)) => refused.push(Some(undecodable(reason))),
+                // Not reached: `trade_run` took trades only.
                 Some(Ok(_)) | None => {
                     refused.push(Some(format!("{} holds no trade", item.msg.subject)))
                 }
@@ -259,34 +257,21 @@ impl Instance {
             self.call_trades(template, &trades, run[0].stream).await?
         }
         .into_iter();
-        let called = trades.len();
         let mut out = Vec::with_capacity(run.len());
-        let mut answered_all = true;
         for reason in refused {
             if let Some(reason) = reason {
                 out.push(HandleOutcome::Reject(reason));
                 continue;
             }
-            match answers.next() {
-                Some(outcome) => {
-                    let stop = matches!(outcome, HandleOutcome::Retry(_));
-                    out.push(outcome);
-                    if stop {
-                        break;
-                    }
-                }
-                // The component stopped short: the rest is delivered again.
-                None => {
-                    answered_all = false;
-                    break;
-                }
+            // The component stopped short: the rest is delivered again.
+            let Some(outcome) = answers.next() else {
+                break;
+            };
+            let stop = matches!(outcome, HandleOutcome::Retry(_));
+            out.push(outcome);
+            if stop {
+                break;
             }
-        }
-        if !answered_all && out.is_empty() && called > 0 {
-            tracing::debug!(
-                component = template.name(),
-                "on-trades answered for none of its {called} trades"
-            );
         }
         Ok(out)
     }
@@ -312,9 +297,8 @@ impl Instance {
         self.arm(template, n)?;
         let started = tokio::time::Instant::now();
         let grace = self.grace(n);
-        let mut symbols = Vec::new();
-        let columns = self.columns.fill(trades, &mut symbols, stream);
-        let call = market.call_on_trades(&mut self.store, columns);
+        let packed = self.columns.fill(trades, stream);
+        let call = market.call_on_trades(&mut self.store, packed);
         let answers = finished(template, within(call, started, grace).await, n)?;
         Ok(outcomes(answers, trades.len()))
     }
@@ -336,10 +320,10 @@ mod tests {
     }
 
     #[test]
-    fn trades_become_columns_with_each_symbol_once() {
+    fn trades_are_packed_with_each_symbol_once() {
         let (a, b, c) = (
             trade("BTC", 1.0, 1),
-            trade("ETH", 2.0, 2),
+            trade("ETHUSDT", 2.0, 2),
             trade("BTC", 3.0, 3),
         );
         let item = |trade, sequence, attempt| TradeItem {
@@ -355,17 +339,55 @@ mod tests {
         let mut columns = TradeColumns::default();
         for _ in 0..2 {
             // Reused: nothing of the first call stays.
-            let mut symbols = Vec::new();
-            let t = columns.fill(&items, &mut symbols, Some("TRADE"));
-            assert_eq!(t.symbols, ["BTC", "ETH"]);
-            assert_eq!(t.symbol, [0, 1, 0]);
-            assert_eq!(t.price, [1.0, 2.0, 3.0]);
-            assert_eq!(t.qty, [1.5; 3]);
-            assert_eq!(t.trade_id, [1, 2, 3]);
-            assert_eq!(t.ts[2], 1_700_000_000_003);
-            assert_eq!(t.sequence, [10, 0, 12]);
-            assert_eq!(t.attempt, [1, 2, 1]);
+            let t = columns.fill(&items, Some("TRADE"));
+            assert_eq!(t.symbols, "BTCETHUSDT");
+            assert_eq!(t.prices, [1.0, 1.5, 2.0, 1.5, 3.0, 1.5]);
+            assert_eq!(t.words.len(), 3 * TRADE_WORDS);
+            let word = |i: usize, w: usize| t.words[i * TRADE_WORDS + w];
+            assert_eq!([word(0, 0), word(1, 0), word(2, 0)], [3, 3 << 32 | 7, 3]);
+            assert_eq!(word(2, 1) as i64, 1_700_000_000_003);
+            assert_eq!([word(0, 2), word(1, 2), word(2, 2)], [1, 2, 3]);
+            assert_eq!([word(0, 3), word(1, 3), word(2, 3)], [10, 0, 12]);
+            assert_eq!([word(0, 4), word(1, 4), word(2, 4)], [1, 2, 1]);
             assert_eq!(t.stream, Some("TRADE"));
+        }
+    }
+
+    /// What the host packs, the SDK reads back.
+    #[test]
+    fn the_sdk_reads_back_what_the_host_packs() {
+        let trades = [
+            trade("BTC", 64000.5, 1),
+            trade("ETH", 3000.25, 2),
+            trade("BTC", 64001.0, 3),
+        ];
+        let items: Vec<TradeItem<'_>> = trades
+            .iter()
+            .enumerate()
+            .map(|(i, trade)| TradeItem {
+                trade,
+                sequence: Some(100 + i as u64),
+                attempt: 1 + i as u32,
+            })
+            .collect();
+        let mut columns = TradeColumns::default();
+        let t = columns.fill(&items, None);
+        let read = weir_guest::strategy::Trades::from_parts(
+            t.symbols.to_owned(),
+            t.prices.to_vec(),
+            t.words.to_vec(),
+            None,
+        )
+        .unwrap();
+        assert_eq!(read.symbols().collect::<Vec<_>>(), ["BTC", "ETH"]);
+        let back: Vec<_> = read
+            .iter()
+            .map(|r| (r.to_trade(), r.symbol_index, r.sequence, r.attempt))
+            .collect();
+        for (i, (t, index, sequence, attempt)) in back.into_iter().enumerate() {
+            assert_eq!(t, trades[i]);
+            assert_eq!(index, [0, 1, 0][i]);
+            assert_eq!((sequence, attempt), (Some(100 + i as u64), 1 + i as u32));
         }
     }
 
