@@ -141,7 +141,7 @@ impl Trades {
         stream: Option<String>,
     ) -> Result<Trades, HandleError> {
         let n = words.len() / TRADE_WORDS;
-        if words.len() % TRADE_WORDS != 0 || prices.len() != 2 * n {
+        if !words.len().is_multiple_of(TRADE_WORDS) || prices.len() != 2 * n {
             return Err(crate::retry(
                 "on-trades: its lists disagree on the number of trades",
             ));

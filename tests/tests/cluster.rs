@@ -509,7 +509,10 @@ url = "{redis}"
 wasm = "{wasm}"
 subscribe = [{{ subject = "TRADE.trade.*.{partition}", stream = "TRADE", consumer = "sma-p{partition}", ack_wait_ms = 2000 }}]
 grants = {{ subscribe = ["TRADE.trade.>"], publish = ["signals.*"], streams = ["TRADE", "SIGNALS"], cache = "sma" }}
-limits = {{ instances = 2, max_deliver = 10 }}
+# The signals go to an R3 stream whose leader may sit on the node that is
+# cut: a publish then waits for a new leader (seconds), so each attempt may
+# wait a second and the retries outlast an election.
+limits = {{ instances = 2, max_deliver = 30, time_per_event_ms = 1000 }}
 config = {{ fast_window = 5, slow_window = 20, publish = "jetstream" }}
 "#,
             redis = redis.url(),
@@ -525,7 +528,7 @@ config = {{ fast_window = 5, slow_window = 20, publish = "jetstream" }}
     };
     let p1 = write("p1", 1, &p1_urls);
     let p1_again = write("p1-replacement", 1, &cluster.urls());
-    let _a = WeirProcess::start(&p0);
+    let a = WeirProcess::start(&p0);
     let mut b = WeirProcess::start(&p1);
     let mut cut = None;
     let mut cut_at = None;
@@ -612,8 +615,13 @@ config = {{ fast_window = 5, slow_window = 20, publish = "jetstream" }}
         let m = signals.get_raw_message(seq).await.unwrap();
         stored.push(weir::bus::BusMessage::new(m.subject.to_string(), m.payload));
     }
+    let got = weir_tests::reference::published_signals(&stored);
+    if stored.len() != expected_count || got != expected {
+        // What the hosts said, to tell a lost trade from a late one.
+        eprintln!("p0's log:\n{}\np1's log:\n{}", a.output(), b.output());
+    }
     assert_eq!(stored.len(), expected_count, "duplicate or missing signals");
-    assert_eq!(weir_tests::reference::published_signals(&stored), expected);
+    assert_eq!(got, expected);
     if let Fault::CutNode = fault {
         let log = b.output();
         eprintln!(

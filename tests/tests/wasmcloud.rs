@@ -545,12 +545,13 @@ fn inspect_tells_each_world_and_marks_every_import_of_the_demo_components_provid
         fuel: false,
     })
     .unwrap();
-    // sma-crossover also exports the batch form of weir's handler.
-    for (file, world, batch) in [
+    // The demo strategies are the SDK's `Strategy`s: they also export the
+    // batch form of weir's handler and the decoded market events.
+    for (file, world, strategy) in [
         ("wasmcloud_kv", World::WasmCloud, false),
         ("wasmcloud_echo", World::WasmCloud, false),
         ("sma_crossover", World::Weir, true),
-        ("price_alert", World::Weir, false),
+        ("price_alert", World::Weir, true),
     ] {
         let bytes = std::fs::read(wasm(file)).unwrap();
         let r = runtime.inspect(&bytes).unwrap();
@@ -566,9 +567,13 @@ fn inspect_tells_each_world_and_marks_every_import_of_the_demo_components_provid
         );
         assert_eq!(r.sha256, weir::digest::sha256_hex(&bytes));
         let mut exports = vec![world.handler()];
-        if batch {
+        if strategy {
             exports.push(weir::runtime::BATCH_HANDLER);
+            exports.push(weir::runtime::MARKET_HANDLER);
         }
-        assert_eq!(r.exports, exports, "{file}");
+        exports.sort_unstable();
+        let mut have = r.exports.clone();
+        have.sort_unstable();
+        assert_eq!(have, exports, "{file}");
     }
 }
