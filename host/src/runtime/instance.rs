@@ -13,7 +13,7 @@ use super::ComponentTemplate;
 use super::handler::Handler;
 use super::limiter::{LimitHit, Limiter};
 use super::packed::Packer;
-use super::typed::TradeColumns;
+use super::typed::TradePacker;
 use crate::bus::BusMessage;
 use crate::capability::bindings::exports::wasmcloud::messaging::handler::BrokerMessage;
 // The WIT `delivery` record (what the guest is told), not `crate::bus::Delivery`.
@@ -148,8 +148,8 @@ pub struct Instance {
     /// The buffers `handle-batch`'s messages are packed into, kept for
     /// the next batch.
     packer: Packer,
-    /// The columns decoded trades are laid out in, kept for the next call.
-    pub(super) columns: TradeColumns,
+    /// The buffers decoded trades are packed into, kept for the next call.
+    pub(super) trades: TradePacker,
 }
 
 impl ComponentTemplate {
@@ -194,7 +194,7 @@ impl ComponentTemplate {
             deadline_ticks,
             fuel,
             packer: Packer::default(),
-            columns: TradeColumns::default(),
+            trades: TradePacker::default(),
         })
     }
 

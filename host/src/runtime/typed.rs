@@ -1,5 +1,5 @@
 //! Market events decoded by the host, handed to a component's
-//! `market-handler`: trades as columns (`on-trades`, many per call), order
+//! `market-handler`: trades packed (`on-trades`, many per call), order
 //! books and candles one per call. The decode is the message's own
 //! ([`BusMessage::market_event`](crate::bus::BusMessage::market_event)),
 //! shared with every subscriber of the same message; a message the
@@ -29,7 +29,7 @@ pub(crate) const TRADE_WORDS: usize = 5;
 /// The buffers one instance packs trades into, kept between calls so that
 /// a call allocates nothing once they have grown.
 #[derive(Default)]
-pub(crate) struct TradeColumns {
+pub(crate) struct TradePacker {
     /// The call's symbols, each once, one after another.
     symbols: String,
     /// Price and quantity of each trade.
@@ -50,7 +50,7 @@ struct TradeItem<'a> {
 /// Largest symbol text one call carries: offsets stay in 32 bits.
 const MAX_SYMBOL_BYTES: usize = u32::MAX as usize;
 
-impl TradeColumns {
+impl TradePacker {
     /// Packs `trades` as one call's record.
     fn fill<'a>(&'a mut self, trades: &[TradeItem<'_>], stream: Option<&'a str>) -> Trades<'a> {
         self.symbols.clear();
@@ -189,6 +189,7 @@ impl Instance {
                 let call = market.call_on_ohlcv(&mut self.store, ohlcv_record(c), delivery);
                 within(call, started, grace).await
             }
+            // Not reached: trades went to `call_trades` above.
             MarketEvent::Trade(_) => None,
         };
         match finished(template, result, 1) {
@@ -297,7 +298,7 @@ impl Instance {
         self.arm(template, n)?;
         let started = tokio::time::Instant::now();
         let grace = self.grace(n);
-        let packed = self.columns.fill(trades, stream);
+        let packed = self.trades.fill(trades, stream);
         let call = market.call_on_trades(&mut self.store, packed);
         let answers = finished(template, within(call, started, grace).await, n)?;
         Ok(outcomes(answers, trades.len()))
@@ -336,10 +337,10 @@ mod tests {
             item(&b, None, 2),
             item(&c, Some(12), 1),
         ];
-        let mut columns = TradeColumns::default();
+        let mut packer = TradePacker::default();
         for _ in 0..2 {
             // Reused: nothing of the first call stays.
-            let t = columns.fill(&items, Some("TRADE"));
+            let t = packer.fill(&items, Some("TRADE"));
             assert_eq!(t.symbols, "BTCETHUSDT");
             assert_eq!(t.prices, [1.0, 1.5, 2.0, 1.5, 3.0, 1.5]);
             assert_eq!(t.words.len(), 3 * TRADE_WORDS);
@@ -370,8 +371,8 @@ mod tests {
                 attempt: 1 + i as u32,
             })
             .collect();
-        let mut columns = TradeColumns::default();
-        let t = columns.fill(&items, None);
+        let mut packer = TradePacker::default();
+        let t = packer.fill(&items, None);
         let read = weir_guest::strategy::Trades::from_parts(
             t.symbols.to_owned(),
             t.prices.to_vec(),
