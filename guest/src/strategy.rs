@@ -150,10 +150,10 @@ impl Trades {
         let mut index = Vec::with_capacity(n);
         for w in words.chunks_exact(TRADE_WORDS) {
             let start = (w[0] >> 32) as usize;
-            let end = start + (w[0] & u64::from(u32::MAX)) as usize;
-            if symbols.get(start..end).is_none() {
+            let end = start.checked_add((w[0] & u64::from(u32::MAX)) as usize);
+            let Some(end) = end.filter(|&end| symbols.get(start..end).is_some()) else {
                 return Err(crate::retry("on-trades: a symbol lies outside `symbols`"));
-            }
+            };
             // Symbols are laid out in the order trades first name them.
             let at = match names.iter().position(|&(s, _)| s == start) {
                 Some(at) => at,
@@ -354,4 +354,72 @@ macro_rules! export_strategy {
         $crate::bindings::export!(__WeirGuestStrategy with_types_in $crate::bindings);
         $crate::market_bindings::export!(__WeirGuestStrategy with_types_in $crate::market_bindings);
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(trades: &[(u64, u64, i64, u64)]) -> Vec<u64> {
+        trades
+            .iter()
+            .flat_map(|&(start, len, ts, id)| [start << 32 | len, ts as u64, id, 0, 1])
+            .collect()
+    }
+
+    #[test]
+    fn a_packing_that_does_not_add_up_is_a_retry_not_a_panic() {
+        let ok = Trades::from_parts(
+            "BTCETH".into(),
+            vec![1.0, 2.0, 3.0, 4.0],
+            words(&[(0, 3, 5, 1), (3, 3, 6, 2)]),
+            None,
+        )
+        .unwrap();
+        assert_eq!(ok.symbols().collect::<Vec<_>>(), ["BTC", "ETH"]);
+        assert_eq!(
+            ok.get(1).map(|t| (t.symbol, t.qty, t.ts)),
+            Some(("ETH", 4.0, 6))
+        );
+        assert_eq!(ok.get(2), None);
+        let retry = |r: Result<Trades, HandleError>| match r {
+            Err(HandleError::Retry(why)) => why,
+            other => panic!("not a retry: {:?}", other.map(|t| t.len())),
+        };
+        // One price pair for two trades.
+        let why = retry(Trades::from_parts(
+            "BTC".into(),
+            vec![1.0, 2.0],
+            words(&[(0, 3, 5, 1), (0, 3, 6, 2)]),
+            None,
+        ));
+        assert!(why.contains("disagree"), "{why}");
+        // A word missing.
+        let mut short = words(&[(0, 3, 5, 1)]);
+        short.pop();
+        assert!(
+            retry(Trades::from_parts(
+                "BTC".into(),
+                vec![1.0, 2.0],
+                short,
+                None
+            ))
+            .contains("disagree")
+        );
+        // A symbol past the end of `symbols`, and one inside a character.
+        let why = retry(Trades::from_parts(
+            "BTC".into(),
+            vec![1.0, 2.0],
+            words(&[(1, 3, 5, 1)]),
+            None,
+        ));
+        assert!(why.contains("outside"), "{why}");
+        let why = retry(Trades::from_parts(
+            "é".into(),
+            vec![1.0, 2.0],
+            words(&[(0, 1, 5, 1)]),
+            None,
+        ));
+        assert!(why.contains("outside"), "{why}");
+    }
 }
