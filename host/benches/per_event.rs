@@ -216,20 +216,30 @@ struct Setup {
     msgs: Vec<BusMessage>,
 }
 
-fn setup() -> Setup {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let l1 = MemoryStore::new(MemoryStoreConfig::default());
-    let bus = EmbeddedBus::new();
-    let runtime = Runtime::new(&RuntimeConfig {
+/// The runtime both sides' components run on.
+fn engine() -> Runtime {
+    Runtime::new(&RuntimeConfig {
         epoch_tick: Duration::from_millis(5),
         max_memory_bytes: 64 << 20,
         max_instances: 4,
         fuel: false,
     })
-    .unwrap();
+    .unwrap()
+}
+
+/// One thread, as a worker's instance sees it.
+fn current_thread() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+fn setup() -> Setup {
+    let rt = current_thread();
+    let l1 = MemoryStore::new(MemoryStoreConfig::default());
+    let bus = EmbeddedBus::new();
+    let runtime = engine();
     let grants = Grants {
         publish: vec!["signals.*".into()],
         cache: Some("sma".into()),
@@ -384,18 +394,9 @@ fn per_event(c: &mut Criterion) {
 /// embedded bus. `just bench-peer` sets it beside the same component under
 /// wasmCloud's runtime library (`tests/peer`).
 fn echo(rounds: usize) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = current_thread();
     let bus = EmbeddedBus::new();
-    let runtime = Runtime::new(&RuntimeConfig {
-        epoch_tick: Duration::from_millis(5),
-        max_memory_bytes: 64 << 20,
-        max_instances: 4,
-        fuel: false,
-    })
-    .unwrap();
+    let runtime = engine();
     let ctx = ComponentContext::new(
         "wasmcloud-echo".into(),
         Grants::default(),

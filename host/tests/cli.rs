@@ -196,11 +196,7 @@ fn sighup_and_watch_update_a_running_host() {
         let dir =
             std::env::temp_dir().join(format!("weir-cli-update-{tag}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let manifest = dir.join("weir.toml");
         let hostile = hostile.clone();
         let write = move |version: &str| {
@@ -290,11 +286,7 @@ fn the_demo_decodes_each_trade_once_for_both_components() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = std::env::temp_dir().join(format!("weir-cli-decode-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = free_port();
     let demo = std::fs::read_to_string(root.join("examples/demo.toml")).unwrap();
     let wasm_dir = root.join("target/wasm32-wasip2/release");
     let manifest = demo
@@ -352,6 +344,15 @@ fn the_demo_decodes_each_trade_once_for_both_components() {
         Some(sent as u64),
         "one decode per trade for two components; {text}"
     );
+}
+
+/// A port nothing listens on.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// The body of `GET path` on a local port.
