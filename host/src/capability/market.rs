@@ -43,6 +43,14 @@ impl Capabilities {
     }
 }
 
+/// A book side's `(price, qty)` levels as the WIT's (`last-depth` and the
+/// typed `on-depth` both hand books over).
+pub(crate) fn levels(side: &[(f64, f64)]) -> Vec<Level> {
+    side.iter()
+        .map(|&(price, qty)| Level { price, qty })
+        .collect()
+}
+
 impl Host for Capabilities {
     fn last_trade(&mut self, symbol: String) -> Answer<Option<Trade>> {
         Ok(self.market().map(|m| {
@@ -57,11 +65,6 @@ impl Host for Capabilities {
     }
 
     fn last_depth(&mut self, symbol: String) -> Answer<Option<Depth>> {
-        let levels = |side: &[(f64, f64)]| {
-            side.iter()
-                .map(|&(price, qty)| Level { price, qty })
-                .collect()
-        };
         Ok(self.market().map(|m| {
             m.last_depth(&symbol).map(|d| Depth {
                 symbol: d.symbol.clone(),

@@ -18,6 +18,7 @@ pub use cache::CacheCapability;
 pub use config::ConfigCapability;
 pub use logging::LoggingCapability;
 pub use market::MarketCapability;
+pub(crate) use market::levels;
 pub use messaging::MessagingCapability;
 pub use output::GuestOutput;
 

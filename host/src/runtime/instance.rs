@@ -264,17 +264,10 @@ impl Instance {
                 .handle_event(template, event, stream, sequence, attempt)
                 .await;
         }
-        self.store.data_mut().caps.begin_event(msg.reply_to.clone());
-        if let Err(failure) = self.arm(template, 1) {
-            return HandleOutcome::Failed(failure);
-        }
-        // Most calls finish in their first poll (guest code and host calls
-        // that do not wait): they need no timer. The epoch deadline stops
-        // guest code; the timer, armed once the call parks in a slow host
-        // call, stops that (the dropped call leaves the store unusable).
-        // It counts from the start of the call, so the deadline is the same.
-        let started = tokio::time::Instant::now();
-        let grace = self.grace(1);
+        let (started, grace) = match self.begin(template, 1, msg.reply_to.clone()) {
+            Ok(call) => call,
+            Err(failure) => return HandleOutcome::Failed(failure),
+        };
         let result = match &self.handler {
             Handler::Weir(handler, _, _) => {
                 let headers: Vec<(&str, &str)> = msg
@@ -316,8 +309,25 @@ impl Instance {
         finished(template, result, 1).unwrap_or_else(HandleOutcome::Failed)
     }
 
-    /// Sets the deadline and fuel for a call of `n` events.
-    pub(super) fn arm(&mut self, template: &ComponentTemplate, n: u32) -> Result<(), Failure> {
+    /// Starts a call of `n` events (`reply_to` for a lone message): the
+    /// host-call budget, the deadline and the fuel are the per-event ones
+    /// times `n`. Returns when it started and how long it may wait in
+    /// host calls: most calls finish in their first poll and need no timer;
+    /// the epoch deadline stops guest code, the timer (armed once the call
+    /// parks in a slow host call) stops that, counting from the start.
+    pub(super) fn begin(
+        &mut self,
+        template: &ComponentTemplate,
+        n: usize,
+        reply_to: Option<String>,
+    ) -> Result<(tokio::time::Instant, Duration), Failure> {
+        let caps = &mut self.store.data_mut().caps;
+        if n == 1 {
+            caps.begin_event(reply_to);
+        } else {
+            caps.begin_batch(n);
+        }
+        let n = u32::try_from(n).unwrap_or(u32::MAX);
         self.store
             .set_epoch_deadline(self.deadline_ticks.saturating_mul(u64::from(n)));
         if let Some(f) = self.fuel {
@@ -325,12 +335,18 @@ impl Instance {
                 .set_fuel(f.saturating_mul(u64::from(n)))
                 .map_err(|e| template.failure(e))?;
         }
-        Ok(())
+        let grace = self.deadline.saturating_mul(n) + Duration::from_millis(50);
+        Ok((tokio::time::Instant::now(), grace))
     }
+}
 
-    /// How long a call of `n` events may wait in host calls.
-    pub(super) fn grace(&self, n: u32) -> Duration {
-        self.deadline.saturating_mul(n) + Duration::from_millis(50)
+/// The failure of calling an export the component does not have (the
+/// dispatcher calls only what it exports).
+pub(super) fn missing(template: &ComponentTemplate, export: &str) -> Failure {
+    Failure {
+        component: template.ctx.name.clone(),
+        kind: FailureKind::Trap,
+        detail: format!("it exports no {export}"),
     }
 }
 
@@ -412,19 +428,11 @@ impl Instance {
         items: &[BatchItem<'_>],
     ) -> Result<Vec<HandleOutcome>, Failure> {
         let Handler::Weir(_, Some(batch), _) = &self.handler else {
-            // The dispatcher batches only components that export it.
-            return Err(Failure {
-                component: template.ctx.name.clone(),
-                kind: FailureKind::Trap,
-                detail: format!("it exports no {}", super::handler::BATCH_HANDLER),
-            });
+            return Err(missing(template, super::handler::BATCH_HANDLER));
         };
         let batch = batch.clone();
         let n = u32::try_from(items.len()).unwrap_or(u32::MAX);
-        self.store.data_mut().caps.begin_batch(items.len());
-        self.arm(template, n)?;
-        let started = tokio::time::Instant::now();
-        let grace = self.grace(n);
+        let (started, grace) = self.begin(template, items.len(), None)?;
         let mut headers = Vec::new();
         let Ok(packed) = self.packer.pack(items, &mut headers) else {
             // Not reached: the dispatcher cuts a batch at 64 MiB of

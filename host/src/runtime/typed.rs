@@ -11,12 +11,13 @@ use weir_guest::events::{Ohlcv, Trade};
 use super::ComponentTemplate;
 use super::handler::Handler;
 use super::instance::{
-    BatchItem, Failure, HandleOutcome, Instance, answered, finished, outcomes, within,
+    BatchItem, Failure, HandleOutcome, Instance, answered, finished, missing, outcomes, within,
 };
 use crate::bus::{MarketEvent, MarketKind};
 use crate::capability::bindings::exports::weir::host::market_handler::Trades;
 use crate::capability::bindings::weir::host::market as wit;
 use crate::capability::bindings::weir::host::types::Delivery as DeliveryRecord;
+use crate::capability::levels;
 
 /// The reason a message the decoder refused is dead-lettered with.
 pub fn undecodable(reason: &str) -> String {
@@ -111,13 +112,6 @@ pub(crate) fn trade_run(items: &[BatchItem<'_>]) -> usize {
         .count()
 }
 
-/// The book's levels as the WIT's, for one call.
-fn levels(side: &[(f64, f64)]) -> Vec<wit::Level> {
-    side.iter()
-        .map(|&(price, qty)| wit::Level { price, qty })
-        .collect()
-}
-
 fn ohlcv_record(c: &Ohlcv) -> wit::OhlcvParam<'_> {
     wit::OhlcvParam {
         ticker: &c.ticker,
@@ -159,15 +153,13 @@ impl Instance {
             };
         }
         let Handler::Weir(_, _, Some(market)) = &self.handler else {
-            return HandleOutcome::Retry("the component has no market-handler".into());
+            return HandleOutcome::Failed(missing(template, super::handler::MARKET_HANDLER));
         };
         let market = market.clone();
-        self.store.data_mut().caps.begin_event(None);
-        if let Err(failure) = self.arm(template, 1) {
-            return HandleOutcome::Failed(failure);
-        }
-        let started = tokio::time::Instant::now();
-        let grace = self.grace(1);
+        let (started, grace) = match self.begin(template, 1, None) {
+            Ok(call) => call,
+            Err(failure) => return HandleOutcome::Failed(failure),
+        };
         let delivery = DeliveryRecord {
             stream,
             sequence,
@@ -286,18 +278,11 @@ impl Instance {
         stream: Option<&str>,
     ) -> Result<Vec<HandleOutcome>, Failure> {
         let Handler::Weir(_, _, Some(market)) = &self.handler else {
-            return Err(Failure {
-                component: template.ctx.name.clone(),
-                kind: super::FailureKind::Trap,
-                detail: format!("it exports no {}", super::handler::MARKET_HANDLER),
-            });
+            return Err(missing(template, super::handler::MARKET_HANDLER));
         };
         let market = market.clone();
         let n = u32::try_from(trades.len()).unwrap_or(u32::MAX);
-        self.store.data_mut().caps.begin_batch(trades.len());
-        self.arm(template, n)?;
-        let started = tokio::time::Instant::now();
-        let grace = self.grace(n);
+        let (started, grace) = self.begin(template, trades.len(), None)?;
         let packed = self.trades.fill(trades, stream);
         let call = market.call_on_trades(&mut self.store, packed);
         let answers = finished(template, within(call, started, grace).await, n)?;
