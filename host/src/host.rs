@@ -56,6 +56,9 @@ impl Host {
     /// Starts a host for the manifest: NATS when configured (it must be
     /// reachable), else the embedded bus.
     pub async fn start(manifest: &Manifest) -> anyhow::Result<Host> {
+        // Components from registries are pulled (or found in the store)
+        // before anything connects: a missing one stops the start here.
+        let manifest = &crate::registry::resolve(manifest).await?;
         let id = manifest.host.id.clone().unwrap_or_else(default_host_id);
         match &manifest.nats {
             Some(settings) => {
@@ -116,7 +119,10 @@ impl Host {
             }
         }
         for ((name, spec), template) in manifest.components.iter().zip(&components) {
-            tracing::info!(component = %name, world = template.world().name(), subscriptions = spec.subscribe.len(), instances = spec.limits.instances, "component ready");
+            let signed = template
+                .signer()
+                .map_or_else(|| "no".to_owned(), ToString::to_string);
+            tracing::info!(component = %name, world = template.world().name(), subscriptions = spec.subscribe.len(), instances = spec.limits.instances, from = template.origin(), sha256 = template.sha256(), signed_by = %signed, "component ready");
         }
         let layers: Vec<String> = cache
             .store

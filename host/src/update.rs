@@ -15,7 +15,8 @@
 //! message is lost, none is acknowledged unhandled, and per-subject order
 //! holds across the switch.
 //!
-//! What an update can change: the `.wasm`, its `sha256`, grants, config and
+//! What an update can change: the `.wasm` (a file, or what an `oci://` tag
+//! resolves to now), its `sha256`, its trust policy, grants, config and
 //! limits. What needs a restart, and is refused with a clear error:
 //! components added or removed, changed subscriptions, `limits.instances`
 //! (it decides which worker owns a subject), more memory than the engine's
@@ -51,6 +52,9 @@ pub enum UpdateError {
     /// A new version cannot be compiled or fails a check.
     #[error("{0} (nothing was updated)")]
     Load(#[from] LoadError),
+    /// A component's registry reference cannot be resolved.
+    #[error("{0} (nothing was updated)")]
+    Registry(#[from] crate::registry::RegistryError),
     /// A new version compiles but its trial instance fails.
     #[error("component {name}: the new version cannot start: {reason} (nothing was updated)")]
     Start {
@@ -79,6 +83,8 @@ pub struct ComponentUpdate {
     pub version: u64,
     /// Hex sha256 of the file the running version came from.
     pub sha256: String,
+    /// Where the running version came from: file, or `oci://…@sha256:…`.
+    pub origin: String,
 }
 
 impl UpdateReport {
@@ -200,6 +206,8 @@ impl Updater {
     /// Applies `next`: compiles and checks what changed, then switches
     /// every changed component to its new version, or changes nothing.
     pub async fn apply(&self, next: Manifest) -> Result<UpdateReport, UpdateError> {
+        // Tags are resolved again: a new digest is a new version.
+        let next = crate::registry::resolve(&next).await?;
         let inner = &*self.inner;
         let mut current = inner.manifest.lock().await;
         let mut refused = needs_restart(&current, &next);
@@ -221,7 +229,10 @@ impl Updater {
             let Some(spec) = next.components.get(name) else {
                 continue; // not reached: needs_restart refuses removals
             };
-            let same_entry = current.components.get(name) == Some(spec);
+            let same_entry = current
+                .components
+                .get(name)
+                .is_some_and(|was| was == spec && current.trust_for(was) == next.trust_for(spec));
             let same_file =
                 file_sha256(next.wasm_path(spec)).await.as_deref() == Some(running.sha256());
             let mut entry = ComponentUpdate {
@@ -229,11 +240,13 @@ impl Updater {
                 previous: running.version(),
                 version: running.version(),
                 sha256: running.sha256().to_owned(),
+                origin: running.origin().to_owned(),
             };
             if !(same_entry && same_file) {
                 let fresh = self.compile(&next, name, &running).await?;
                 entry.version = fresh.version();
                 entry.sha256 = fresh.sha256().to_owned();
+                entry.origin = fresh.origin().to_owned();
                 staged.push((tx, fresh));
             }
             report.components.push(entry);
@@ -251,6 +264,7 @@ impl Updater {
                 from = old.version(),
                 to = fresh.version(),
                 sha256 = fresh.sha256(),
+                from = fresh.origin(),
                 "component updated: new messages go to the new version"
             );
         }

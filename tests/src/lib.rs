@@ -274,16 +274,28 @@ pub async fn wait_for_stream(
     n: u64,
     timeout: Duration,
 ) {
+    let have = stream_reaches(js, name, n, timeout).await;
+    assert!(
+        have >= n,
+        "stream {name}: {have} of {n} messages after {timeout:?}"
+    );
+}
+
+/// Waits until a stream holds at least `n` messages or `timeout` has
+/// passed, and says how many it holds (for a test that has more to show
+/// than the count when it falls short).
+pub async fn stream_reaches(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+    n: u64,
+    timeout: Duration,
+) -> u64 {
     let until = tokio::time::Instant::now() + timeout;
     loop {
         let have = stream_messages(js, name).await;
-        if have >= n {
-            return;
+        if have >= n || tokio::time::Instant::now() >= until {
+            return have;
         }
-        assert!(
-            tokio::time::Instant::now() < until,
-            "stream {name}: {have} of {n} messages after {timeout:?}"
-        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

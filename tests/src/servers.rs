@@ -251,6 +251,61 @@ impl RedisServer {
     }
 }
 
+/// An OCI registry: the CNCF distribution server (Debian's
+/// `docker-registry`; `REGISTRY_BIN` overrides), plain HTTP on loopback,
+/// blobs on disk in its own directory.
+pub struct RegistryServer {
+    /// Port.
+    pub port: u16,
+    process: Process,
+}
+
+impl RegistryServer {
+    /// Starts a registry on a free port.
+    pub fn start() -> RegistryServer {
+        let args: Args = Box::new(|port, dir| {
+            let config = dir.join("config.yml");
+            let text = format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                dir.join("data").display()
+            );
+            std::fs::write(&config, text).unwrap();
+            vec!["serve".into(), config.display().to_string()]
+        });
+        let process = Process::start("REGISTRY_BIN", "docker-registry", "registry", args);
+        RegistryServer {
+            port: process.port,
+            process,
+        }
+    }
+
+    /// `127.0.0.1:PORT`, as references and `insecure` name it.
+    pub fn host(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    /// Where it keeps its blobs: `blobs/sha256/<2 hex>/<hex>/data`.
+    pub fn blob_file(&self, digest: &str) -> PathBuf {
+        let hex = digest.trim_start_matches("sha256:");
+        self.process
+            .dir
+            .join("data/docker/registry/v2/blobs/sha256")
+            .join(&hex[..2])
+            .join(hex)
+            .join("data")
+    }
+
+    /// Stops it.
+    pub fn kill(&mut self) {
+        self.process.kill();
+    }
+
+    /// Starts it again on the same port, with the same blobs.
+    pub fn restart(&mut self) {
+        self.process.restart();
+    }
+}
+
 /// A Redis Cluster on loopback: `masters` masters with one replica each,
 /// made with `redis-cli --cluster create` (as operators make one), so a
 /// killed master's replica takes over its slots after the node timeout.

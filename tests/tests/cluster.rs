@@ -599,7 +599,7 @@ config = {{ fast_window = 5, slow_window = 20, publish = "jetstream" }}
         )
         .await;
     }
-    weir_tests::wait_for_stream(
+    weir_tests::stream_reaches(
         &js,
         "SIGNALS",
         expected_count as u64,
@@ -619,6 +619,20 @@ config = {{ fast_window = 5, slow_window = 20, publish = "jetstream" }}
     if stored.len() != expected_count || got != expected {
         // What the hosts said, to tell a lost trade from a late one.
         eprintln!("p0's log:\n{}\np1's log:\n{}", a.output(), b.output());
+        if let Some(r) = &replacement {
+            eprintln!("p1-replacement's log:\n{}", r.output());
+        }
+        let missing: Vec<String> = expected
+            .iter()
+            .flat_map(|(symbol, want)| {
+                let have = got.get(symbol).cloned().unwrap_or_default();
+                want.iter()
+                    .filter(move |s| !have.contains(s))
+                    .map(move |s| format!("{symbol}: {s:?}"))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        eprintln!("signals missing: {missing:#?}");
     }
     assert_eq!(stored.len(), expected_count, "duplicate or missing signals");
     assert_eq!(got, expected);

@@ -28,6 +28,9 @@ struct Project {
     /// `[nats]` and the subscription, as the transport needs.
     transport: String,
     subscription: String,
+    /// An OCI registry (`host:port`) the versions are pushed to, one tag
+    /// moved from version to version, instead of files.
+    registry: Option<String>,
 }
 
 impl Project {
@@ -43,6 +46,7 @@ impl Project {
             dir: tempdir("hot-update"),
             transport,
             subscription,
+            registry: None,
         };
         p.write("v1");
         p
@@ -61,13 +65,30 @@ impl Project {
         bytes.extend(custom_section("weir-test-version", version.as_bytes()));
         std::fs::write(self.dir.join(&file), &bytes).unwrap();
         let sha = weir::digest::sha256_hex(&bytes);
+        // From a registry: the tag `live` moves to this version, and the
+        // manifest stays the same but for the config (no pin: the tag
+        // names the bytes).
+        let (wasm, pin, registry) = match &self.registry {
+            None => (file, format!("sha256 = \"{sha}\""), String::new()),
+            Some(host) => {
+                let target = format!("{host}/tagger:live");
+                let (ok, _, err) = weir_push(&self.dir.join(&file), &target, host);
+                assert!(ok, "weir push: {err}");
+                (
+                    format!("oci://{target}"),
+                    String::new(),
+                    format!("[registry]\nstore = \"store\"\ninsecure = [\"{host}\"]\n"),
+                )
+            }
+        };
         let text = format!(
             r#"[host]
 http = "127.0.0.1:0"
 {transport}
+{registry}
 [components.tagger]
-wasm = "{file}"
-sha256 = "{sha}"
+wasm = "{wasm}"
+{pin}
 subscribe = [{subscription}]
 grants = {{ subscribe = ["load.>"], publish = ["tag.out"], streams = ["LOAD"] }}
 limits = {{ instances = 2 }}
@@ -82,6 +103,33 @@ config = {{ behaviour = "tag", version = "{version}" }}
     fn load(&self) -> Manifest {
         Manifest::load(&self.manifest_path(), &EnvOverrides::none()).unwrap()
     }
+}
+
+/// The stream the JetStream load goes to.
+async fn load_stream(js: &jetstream::Context) {
+    js.create_stream(stream::Config {
+        name: "LOAD".into(),
+        subjects: vec!["load.>".into()],
+        storage: stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+}
+
+/// `weir push FILE TARGET --insecure HOST`: success, stdout, stderr.
+fn weir_push(file: &std::path::Path, target: &str, host: &str) -> (bool, String, String) {
+    let out = std::process::Command::new(weir_tests::process::weir_bin())
+        .arg("push")
+        .arg(file)
+        .args([target, "--insecure", host])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 /// A component-level custom section (id 0): name, then content.
@@ -235,18 +283,45 @@ async fn a_component_swapped_under_load_on_jetstream_handles_every_message() {
     let server = NatsServer::start();
     let client = server.client().await;
     let js = jetstream::new(client.clone());
-    js.create_stream(stream::Config {
-        name: "LOAD".into(),
-        subjects: vec!["load.>".into()],
-        storage: stream::StorageType::File,
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    load_stream(&js).await;
     let project = Project::new(Some(&server.url()));
     let host = Host::start(&project.load()).await.unwrap();
     swap_under_load(&server, &project, &host).await;
     wait_for_drained(&js, "LOAD", "tagger", Duration::from_secs(10)).await;
+    host.shutdown(Duration::from_secs(5)).await;
+}
+
+/// The same from a registry: `POST /api/reload` resolves the tag again,
+/// finds it moved to v2, and v2 takes over with nothing lost; what runs
+/// is shown by its digest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_component_swapped_under_load_by_a_moved_registry_tag_handles_every_message() {
+    let registry = weir_tests::servers::RegistryServer::start();
+    let server = NatsServer::start();
+    let client = server.client().await;
+    let js = jetstream::new(client.clone());
+    load_stream(&js).await;
+    let project = Project {
+        registry: Some(registry.host()),
+        ..Project::new(Some(&server.url()))
+    };
+    project.write("v1");
+    let host = Host::start(&project.load()).await.unwrap();
+    let v1 = host.observed().status().components[0]
+        .origin
+        .clone()
+        .unwrap();
+    swap_under_load(&server, &project, &host).await;
+    wait_for_drained(&js, "LOAD", "tagger", Duration::from_secs(10)).await;
+    let v2 = host.observed().status().components[0]
+        .origin
+        .clone()
+        .unwrap();
+    let prefix = format!("oci://{}/tagger@sha256:", registry.host());
+    assert!(
+        v1.starts_with(&prefix) && v2.starts_with(&prefix) && v1 != v2,
+        "{v1} → {v2}"
+    );
     host.shutdown(Duration::from_secs(5)).await;
 }
 

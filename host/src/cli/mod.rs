@@ -6,6 +6,7 @@ mod feed;
 mod inspect;
 mod new;
 mod record;
+mod registry;
 mod replay;
 mod run;
 mod status;
@@ -42,6 +43,8 @@ enum Command {
     Replay(replay::ReplayArgs),
     Record(record::RecordArgs),
     Feed(feed::FeedArgs),
+    Push(registry::PushArgs),
+    Pull(registry::PullArgs),
 }
 
 /// Parses the arguments, runs the subcommand, prints an error as one line.
@@ -76,13 +79,15 @@ fn run_cli(cli: Cli) -> anyhow::Result<()> {
         match cli.command {
             Command::Run(args) => run::run(args).await,
             Command::New(args) => new::run(args),
-            Command::Inspect(args) => inspect::run(args),
+            Command::Inspect(args) => inspect::run(args).await,
             Command::Check(args) => check::run(args).await,
             Command::Streams(args) => streams::run(args).await,
             Command::Status(args) => status::run(args).await,
             Command::Replay(args) => replay::run(args).await,
             Command::Record(args) => record::run(args).await,
             Command::Feed(args) => feed::run(args).await,
+            Command::Push(args) => registry::push(args).await,
+            Command::Pull(args) => registry::pull(args).await,
         }
     })
 }

@@ -69,6 +69,7 @@ pub(super) fn writer(out: Option<&Path>) -> anyhow::Result<Box<dyn Write + Send>
 pub async fn run(args: ReplayArgs) -> anyhow::Result<()> {
     super::init_logging_at(LogFormat::Human, "warn");
     let manifest = weir::Manifest::load(&args.manifest, &weir::EnvOverrides::from_process())?;
+    let manifest = weir::registry::resolve(&manifest).await?;
     let options = ReplayOptions {
         start: args.start,
         end: args.end,

@@ -6,6 +6,7 @@
 
 mod cache;
 mod env;
+mod registry;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -17,6 +18,7 @@ use toml::Spanned;
 
 pub use cache::{CacheSettings, Codec, Thresholds};
 pub use env::EnvOverrides;
+pub use registry::{RegistrySettings, TrustPolicy, TrustSettings, TrustedKey};
 
 /// A manifest error with its place in the file.
 #[derive(Debug, Error)]
@@ -51,6 +53,12 @@ pub struct Manifest {
     /// The latest-value cache for market data (`weir:host/market`).
     #[serde(default)]
     pub market: MarketSettings,
+    /// How `oci://` components are pulled and kept.
+    #[serde(default)]
+    pub registry: RegistrySettings,
+    /// Whose signatures components need.
+    #[serde(default)]
+    pub trust: TrustSettings,
     /// Components by name.
     #[serde(default)]
     pub components: BTreeMap<String, ComponentSpec>,
@@ -229,11 +237,20 @@ impl RedisSettings {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ComponentSpec {
-    /// Path of the `.wasm` component, relative to the manifest.
+    /// Path of the `.wasm` component, relative to the manifest, or an OCI
+    /// reference: `oci://REGISTRY/REPO:TAG` or `oci://REGISTRY/REPO@sha256:…`.
     pub wasm: Spanned<PathBuf>,
-    /// Expected sha256 of the file, hex; refused before compiling if it differs.
+    /// Expected sha256 of the component's bytes, hex; refused before
+    /// compiling if it differs (for a registry's, the wasm layer's digest).
     #[serde(default)]
     pub sha256: Option<Spanned<String>>,
+    /// Its signature policy, over the host-wide `[trust]`.
+    #[serde(default)]
+    pub trust: Option<TrustSettings>,
+    /// Where an `oci://` component was pulled to: set when the reference
+    /// is resolved (`registry::resolve`), never read from the file.
+    #[serde(skip)]
+    pub pulled: Option<crate::registry::Pulled>,
     /// What it receives.
     #[serde(default)]
     pub subscribe: Vec<Spanned<Subscription>>,
@@ -415,9 +432,35 @@ impl Manifest {
         })
     }
 
-    /// A component's wasm path, resolved against the manifest's directory.
+    /// A component's wasm file: its path resolved against the manifest's
+    /// directory, or for an `oci://` one the layer pulled into the store
+    /// (before it is pulled, a path that does not exist).
     pub fn wasm_path(&self, spec: &ComponentSpec) -> PathBuf {
-        self.base_dir.join(spec.wasm.get_ref())
+        match &spec.pulled {
+            Some(pulled) => pulled.path.clone(),
+            None => self.base_dir.join(spec.wasm.get_ref()),
+        }
+    }
+
+    /// What a component runs from, as logs and `/api/status` show it: the
+    /// file, or the registry reference resolved to its digest.
+    pub fn wasm_origin(&self, spec: &ComponentSpec) -> String {
+        match &spec.pulled {
+            Some(pulled) => pulled.reference.clone(),
+            None => self.wasm_path(spec).display().to_string(),
+        }
+    }
+
+    /// The signature policy a component is held to.
+    pub fn trust_for(&self, spec: &ComponentSpec) -> TrustPolicy {
+        TrustPolicy::of(&self.trust, spec.trust.as_ref(), &self.base_dir)
+    }
+}
+
+impl ComponentSpec {
+    /// The registry reference, for a component named `oci://…`.
+    pub fn oci_reference(&self) -> Option<&str> {
+        self.wasm.get_ref().to_str()?.strip_prefix("oci://")
     }
 }
 

@@ -68,6 +68,29 @@ fn check_host(m: &Manifest, fail: Fail<'_>) -> Result<(), ManifestError> {
         subject::validate_filter(filter)
             .map_err(|e| fail(0, format!("market.subjects[{i}]"), e.to_string()))?;
     }
+    check_trust(m, &m.trust, "trust", 0, fail)
+}
+
+/// A signature policy: every key file there and every date readable.
+fn check_trust(
+    m: &Manifest,
+    trust: &super::TrustSettings,
+    at: &str,
+    line: usize,
+    fail: Fail<'_>,
+) -> Result<(), ManifestError> {
+    for (i, key) in trust.keys.iter().enumerate() {
+        let path = m.base_dir.join(key.path());
+        if !path.is_file() {
+            return Err(fail(
+                line,
+                format!("{at}.keys[{i}]"),
+                format!("{} does not exist", path.display()),
+            ));
+        }
+        key.expires()
+            .map_err(|e| fail(line, format!("{at}.keys[{i}]"), e))?;
+    }
     Ok(())
 }
 
@@ -135,8 +158,28 @@ fn check_component(
             format!("{} is not a directory", m.base_dir.join(dir).display()),
         ));
     }
-    let wasm = m.wasm_path(spec);
-    if !wasm.is_file() {
+    if let Some(own) = &spec.trust {
+        check_trust(m, own, &field("trust"), table_line, fail)?;
+    }
+    if m.trust_for(spec).require_signature && m.trust_for(spec).keys.is_empty() {
+        return Err(fail(
+            table_line,
+            field("trust"),
+            "require_signature = true, but no keys are trusted: add `keys` here or in [trust]"
+                .into(),
+        ));
+    }
+    if let Some(reference) = spec.oci_reference() {
+        if let Err(e) = crate::registry::parse_reference(reference) {
+            return Err(fail(
+                line_of(text, spec.wasm.span().start),
+                field("wasm"),
+                e,
+            ));
+        }
+    } else if let wasm = m.wasm_path(spec)
+        && !wasm.is_file()
+    {
         return Err(fail(
             line_of(text, spec.wasm.span().start),
             field("wasm"),

@@ -156,13 +156,24 @@ impl Observed {
 
     /// A one-screen summary for `weir status`.
     pub fn status(&self) -> Status {
+        let running = self
+            .updater
+            .as_ref()
+            .map(crate::update::Updater::templates)
+            .unwrap_or_default();
         let components = self
             .components
             .iter()
-            .map(|(name, s)| ComponentStatus {
-                name: name.clone(),
-                version: s.version.load(std::sync::atomic::Ordering::Relaxed),
-                counters: s.snapshot().into(),
+            .map(|(name, s)| {
+                let template = running.iter().find(|t| t.name() == name);
+                ComponentStatus {
+                    name: name.clone(),
+                    version: s.version.load(std::sync::atomic::Ordering::Relaxed),
+                    origin: template.map(|t| t.origin().to_owned()),
+                    sha256: template.map(|t| t.sha256().to_owned()),
+                    signed_by: template.and_then(|t| t.signer().cloned()),
+                    counters: s.snapshot().into(),
+                }
             })
             .collect();
         let layers = self.cache.as_ref().map(|c| c.stats()).unwrap_or_default();
@@ -224,6 +235,17 @@ pub struct ComponentStatus {
     /// The version running: 1 from the start, one more per hot update.
     #[serde(default)]
     pub version: u64,
+    /// Where the running version came from: its file, or the registry
+    /// reference resolved to a digest (`oci://…@sha256:…`).
+    #[serde(default)]
+    pub origin: Option<String>,
+    /// Hex sha256 of its bytes.
+    #[serde(default)]
+    pub sha256: Option<String>,
+    /// The trusted key its signature verified with (none: unsigned, or no
+    /// keys in its trust policy).
+    #[serde(default)]
+    pub signed_by: Option<crate::signature::Signer>,
     /// Counters.
     pub counters: Counters,
 }

@@ -114,6 +114,16 @@ pub enum LoadError {
         /// Digest of the file.
         actual: String,
     },
+    /// Its signature does not satisfy its trust policy.
+    #[error("component {name}: {path}: refusing to compile it: {reason}")]
+    Signature {
+        /// Component name.
+        name: String,
+        /// Where it came from (file or registry reference).
+        path: String,
+        /// What the check found.
+        reason: crate::signature::SignatureError,
+    },
     /// It imports interfaces weir does not provide.
     #[error(
         "component {name}: {path} imports {missing}, which weir does not provide; weir provides {provided}",
@@ -267,19 +277,42 @@ impl Runtime {
             .data_dir
             .as_ref()
             .map(|d| manifest.base_dir.join(d));
-        let sha = spec.sha256.as_ref().map(|s| s.get_ref().as_str());
-        self.load(Arc::new(ctx), &manifest.wasm_path(spec), sha)
+        let checks = Checks {
+            sha256: spec.sha256.as_ref().map(|s| s.get_ref().clone()),
+            trust: manifest.trust_for(spec),
+            origin: Some(manifest.wasm_origin(spec)),
+        };
+        self.load_checked(Arc::new(ctx), &manifest.wasm_path(spec), &checks)
     }
 
-    /// Compiles one component with its context.
+    /// Compiles one component with its context; `sha256` pins its bytes.
     pub fn load(
         &self,
         ctx: Arc<ComponentContext>,
         path: &Path,
         sha256: Option<&str>,
     ) -> Result<ComponentTemplate, LoadError> {
+        let checks = Checks {
+            sha256: sha256.map(str::to_owned),
+            ..Checks::default()
+        };
+        self.load_checked(ctx, path, &checks)
+    }
+
+    /// Reads a component, checks it before compiling (size, digest pin,
+    /// signature), compiles and links it.
+    pub fn load_checked(
+        &self,
+        ctx: Arc<ComponentContext>,
+        path: &Path,
+        checks: &Checks,
+    ) -> Result<ComponentTemplate, LoadError> {
         let name = ctx.name.clone();
-        let shown = path.display().to_string();
+        let shown = checks
+            .origin
+            .clone()
+            .unwrap_or_else(|| path.display().to_string());
+        let sha256 = checks.sha256.as_deref();
         let read_err = |source| LoadError::Read {
             name: name.clone(),
             path: shown.clone(),
@@ -305,6 +338,12 @@ impl Runtime {
                 actual,
             });
         }
+        let signer = crate::signature::verify(&bytes, &checks.trust, std::time::SystemTime::now())
+            .map_err(|reason| LoadError::Signature {
+                name: name.clone(),
+                path: shown.clone(),
+                reason,
+            })?;
         let invalid = |e: wasmtime::Error| LoadError::Invalid {
             name: name.clone(),
             path: shown.clone(),
@@ -338,6 +377,8 @@ impl Runtime {
             runtime: self.clone(),
             version: 1,
             sha256: actual,
+            origin: shown,
+            signer,
         })
     }
 
@@ -394,6 +435,8 @@ impl Runtime {
             imports,
             exports,
             refusal,
+            signed: crate::signature::is_signed(bytes),
+            signer: None,
         })
     }
 
@@ -445,6 +488,10 @@ pub struct Inspection {
     pub exports: Vec<String>,
     /// Why weir would refuse it, when it would.
     pub refusal: Option<String>,
+    /// Whether it carries an embedded signature.
+    pub signed: bool,
+    /// The trusted key its signature verified with, when keys were given.
+    pub signer: Option<crate::signature::Signer>,
 }
 
 /// One import of an inspected component.
@@ -471,6 +518,22 @@ pub struct ComponentTemplate {
     version: u64,
     /// Hex sha256 of the file it was compiled from.
     sha256: String,
+    /// Where it came from: the file, or the registry reference with its
+    /// digest.
+    origin: String,
+    /// The trusted key its signature verified with, when one did.
+    signer: Option<crate::signature::Signer>,
+}
+
+/// What a component is checked against before it is compiled.
+#[derive(Debug, Clone, Default)]
+pub struct Checks {
+    /// The hex sha256 its bytes must have.
+    pub sha256: Option<String>,
+    /// Whose signature it needs.
+    pub trust: crate::manifest::TrustPolicy,
+    /// Where it came from, for messages (default: the file's path).
+    pub origin: Option<String>,
 }
 
 impl ComponentTemplate {
@@ -509,5 +572,15 @@ impl ComponentTemplate {
     /// Hex sha256 of the component file.
     pub fn sha256(&self) -> &str {
         &self.sha256
+    }
+
+    /// Where it came from: the file, or `oci://…@sha256:…`.
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    /// The trusted key its signature verified with, when one did.
+    pub fn signer(&self) -> Option<&crate::signature::Signer> {
+        self.signer.as_ref()
     }
 }

@@ -1,0 +1,163 @@
+//! `[registry]` and `[trust]`: where `oci://` components come from, and
+//! whose signatures a component needs before it is compiled.
+
+use std::path::PathBuf;
+use std::time::SystemTime;
+
+use serde::Deserialize;
+
+/// `[registry]`: how components named `oci://REGISTRY/REPO:TAG` (or
+/// `…@sha256:DIGEST`) are pulled.
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegistrySettings {
+    /// The content-addressed store pulled components are kept in, so a
+    /// host starts from it when the registry is away (relative to the
+    /// manifest). Default: `$WEIR_STORE`, else `$XDG_CACHE_HOME/weir/store`,
+    /// else `~/.cache/weir/store`.
+    pub store: Option<PathBuf>,
+    /// Registries (`host` or `host:port`) spoken to over plain HTTP; every
+    /// other one over HTTPS.
+    pub insecure: Vec<String>,
+}
+
+/// A signature policy: `[trust]` for every component, `trust = { … }` in
+/// a component's entry for that one (its `keys` replace the host-wide
+/// ones, its `require_signature` overrides).
+#[derive(Debug, Clone, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct TrustSettings {
+    /// Public keys a component's embedded signature is checked against:
+    /// wasmsign2 key files or OpenSSH ed25519 public keys, relative to
+    /// the manifest.
+    pub keys: Vec<TrustedKey>,
+    /// Refuse a component that no trusted key signed (default: false; a
+    /// signature that is there is checked either way).
+    pub require_signature: Option<bool>,
+}
+
+/// One trusted key: a path, or `{ path, expires }` for a key that stops
+/// being trusted at a date (`2027-06-30` or RFC 3339).
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(untagged)]
+pub enum TrustedKey {
+    /// A key trusted without a date.
+    Path(PathBuf),
+    /// A key with an end date.
+    Dated {
+        /// The key file.
+        path: PathBuf,
+        /// After this instant its signatures are refused.
+        expires: Option<String>,
+    },
+}
+
+impl TrustedKey {
+    /// The key file, as written.
+    pub fn path(&self) -> &PathBuf {
+        match self {
+            TrustedKey::Path(path) | TrustedKey::Dated { path, .. } => path,
+        }
+    }
+
+    /// When the key stops being trusted, if it does; an error says why a
+    /// date cannot be read.
+    pub fn expires(&self) -> Result<Option<SystemTime>, String> {
+        let TrustedKey::Dated {
+            expires: Some(text),
+            ..
+        } = self
+        else {
+            return Ok(None);
+        };
+        let full = if text.len() == 10 {
+            format!("{text}T00:00:00Z")
+        } else {
+            text.clone()
+        };
+        humantime::parse_rfc3339_weak(full.trim_end_matches('Z'))
+            .map(Some)
+            .map_err(|e| {
+                format!("expires = {text:?}: {e} (write 2027-06-30 or 2027-06-30T12:00:00Z)")
+            })
+    }
+}
+
+/// The policy one component is held to: its own `trust` over `[trust]`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct TrustPolicy {
+    /// The keys, paths resolved against the manifest's directory.
+    pub keys: Vec<(PathBuf, Option<SystemTime>)>,
+    /// Whether an unsigned component is refused.
+    pub require_signature: bool,
+}
+
+impl TrustPolicy {
+    /// Combines the host-wide and the component's settings; key paths are
+    /// resolved against `base`. Dates were checked when the manifest was
+    /// loaded; one that cannot be read counts as already passed.
+    pub fn of(host: &TrustSettings, own: Option<&TrustSettings>, base: &std::path::Path) -> Self {
+        let keys = match own {
+            Some(own) if !own.keys.is_empty() => &own.keys,
+            _ => &host.keys,
+        };
+        let require = own
+            .and_then(|o| o.require_signature)
+            .or(host.require_signature)
+            .unwrap_or(false);
+        TrustPolicy {
+            keys: keys
+                .iter()
+                .map(|k| {
+                    let expires = k.expires().unwrap_or(Some(SystemTime::UNIX_EPOCH));
+                    (base.join(k.path()), expires)
+                })
+                .collect(),
+            require_signature: require,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{TrustPolicy, TrustSettings, TrustedKey};
+    use std::path::Path;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn a_component_s_keys_replace_the_host_s_and_dates_read_both_ways() {
+        let host = TrustSettings {
+            keys: vec![TrustedKey::Path("team.pub".into())],
+            require_signature: Some(true),
+        };
+        let own = TrustSettings {
+            keys: vec![TrustedKey::Dated {
+                path: "quant.pub".into(),
+                expires: Some("2027-06-30".into()),
+            }],
+            require_signature: None,
+        };
+        let p = TrustPolicy::of(&host, Some(&own), Path::new("/m"));
+        let day = SystemTime::UNIX_EPOCH + Duration::from_secs(1_814_313_600);
+        assert_eq!(
+            p.keys,
+            vec![(Path::new("/m/quant.pub").to_owned(), Some(day))]
+        );
+        assert!(p.require_signature);
+        let p = TrustPolicy::of(&host, None, Path::new("/m"));
+        assert_eq!(p.keys, vec![(Path::new("/m/team.pub").to_owned(), None)]);
+        let bad = TrustedKey::Dated {
+            path: "k".into(),
+            expires: Some("next year".into()),
+        };
+        assert!(bad.expires().is_err());
+        let precise = TrustedKey::Dated {
+            path: "k".into(),
+            expires: Some("2027-06-30T12:00:00Z".into()),
+        };
+        assert_eq!(
+            precise.expires(),
+            Ok(Some(day + Duration::from_secs(12 * 3600)))
+        );
+    }
+}
