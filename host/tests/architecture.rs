@@ -21,6 +21,8 @@ const LAYERS: &[&str] = &[
     // Settings, and the counters everything reports into.
     "manifest",
     "stats",
+    // Whose signature a component needs.
+    "signature",
     // Transports, deliveries, dead letters, the sink sources push into.
     "bus",
     // What components read and write through their capabilities.
@@ -31,6 +33,8 @@ const LAYERS: &[&str] = &[
     "capability",
     // Compiling and instantiating components, calling them.
     "runtime",
+    // Components pulled from OCI registries into the local store.
+    "registry",
     // The one delivery path: workers, retries, batches, dead letters.
     "dispatch",
     // Built on the dispatcher: hot updates, replays, HTTP and metrics.

@@ -9,8 +9,9 @@ use std::time::Duration;
 use anyhow::Context as _;
 use weir::runtime::{Inspection, Runtime, RuntimeConfig};
 
-/// Shows what a component file is: world, imports (provided by weir or
-/// not), exports, size and sha256; fails when weir would refuse it.
+/// Shows what a component file (or `oci://` reference) is: world, imports
+/// (provided by weir or not), exports, size, sha256 and signature; fails
+/// when weir would refuse it.
 #[derive(clap::Args)]
 pub struct InspectArgs {
     /// The `.wasm` component, or `oci://REGISTRY/REPO:TAG` (pulled into

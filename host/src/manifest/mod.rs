@@ -18,7 +18,9 @@ use toml::Spanned;
 
 pub use cache::{CacheSettings, Codec, Thresholds};
 pub use env::EnvOverrides;
-pub use registry::{RegistrySettings, TrustPolicy, TrustSettings, TrustedKey};
+pub use registry::{
+    Pulled, RegistrySettings, TrustPolicy, TrustSettings, TrustedKey, parse_reference,
+};
 
 /// A manifest error with its place in the file.
 #[derive(Debug, Error)]
@@ -248,9 +250,9 @@ pub struct ComponentSpec {
     #[serde(default)]
     pub trust: Option<TrustSettings>,
     /// Where an `oci://` component was pulled to: set when the reference
-    /// is resolved (`registry::resolve`), never read from the file.
+    /// is resolved (by the registry module), never read from the file.
     #[serde(skip)]
-    pub pulled: Option<crate::registry::Pulled>,
+    pub pulled: Option<Pulled>,
     /// What it receives.
     #[serde(default)]
     pub subscribe: Vec<Spanned<Subscription>>,

@@ -4,7 +4,27 @@
 use std::path::PathBuf;
 use std::time::SystemTime;
 
+use oci_client::Reference;
 use serde::Deserialize;
+
+/// Where an `oci://` component was pulled to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pulled {
+    /// `oci://REGISTRY/REPO@sha256:…`: the manifest the reference
+    /// resolved to, which is what runs.
+    pub reference: String,
+    /// The wasm layer's file in the store.
+    pub path: PathBuf,
+    /// Taken from the store because the registry could not be reached.
+    pub offline: bool,
+}
+
+/// Parses the part of an `oci://` reference after the scheme.
+pub fn parse_reference(reference: &str) -> Result<Reference, String> {
+    reference
+        .parse::<Reference>()
+        .map_err(|e| format!("oci://{reference} is not an OCI reference: {e}"))
+}
 
 /// `[registry]`: how components named `oci://REGISTRY/REPO:TAG` (or
 /// `…@sha256:DIGEST`) are pulled.

@@ -20,7 +20,7 @@ pub(super) fn check(m: &Manifest, text: &str, file: &Path) -> Result<(), Manifes
     for (name, spec) in &m.components {
         check_component(m, text, name, spec, &fail)?;
     }
-    Ok(())
+    check_trust(m, &m.trust, "trust", 0, &fail)
 }
 
 /// The host-wide tables: cache, host, redis, nats, market.
@@ -68,7 +68,7 @@ fn check_host(m: &Manifest, fail: Fail<'_>) -> Result<(), ManifestError> {
         subject::validate_filter(filter)
             .map_err(|e| fail(0, format!("market.subjects[{i}]"), e.to_string()))?;
     }
-    check_trust(m, &m.trust, "trust", 0, fail)
+    Ok(())
 }
 
 /// A signature policy: every key file there and every date readable.
@@ -158,19 +158,8 @@ fn check_component(
             format!("{} is not a directory", m.base_dir.join(dir).display()),
         ));
     }
-    if let Some(own) = &spec.trust {
-        check_trust(m, own, &field("trust"), table_line, fail)?;
-    }
-    if m.trust_for(spec).require_signature && m.trust_for(spec).keys.is_empty() {
-        return Err(fail(
-            table_line,
-            field("trust"),
-            "require_signature = true, but no keys are trusted: add `keys` here or in [trust]"
-                .into(),
-        ));
-    }
     if let Some(reference) = spec.oci_reference() {
-        if let Err(e) = crate::registry::parse_reference(reference) {
+        if let Err(e) = super::parse_reference(reference) {
             return Err(fail(
                 line_of(text, spec.wasm.span().start),
                 field("wasm"),
@@ -196,6 +185,18 @@ fn check_component(
             line_of(text, sha.span().start),
             field("sha256"),
             "must be 64 hex digits".into(),
+        ));
+    }
+    // Key files last: everything else is checked before a missing key.
+    if let Some(own) = &spec.trust {
+        check_trust(m, own, &field("trust"), table_line, fail)?;
+    }
+    if m.trust_for(spec).require_signature && m.trust_for(spec).keys.is_empty() {
+        return Err(fail(
+            table_line,
+            field("trust"),
+            "require_signature = true, but no keys are trusted: add `keys` here or in [trust]"
+                .into(),
         ));
     }
     Ok(())

@@ -20,22 +20,11 @@ use oci_client::errors::OciDistributionError;
 use thiserror::Error;
 
 use crate::manifest::Manifest;
+pub use crate::manifest::{Pulled, parse_reference};
 use crate::runtime::MAX_COMPONENT_BYTES;
 
 pub use client::{Registry, WASM_CONFIG, WASM_LAYER};
 pub use store::{Store, sha256_digest};
-
-/// Where an `oci://` component was pulled to.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Pulled {
-    /// `oci://REGISTRY/REPO@sha256:…`: the manifest the reference
-    /// resolved to, which is what runs.
-    pub reference: String,
-    /// The wasm layer's file in the store.
-    pub path: PathBuf,
-    /// Taken from the store because the registry could not be reached.
-    pub offline: bool,
-}
 
 /// Why a component could not be pulled. The running version, if any,
 /// keeps running.
@@ -119,13 +108,6 @@ fn chain(e: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     out
-}
-
-/// Parses the part of an `oci://` reference after the scheme.
-pub fn parse_reference(reference: &str) -> Result<Reference, String> {
-    reference
-        .parse::<Reference>()
-        .map_err(|e| format!("oci://{reference} is not an OCI reference: {e}"))
 }
 
 /// The store a manifest's components are pulled into.
