@@ -3,6 +3,7 @@
 //! `application/vnd.wasm.config.v0+json` and one `application/wasm` layer,
 //! so what `wkg`, `wash` or `oras` push, weir pulls, and the other way round.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::StreamExt as _;
@@ -27,37 +28,48 @@ const OTHER_CONFIGS: [&str; 2] = [
 /// A client for the registries one host uses. Cheap to clone.
 #[derive(Clone)]
 pub struct Registry {
-    /// The distribution client (its connection pool and tokens are shared).
-    client: Client,
+    /// The distribution client (its connection pool and tokens are
+    /// shared), made on first use: making it loads the system's root
+    /// certificates, which a start from the store does not need.
+    client: Arc<OnceLock<Client>>,
+    /// Registries spoken to over plain HTTP.
+    insecure: Arc<[String]>,
 }
 
 impl Registry {
     /// A client speaking HTTPS, but plain HTTP to the `insecure` registries.
     pub fn new(insecure: &[String]) -> Registry {
-        // reqwest is built without a TLS provider of its own: it uses ring,
-        // the one the NATS client's rustls already brings. Installing it
-        // twice is harmless (the first one stays).
-        let _ = rustls::crypto::ring::default_provider().install_default();
-        let protocol = if insecure.is_empty() {
-            ClientProtocol::Https
-        } else {
-            ClientProtocol::HttpsExcept(insecure.to_vec())
-        };
         Registry {
-            client: Client::new(ClientConfig {
+            client: Arc::default(),
+            insecure: insecure.into(),
+        }
+    }
+
+    fn client(&self) -> &Client {
+        self.client.get_or_init(|| {
+            // reqwest is built without a TLS provider of its own: it uses
+            // ring, the one the NATS client's rustls already brings.
+            // Installing it twice is harmless (the first one stays).
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let protocol = if self.insecure.is_empty() {
+                ClientProtocol::Https
+            } else {
+                ClientProtocol::HttpsExcept(self.insecure.to_vec())
+            };
+            Client::new(ClientConfig {
                 protocol,
                 connect_timeout: Some(Duration::from_secs(5)),
                 read_timeout: Some(Duration::from_secs(30)),
                 ..ClientConfig::default()
-            }),
-        }
+            })
+        })
     }
 
     /// The manifest `reference` names, its bytes and digest (checked
     /// against the reference's digest when it has one).
     pub async fn manifest(&self, reference: &Reference) -> Result<(Vec<u8>, String), Failure> {
         let (bytes, digest) = self
-            .client
+            .client()
             .pull_manifest_raw(reference, &auth(reference), &[OCI_IMAGE_MEDIA_TYPE])
             .await
             .map_err(|e| Failure::from_oci(reference, e))?;
@@ -73,7 +85,7 @@ impl Registry {
         limit: u64,
     ) -> Result<Vec<u8>, Failure> {
         let mut stream = self
-            .client
+            .client()
             .pull_blob_stream(reference, layer)
             .await
             .map_err(|e| Failure::from_oci(reference, e))?;
@@ -124,7 +136,7 @@ impl Registry {
         };
         let layers = [ImageLayer::new(wasm, WASM_LAYER.into(), None)];
         let manifest = OciImageManifest::build(&layers, &config, None);
-        self.client
+        self.client()
             .push(reference, &layers, config, &auth(reference), Some(manifest))
             .await
             .map_err(|e| Failure::from_oci(reference, e))?;
