@@ -228,7 +228,8 @@ async fn a_host_starts_from_the_store_with_the_registry_down_and_names_it_withou
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tampered_blob_a_foreign_or_oversized_layer_and_a_moved_tag_are_refused_with_their_reason() {
+async fn a_tampered_blob_a_foreign_or_oversized_layer_and_a_moved_tag_are_refused_with_their_reason()
+ {
     let registry = RegistryServer::start();
     let client = Registry::new(&[registry.host()]);
     let sma = std::fs::read(wasm("sma_crossover")).unwrap();
@@ -303,18 +304,31 @@ async fn a_tampered_blob_a_foreign_or_oversized_layer_and_a_moved_tag_are_refuse
     let big = format!("{}/strategies/big:v1", registry.host());
     let r: oci_client::Reference = big.parse().unwrap();
     let huge = vec![0u8; weir::runtime::MAX_COMPONENT_BYTES as usize + 1];
-    let layers = [oci_client::client::ImageLayer::new(huge, "application/wasm".into(), None)];
+    let layers = [oci_client::client::ImageLayer::new(
+        huge,
+        "application/wasm".into(),
+        None,
+    )];
     let config = oci_client::client::Config {
         data: b"{}".to_vec().into(),
         media_type: weir::registry::WASM_CONFIG.into(),
         annotations: None,
     };
-    oci.push(&r, &layers, config, &oci_client::secrets::RegistryAuth::Anonymous, None)
+    oci.push(
+        &r,
+        &layers,
+        config,
+        &oci_client::secrets::RegistryAuth::Anonymous,
+        None,
+    )
+    .await
+    .unwrap();
+    let e = weir::registry::fetch(&client, &store, &big)
         .await
-        .unwrap();
-    let e = weir::registry::fetch(&client, &store, &big).await.unwrap_err();
+        .unwrap_err();
     assert!(
-        e.to_string().contains("its wasm layer is 67108865 bytes, more than the 67108864"),
+        e.to_string()
+            .contains("its wasm layer is 67108865 bytes, more than the 67108864"),
         "{e}"
     );
 

@@ -58,7 +58,9 @@ pub fn parse_reference(reference: &str) -> Result<Reference, String> {
     if let Some(tag) = tag {
         let ok = !tag.is_empty()
             && tag.len() <= 128
-            && tag.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+            && tag
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
             && !tag.starts_with(['.', '-']);
         if !ok {
             return Err(bad(&format!("{tag:?} is not a tag")));
@@ -211,8 +213,15 @@ mod tests {
         let r = parse_reference(&format!("ghcr.io/acme/sma@sha256:{hex}")).unwrap();
         assert_eq!(r.digest(), Some(format!("sha256:{hex}").as_str()));
         assert_eq!(r.tag(), None);
-        let r = parse_reference(&format!("ghcr.io/acme/sma:v1@sha256:{}", hex.to_uppercase())).unwrap();
-        assert_eq!((r.tag(), r.digest()), (Some("v1"), Some(format!("sha256:{hex}").as_str())));
+        let r = parse_reference(&format!(
+            "ghcr.io/acme/sma:v1@sha256:{}",
+            hex.to_uppercase()
+        ))
+        .unwrap();
+        assert_eq!(
+            (r.tag(), r.digest()),
+            (Some("v1"), Some(format!("sha256:{hex}").as_str()))
+        );
         for bad in [
             "sma:v1",
             "ghcr.io/acme/sma",
