@@ -261,12 +261,30 @@ pub struct RegistryServer {
 }
 
 impl RegistryServer {
-    /// Starts a registry on a free port.
+    /// Starts a registry on a free port, open to all.
     pub fn start() -> RegistryServer {
-        let args: Args = Box::new(|port, dir| {
+        RegistryServer::with_users(None)
+    }
+
+    /// Starts a registry that wants HTTP basic credentials: `htpasswd`
+    /// holds its `user:bcrypt-hash` lines.
+    pub fn with_users(htpasswd: Option<&str>) -> RegistryServer {
+        let htpasswd = htpasswd.map(str::to_owned);
+        let args: Args = Box::new(move |port, dir| {
             let config = dir.join("config.yml");
+            let auth = match &htpasswd {
+                Some(lines) => {
+                    let file = dir.join("htpasswd");
+                    std::fs::write(&file, lines).unwrap();
+                    format!(
+                        "auth:\n  htpasswd:\n    realm: weir-tests\n    path: {}\n",
+                        file.display()
+                    )
+                }
+                None => String::new(),
+            };
             let text = format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\n{auth}http:\n  addr: 127.0.0.1:{port}\n",
                 dir.join("data").display()
             );
             std::fs::write(&config, text).unwrap();

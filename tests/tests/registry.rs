@@ -18,8 +18,14 @@ use weir_tests::{Collector, feed, reference, root, sample_messages, sample_trade
 
 /// Runs the `weir` binary; its exit status, stdout and stderr.
 fn weir(args: &[&str]) -> (bool, String, String) {
+    weir_with(args, &[])
+}
+
+/// [`weir`] with environment variables.
+fn weir_with(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let out = Command::new(weir_tests::process::weir_bin())
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .unwrap();
     (
@@ -509,4 +515,51 @@ async fn only_components_signed_by_a_trusted_unexpired_key_run() {
         team_id
     );
     host.shutdown(Duration::from_secs(5)).await;
+}
+
+/// `weir:s3cret`, as `htpasswd -B` writes it (bcrypt, cost 10).
+const HTPASSWD: &str = "weir:$2b$10$7Pz/eC3evxO0R5N4J5joeuI5e1pDBNKtr.E8oPqnZUYdHOKiVEx1m\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_come_from_the_environment_or_docker_s_config_json() {
+    let registry = RegistryServer::with_users(Some(HTPASSWD));
+    let host = registry.host();
+    let target = format!("{host}/strategies/sma:v1");
+    let file = wasm("sma_crossover").display().to_string();
+    let push =
+        |env: &[(&str, &str)]| weir_with(&["push", &file, &target, "--insecure", &host], env);
+    let (ok, _, err) = push(&[]);
+    assert!(
+        !ok && err.contains(&format!("registry {host} answered")) && err.contains("401"),
+        "{err}"
+    );
+    let (ok, out, err) = push(&[
+        ("WEIR_REGISTRY_USERNAME", "weir"),
+        ("WEIR_REGISTRY_PASSWORD", "s3cret"),
+    ]);
+    assert!(ok, "{err}");
+    // `docker login` writes base64 of user:password under the registry.
+    let docker = tempdir("docker-config");
+    let auth = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, "weir:s3cret");
+    std::fs::write(
+        docker.join("config.json"),
+        format!(r#"{{"auths":{{"{host}":{{"auth":"{auth}"}}}}}}"#),
+    )
+    .unwrap();
+    let store = tempdir("registry-auth").display().to_string();
+    let pull = |env: &[(&str, &str)]| {
+        weir_with(
+            &["pull", &target, "--insecure", &host, "--store", &store],
+            env,
+        )
+    };
+    let (ok, _, err) = pull(&[]);
+    assert!(!ok && err.contains("Not authorized"), "{err}");
+    let (ok, pulled, err) = pull(&[("DOCKER_CONFIG", &docker.display().to_string())]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        pulled.lines().next(),
+        out.lines().next(),
+        "the digest pushed"
+    );
 }
