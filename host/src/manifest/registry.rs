@@ -37,7 +37,9 @@ pub fn parse_reference(reference: &str) -> Result<Reference, String> {
         Some((repository, tag)) if !tag.contains('/') => (repository, Some(tag)),
         _ => (path, None),
     };
-    let host_ok = !registry.is_empty()
+    // A host name, an IPv4 address or a bracketed IPv6 one, with a port.
+    let host_ok = registry.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '[')
+        && !registry.contains("..")
         && registry
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || ".-:[]".contains(c));
@@ -231,6 +233,8 @@ mod tests {
             "ghcr.io/acme/sma@sha256:abc",
             "ghcr.io/acme/sma@md5:abc",
             "ghcr.io//sma:v1",
+            "../sma:v1",
+            ".ghcr.io/sma:v1",
         ] {
             assert!(parse_reference(bad).is_err(), "{bad}");
         }
