@@ -271,30 +271,12 @@ async fn a_tampered_blob_a_foreign_or_oversized_layer_and_a_moved_tag_are_refuse
 
     // A layer that is not application/wasm (pushed with the OCI client).
     let other = format!("{}/strategies/tarball:v1", registry.host());
-    let r: oci_client::Reference = other.parse().unwrap();
-    let oci = oci_client::Client::new(oci_client::client::ClientConfig {
-        protocol: oci_client::client::ClientProtocol::Http,
-        ..Default::default()
-    });
-    let layers = [oci_client::client::ImageLayer::new(
+    push_layer(
+        &other,
         b"not a component".to_vec(),
-        "application/vnd.oci.image.layer.v1.tar".into(),
-        None,
-    )];
-    let config = oci_client::client::Config {
-        data: b"{}".to_vec().into(),
-        media_type: weir::registry::WASM_CONFIG.into(),
-        annotations: None,
-    };
-    oci.push(
-        &r,
-        &layers,
-        config,
-        &oci_client::secrets::RegistryAuth::Anonymous,
-        None,
+        "application/vnd.oci.image.layer.v1.tar",
     )
-    .await
-    .unwrap();
+    .await;
     let e = weir::registry::fetch(&client, &store, &other)
         .await
         .unwrap_err();
@@ -308,27 +290,8 @@ async fn a_tampered_blob_a_foreign_or_oversized_layer_and_a_moved_tag_are_refuse
     // A layer over the 64 MiB a component may have: refused from the
     // manifest, before its download.
     let big = format!("{}/strategies/big:v1", registry.host());
-    let r: oci_client::Reference = big.parse().unwrap();
     let huge = vec![0u8; weir::runtime::MAX_COMPONENT_BYTES as usize + 1];
-    let layers = [oci_client::client::ImageLayer::new(
-        huge,
-        "application/wasm".into(),
-        None,
-    )];
-    let config = oci_client::client::Config {
-        data: b"{}".to_vec().into(),
-        media_type: weir::registry::WASM_CONFIG.into(),
-        annotations: None,
-    };
-    oci.push(
-        &r,
-        &layers,
-        config,
-        &oci_client::secrets::RegistryAuth::Anonymous,
-        None,
-    )
-    .await
-    .unwrap();
+    push_layer(&big, huge, "application/wasm").await;
     let e = weir::registry::fetch(&client, &store, &big)
         .await
         .unwrap_err();
@@ -354,6 +317,31 @@ async fn a_tampered_blob_a_foreign_or_oversized_layer_and_a_moved_tag_are_refuse
     );
     assert_eq!(host.observed().status().components[0].version, 1);
     host.shutdown(Duration::from_secs(5)).await;
+}
+
+/// Pushes one layer of `media_type` under a Wasm config with the OCI
+/// client itself (plain HTTP): what weir must refuse to pull.
+async fn push_layer(target: &str, bytes: Vec<u8>, media_type: &str) {
+    // reqwest is built without a TLS provider of its own (as weir's is).
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let oci = oci_client::Client::new(oci_client::client::ClientConfig {
+        protocol: oci_client::client::ClientProtocol::Http,
+        ..Default::default()
+    });
+    let layers = [oci_client::client::ImageLayer::new(
+        bytes,
+        media_type.into(),
+        None,
+    )];
+    let config = oci_client::client::Config {
+        data: b"{}".to_vec().into(),
+        media_type: weir::registry::WASM_CONFIG.into(),
+        annotations: None,
+    };
+    let anonymous = oci_client::secrets::RegistryAuth::Anonymous;
+    oci.push(&target.parse().unwrap(), &layers, config, &anonymous, None)
+        .await
+        .unwrap();
 }
 
 /// A key pair made by wasmsign2, the public half written to `dir/name.pub`.
