@@ -20,6 +20,21 @@ pub fn weir_bin() -> PathBuf {
     p
 }
 
+/// Runs a `weir` command to its end with extra environment variables:
+/// whether it succeeded, its stdout and its stderr.
+pub fn weir_command(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
+    let out = Command::new(weir_bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 /// A running `weir run MANIFEST`, its output in a log file; killed on drop.
 pub struct WeirProcess {
     child: Option<Child>,

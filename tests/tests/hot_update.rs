@@ -72,7 +72,11 @@ impl Project {
             None => (file, format!("sha256 = \"{sha}\""), String::new()),
             Some(host) => {
                 let target = format!("{host}/tagger:live");
-                let (ok, _, err) = weir_push(&self.dir.join(&file), &target, host);
+                let path = self.dir.join(&file).display().to_string();
+                let (ok, _, err) = weir_tests::process::weir_command(
+                    &["push", &path, &target, "--insecure", host],
+                    &[],
+                );
                 assert!(ok, "weir push: {err}");
                 (
                     format!("oci://{target}"),
@@ -115,21 +119,6 @@ async fn load_stream(js: &jetstream::Context) {
     })
     .await
     .unwrap();
-}
-
-/// `weir push FILE TARGET --insecure HOST`: success, stdout, stderr.
-fn weir_push(file: &std::path::Path, target: &str, host: &str) -> (bool, String, String) {
-    let out = std::process::Command::new(weir_tests::process::weir_bin())
-        .arg("push")
-        .arg(file)
-        .args([target, "--insecure", host])
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
 }
 
 /// A component-level custom section (id 0): name, then content.

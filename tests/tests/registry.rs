@@ -13,26 +13,13 @@ use std::time::Duration;
 
 use weir::Host;
 use weir::registry::{Registry, Store};
+use weir_tests::process::weir_command;
 use weir_tests::servers::RegistryServer;
 use weir_tests::{Collector, feed, reference, root, sample_messages, sample_trades, tempdir, wasm};
 
 /// Runs the `weir` binary; its exit status, stdout and stderr.
 fn weir(args: &[&str]) -> (bool, String, String) {
-    weir_with(args, &[])
-}
-
-/// [`weir`] with environment variables.
-fn weir_with(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let out = Command::new(weir_tests::process::weir_bin())
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    weir_command(args, &[])
 }
 
 /// Pushes `file` to `REGISTRY/repo` with `weir push`; the digest reference.
@@ -515,7 +502,7 @@ async fn credentials_come_from_the_environment_or_docker_s_config_json() {
     let target = format!("{host}/strategies/sma:v1");
     let file = wasm("sma_crossover").display().to_string();
     let push =
-        |env: &[(&str, &str)]| weir_with(&["push", &file, &target, "--insecure", &host], env);
+        |env: &[(&str, &str)]| weir_command(&["push", &file, &target, "--insecure", &host], env);
     let (ok, _, err) = push(&[]);
     assert!(
         !ok && err.contains(&format!("registry {host} answered")) && err.contains("401"),
@@ -536,7 +523,7 @@ async fn credentials_come_from_the_environment_or_docker_s_config_json() {
     .unwrap();
     let store = tempdir("registry-auth").display().to_string();
     let pull = |env: &[(&str, &str)]| {
-        weir_with(
+        weir_command(
             &["pull", &target, "--insecure", &host, "--store", &store],
             env,
         )

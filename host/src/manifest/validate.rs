@@ -191,7 +191,8 @@ fn check_component(
     if let Some(own) = &spec.trust {
         check_trust(m, own, &field("trust"), table_line, fail)?;
     }
-    if m.trust_for(spec).require_signature && m.trust_for(spec).keys.is_empty() {
+    let policy = m.trust_for(spec);
+    if policy.require_signature && policy.keys.is_empty() {
         return Err(fail(
             table_line,
             field("trust"),
@@ -406,6 +407,35 @@ config = { fast_window = 5, alerts = [{ id = "a" }] }
         );
         let e = load_err("[components.sma]\nwasm = \"c.wasm\"\nlimits = { instances = 0 }\n");
         assert!(e.contains(":1: components.sma.limits.instances:"), "{e}");
+    }
+
+    #[test]
+    fn bad_registry_references_and_trust_policies_name_their_field() {
+        let e = load_err("[components.sma]\nwasm = \"oci://strategies/sma\"\n");
+        assert!(
+            e.contains(":2: components.sma.wasm:") && e.contains("not an OCI reference"),
+            "{e}"
+        );
+        let e = load_err(
+            "[trust]\nrequire_signature = true\n[components.sma]\nwasm = \"oci://r.example/s/sma:v1\"\n",
+        );
+        assert!(
+            e.contains("components.sma.trust:") && e.contains("no keys are trusted"),
+            "{e}"
+        );
+        let e = load_err(
+            "[trust]\nkeys = [{ path = \"c.wasm\", expires = \"soon\" }]\n[components.sma]\nwasm = \"c.wasm\"\n",
+        );
+        assert!(
+            e.contains("trust.keys[0]:") && e.contains("expires = \"soon\""),
+            "{e}"
+        );
+        let e =
+            load_err("[components.sma]\nwasm = \"c.wasm\"\ntrust = { keys = [\"team.pub\"] }\n");
+        assert!(
+            e.contains("components.sma.trust.keys[0]:") && e.contains("team.pub does not exist"),
+            "{e}"
+        );
     }
 
     #[test]
