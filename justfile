@@ -22,11 +22,12 @@ build: build-components
 run *ARGS: build
     cargo run -q -p weir -- run examples/demo.toml --feed examples/data/trades.ndjson --rate 400 --stay --tap 'signals.>' --tap 'alerts.triggered' {{ARGS}}
 
-# Python tools the tests use, in target/py: the Prometheus project's OpenMetrics parser, and
-# ORAS's client (the registry tests' other OCI tool).
+# Python tools the tests use, in target/py: the Prometheus project's OpenMetrics parser,
+# ORAS's client (the registry tests' other OCI tool) and OpenTelemetry's OTLP protobufs (the
+# trace tests' collector).
 pytools:
     test -x target/py/bin/python || python3 -m venv target/py
-    target/py/bin/python -c 'import prometheus_client, oras' 2>/dev/null || target/py/bin/pip install --quiet --disable-pip-version-check 'prometheus_client>=0.20' 'oras>=0.2'
+    target/py/bin/python -c 'import prometheus_client, oras, opentelemetry.proto' 2>/dev/null || target/py/bin/pip install --quiet --disable-pip-version-check 'prometheus_client>=0.20' 'oras>=0.2' 'opentelemetry-proto>=1.20'
 
 # Backtest the demo: replay the sample data on a virtual clock; every effect as NDJSON (stdout or --out FILE).
 replay *ARGS: build

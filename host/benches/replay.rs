@@ -41,6 +41,7 @@ async fn direct(manifest: &Manifest, msgs: &[BusMessage]) -> Duration {
             seed: 0,
             market: None,
             stats: None,
+            telemetry: weir::telemetry::Telemetry::off(),
         })
         .expect("run `just build-components` first");
     let mut wired = Vec::new();

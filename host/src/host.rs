@@ -18,6 +18,7 @@ use crate::observe::{Flow, Observed, Timeline};
 use crate::runtime::{ComponentTemplate, Runtime, RuntimeConfig};
 use crate::shutdown::{self, Shutdown, Trigger};
 use crate::stats::{ComponentSnapshot, ComponentStats};
+use crate::telemetry::Telemetry;
 use crate::update::{Updater, Wiring};
 
 /// Longest the start waits for NATS to confirm the subscriptions.
@@ -46,6 +47,8 @@ pub struct Host {
     tasks: JoinSet<()>,
     /// Tells sources to stop taking messages.
     shutdown: Trigger,
+    /// Its tracing: what is queued is sent when the host stops.
+    telemetry: Telemetry,
     /// What `/metrics` and friends read.
     observed: Observed,
     /// Where the HTTP endpoints listen, when enabled.
@@ -80,6 +83,10 @@ impl Host {
         embedded: Option<EmbeddedBus>,
         nats: Option<NatsBus>,
     ) -> anyhow::Result<Host> {
+        let telemetry = Telemetry::start(&manifest.telemetry, &id)?;
+        if let Some(endpoint) = telemetry.endpoint() {
+            tracing::info!(endpoint, "traces exported over OTLP");
+        }
         let mut tasks = JoinSet::new();
         let (shutdown, signal) = shutdown::channel();
         let cache = cache::start(manifest, &id, &bus, nats.as_ref(), &signal, &mut tasks).await?;
@@ -92,6 +99,7 @@ impl Host {
             cache: cache.store.clone(),
             bus: bus.clone(),
             market: market.clone(),
+            telemetry: telemetry.clone(),
         };
         let components = runtime.load_manifest(manifest, |_| wiring.parts(None))?;
         let updater = Updater::new(runtime, wiring, manifest.clone(), &components);
@@ -146,6 +154,7 @@ impl Host {
             timeline: Timeline::default(),
             started: Instant::now(),
             updater: Some(updater.clone()),
+            telemetry: telemetry.clone(),
         };
         let http = manifest.host.http.as_deref();
         let http_addr = crate::observe::start(&observed, http, &signal, &mut tasks).await?;
@@ -164,6 +173,7 @@ impl Host {
             updater,
             tasks,
             shutdown,
+            telemetry,
         })
     }
 
@@ -264,6 +274,13 @@ impl Host {
         if drained.is_err() {
             tracing::warn!("shutdown grace of {grace:?} passed; aborting remaining tasks");
             self.tasks.abort_all();
+        }
+        if self.telemetry.is_on() {
+            let telemetry = self.telemetry.clone();
+            let wait = until
+                .saturating_duration_since(tokio::time::Instant::now())
+                .max(FINAL_FLUSH);
+            let _ = tokio::task::spawn_blocking(move || telemetry.shutdown(wait)).await;
         }
         if let Some(nats) = &self.nats {
             let flush_until = until.max(tokio::time::Instant::now() + FINAL_FLUSH);

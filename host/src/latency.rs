@@ -2,8 +2,9 @@
 //! record on every event, read for p50/p99 (since start or over an
 //! interval, from two [`Histogram::counts`]) and exported to Prometheus.
 
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 /// Buckets kept; the last one also holds everything longer.
 pub const BUCKETS: usize = 40;
@@ -17,6 +18,22 @@ pub struct Histogram {
     buckets: [AtomicU64; BUCKETS],
     /// Sum of all recorded latencies, ns (for Prometheus `_sum`).
     sum_ns: AtomicU64,
+    /// The latest traced latency per exported bucket (OpenMetrics
+    /// exemplars); locked only for traced events.
+    exemplars: Mutex<Vec<Option<Exemplar>>>,
+}
+
+/// A latency of a traced event: the trace it points at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Exemplar {
+    /// Hex trace id.
+    pub trace_id: String,
+    /// Hex span id.
+    pub span_id: String,
+    /// The latency, seconds.
+    pub value: f64,
+    /// When it was recorded.
+    pub at: SystemTime,
 }
 
 impl Default for Histogram {
@@ -24,6 +41,7 @@ impl Default for Histogram {
         Histogram {
             buckets: std::array::from_fn(|_| AtomicU64::new(0)),
             sum_ns: AtomicU64::new(0),
+            exemplars: Mutex::new(vec![None; EXPORTED]),
         }
     }
 }
@@ -35,6 +53,30 @@ impl Histogram {
         let i = (63 - ns.leading_zeros() as usize).min(BUCKETS - 1);
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
         self.sum_ns.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// Keeps `d` (already recorded) as the exemplar of its Prometheus
+    /// bucket, pointing at the trace it belongs to.
+    pub fn exemplar(&self, d: Duration, trace_id: String, span_id: String) {
+        let ns = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX).max(1);
+        let i = 63 - ns.leading_zeros() as usize;
+        let at = i.clamp(FIRST_EXPORTED, LAST_EXPORTED + 1) - FIRST_EXPORTED;
+        if let Ok(mut slots) = self.exemplars.lock()
+            && let Some(slot) = slots.get_mut(at)
+        {
+            *slot = Some(Exemplar {
+                trace_id,
+                span_id,
+                value: d.as_secs_f64(),
+                at: SystemTime::now(),
+            });
+        }
+    }
+
+    /// The exemplar of each Prometheus bucket, in [`Self::prometheus`]'s
+    /// order.
+    pub fn exemplars(&self) -> Vec<Option<Exemplar>> {
+        self.exemplars.lock().map(|e| e.clone()).unwrap_or_default()
     }
 
     /// Counts per bucket now.
@@ -76,6 +118,8 @@ impl Histogram {
 const FIRST_EXPORTED: usize = 9;
 /// Last bucket with its own Prometheus bound: `le` 2^32 ns, about 4.3 s.
 const LAST_EXPORTED: usize = 31;
+/// Prometheus buckets: the bounded ones and `+Inf`.
+pub const EXPORTED: usize = LAST_EXPORTED - FIRST_EXPORTED + 2;
 
 /// Bucket-wise `now - before`: the latencies recorded in between.
 pub fn delta(now: &Counts, before: &Counts) -> Counts {

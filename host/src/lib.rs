@@ -29,6 +29,7 @@ pub mod shutdown;
 pub mod signature;
 pub mod stats;
 pub mod subject;
+pub mod telemetry;
 pub mod testing;
 pub mod update;
 

@@ -341,6 +341,7 @@ impl Harness {
             sequence: Some(seq),
             attempt,
             time: Some(self.now()),
+            received: None,
         };
         let settle = SimSettle {
             consumers: self.consumers.clone(),

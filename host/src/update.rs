@@ -104,6 +104,8 @@ pub struct Wiring {
     pub bus: Arc<dyn Bus>,
     /// The latest market data, when kept.
     pub market: Option<MarketStore>,
+    /// The host's tracing.
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 impl Wiring {
@@ -117,6 +119,7 @@ impl Wiring {
             seed: 0,
             market: self.market.clone(),
             stats,
+            telemetry: self.telemetry.clone(),
         }
     }
 }

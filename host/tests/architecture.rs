@@ -25,6 +25,8 @@ const LAYERS: &[&str] = &[
     "signature",
     // Transports, deliveries, dead letters, the sink sources push into.
     "bus",
+    // Trace context in and out of messages; spans exported over OTLP.
+    "telemetry",
     // What components read and write through their capabilities.
     "cache",
     "market",

@@ -11,6 +11,7 @@ pub mod process;
 pub mod reference;
 pub mod servers;
 
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -406,5 +407,63 @@ impl Tags {
             *times.entry(*seq).or_default() += 1;
         }
         times
+    }
+}
+
+/// The venv's Python, made by `just test` (`just pytools`); `WEIR_PYTHON` overrides.
+pub fn python() -> String {
+    std::env::var("WEIR_PYTHON").unwrap_or_else(|_| {
+        let p = root().join("target/py/bin/python");
+        assert!(
+            p.is_file(),
+            "{} is missing: run `just pytools` (part of `just test`)",
+            p.display()
+        );
+        p.display().to_string()
+    })
+}
+
+/// Runs the Prometheus project's OpenMetrics parser over a scrape
+/// (`tests/tools/openmetrics_check.py`): its verdict, and the histograms it
+/// read with their exemplars.
+pub fn openmetrics_check(scrape: &str) -> Result<Vec<serde_json::Value>, String> {
+    let mut child = std::process::Command::new(python())
+        .arg(root().join("tests/tools/openmetrics_check.py"))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(scrape.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(serde_json::from_slice(&out.stdout).unwrap())
+}
+
+/// A `Write` a test can read back (a replay's output, say).
+#[derive(Clone, Default)]
+pub struct Buffer(pub Arc<Mutex<Vec<u8>>>);
+
+impl Buffer {
+    /// What was written so far.
+    pub fn bytes(&self) -> Vec<u8> {
+        self.0.lock().unwrap().clone()
+    }
+}
+
+impl std::io::Write for Buffer {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }

@@ -561,6 +561,99 @@ fn listens_on(pid: u32, port: u16) -> bool {
     })
 }
 
+/// An OpenTelemetry collector's trace intake for tests: OTLP/HTTP on a free
+/// port, each export decoded by the OpenTelemetry project's protobufs
+/// (`tests/tools/otlp_receiver.py`, in the venv `just pytools` makes).
+pub struct OtlpReceiver {
+    /// Port of its OTLP/HTTP endpoint.
+    pub port: u16,
+    child: Child,
+    /// Every span received, as the receiver printed it.
+    spans: std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+}
+
+impl OtlpReceiver {
+    /// A receiver that takes every export.
+    pub fn start() -> OtlpReceiver {
+        OtlpReceiver::spawn(false)
+    }
+
+    /// A collector that accepts connections and never answers.
+    pub fn stalled() -> OtlpReceiver {
+        OtlpReceiver::spawn(true)
+    }
+
+    fn spawn(stall: bool) -> OtlpReceiver {
+        use std::io::BufRead as _;
+        let python = crate::root().join("target/py/bin/python");
+        assert!(
+            python.is_file(),
+            "{} is missing: run `just pytools` (part of `just test`)",
+            python.display()
+        );
+        let mut cmd = Command::new(python);
+        cmd.arg(crate::root().join("tests/tools/otlp_receiver.py"));
+        if stall {
+            cmd.arg("--stall");
+        }
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut lines = std::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().unwrap().unwrap();
+        let port = first
+            .strip_prefix("listening ")
+            .and_then(|p| p.parse().ok())
+            .unwrap_or_else(|| panic!("receiver said {first:?}"));
+        let spans = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = spans.clone();
+        std::thread::spawn(move || {
+            for line in lines.map_while(Result::ok) {
+                if let Ok(v) = serde_json::from_str(&line) {
+                    sink.lock().unwrap().push(v);
+                }
+            }
+        });
+        OtlpReceiver { port, child, spans }
+    }
+
+    /// The base URL weir's `[telemetry] endpoint` takes.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The spans received so far.
+    pub fn spans(&self) -> Vec<serde_json::Value> {
+        self.spans.lock().unwrap().clone()
+    }
+
+    /// Waits until `enough` holds for the spans received (up to `timeout`);
+    /// the spans then.
+    pub fn wait_until(
+        &self,
+        timeout: Duration,
+        enough: impl Fn(&[serde_json::Value]) -> bool,
+    ) -> Vec<serde_json::Value> {
+        let until = Instant::now() + timeout;
+        loop {
+            let spans = self.spans();
+            if enough(&spans) || Instant::now() > until {
+                return spans;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for OtlpReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,48 +5,11 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may fail loudly
 
-use std::io::Write as _;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use weir::Host;
 use weir::observe::http_get;
-use weir_tests::{DEMO, feed, manifest, root, sample_trades};
-
-/// The venv's Python, made by `just test` (`just pytools`); `WEIR_PYTHON` overrides.
-fn python() -> String {
-    std::env::var("WEIR_PYTHON").unwrap_or_else(|_| {
-        let p = root().join("target/py/bin/python");
-        assert!(
-            p.is_file(),
-            "{} is missing: run `just pytools` (part of `just test`)",
-            p.display()
-        );
-        p.display().to_string()
-    })
-}
-
-/// Runs the OpenMetrics check on a scrape; its verdict and histograms.
-fn check(scrape: &str) -> Result<Vec<serde_json::Value>, String> {
-    let mut child = Command::new(python())
-        .arg(root().join("tests/tools/openmetrics_check.py"))
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(scrape.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    if !out.status.success() {
-        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
-    }
-    Ok(serde_json::from_slice(&out.stdout).unwrap())
-}
+use weir_tests::{DEMO, feed, manifest, openmetrics_check, sample_trades};
 
 /// Bucket bounds are powers of two: "within one bucket" is a factor of 2.
 fn within_one_bucket(a: f64, b: f64) -> bool {
@@ -58,7 +21,7 @@ fn the_checker_refuses_what_the_audit_saw() {
     // The shape of the audit's scrape: buckets summed twice.
     let bad = "# TYPE x_seconds histogram\nx_seconds_sum 1.0\nx_seconds_count 50\n\
                x_seconds_bucket{le=\"1.0\"} 821\nx_seconds_bucket{le=\"+Inf\"} 871\n# EOF\n";
-    let err = check(bad).unwrap_err();
+    let err = openmetrics_check(bad).unwrap_err();
     assert!(err.contains("Count does not match +Inf"), "{err}");
 }
 
@@ -72,7 +35,7 @@ async fn every_histogram_in_the_scrape_is_valid_openmetrics() {
 
     let (code, scrape) = http_get(&addr, "/metrics").await.unwrap();
     assert_eq!(code, 200);
-    let histograms = check(&scrape).unwrap_or_else(|e| panic!("{e}\n{scrape}"));
+    let histograms = openmetrics_check(&scrape).unwrap_or_else(|e| panic!("{e}\n{scrape}"));
     let (_, dash) = http_get(&addr, "/api/dashboard").await.unwrap();
     let dash: serde_json::Value = serde_json::from_str(&dash).unwrap();
 

@@ -5,7 +5,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)] // tests may fail loudly
 
 use std::path::Path;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, stream};
@@ -15,21 +14,7 @@ use weir::manifest::NatsSettings;
 use weir::replay::{Input, RecordedLine, Replay, ReplayOptions, ReplayReport};
 use weir::{Manifest, replay};
 use weir_tests::servers::NatsServer;
-use weir_tests::{manifest, reference, root, sample_messages, sample_trades, tempdir};
-
-/// A `Write` the test can read back.
-#[derive(Clone, Default)]
-struct Buffer(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Buffer {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
+use weir_tests::{Buffer, manifest, reference, root, sample_messages, sample_trades, tempdir};
 
 async fn replay_to_bytes(
     m: &Manifest,

@@ -1,7 +1,8 @@
 """Validates an OpenMetrics exposition with the Prometheus project's own
 parser (prometheus_client from PyPI) and prints, as JSON, every histogram
 series with its count, sum and the p50/p99 read off its buckets (the
-upper bound of the bucket that holds the quantile, as weir reports them).
+upper bound of the bucket that holds the quantile, as weir reports them)
+and the exemplars the parser read off its buckets.
 
 Reads the exposition on stdin; exits non-zero, with the parser's message,
 when the text is not valid OpenMetrics.
@@ -42,6 +43,12 @@ def main():
             h = series.setdefault(key, {"labels": labels, "buckets": []})
             if s.name.endswith("_bucket"):
                 h["buckets"].append((float(s.labels["le"]), s.value))
+                if s.exemplar is not None:
+                    h.setdefault("exemplars", []).append({
+                        "le": float(s.labels["le"]),
+                        "labels": s.exemplar.labels,
+                        "value": s.exemplar.value,
+                    })
             elif s.name.endswith("_count"):
                 h["count"] = s.value
             elif s.name.endswith("_sum"):

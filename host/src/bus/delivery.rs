@@ -32,6 +32,9 @@ pub struct Meta {
     /// When it was published, where the transport knows (JetStream's
     /// timestamp, a recording's time): the event time a replay runs on.
     pub time: Option<SystemTime>,
+    /// When this host received it (stamped only while traces are
+    /// exported: the queue wait of its span).
+    pub received: Option<std::time::Instant>,
 }
 
 /// Why settling failed: the message will come back by the transport's own

@@ -12,6 +12,7 @@ use super::{Capabilities, GuestError};
 use crate::cache::{CacheError, CacheStore, Layer, LayerStats};
 use crate::manifest::CacheSettings;
 use crate::stats::ComponentStats;
+use crate::telemetry::Trace;
 
 type Answer<T> = wasmtime::Result<Result<T, GuestError>>;
 
@@ -38,6 +39,9 @@ pub struct CacheCapability {
     max_key_bytes: usize,
     /// Largest cache value, bytes.
     max_value_bytes: usize,
+    /// Whether calls may reach Redis (an L2 is configured): those get a
+    /// span of their own in a recorded trace.
+    remote: bool,
 }
 
 impl CacheCapability {
@@ -47,7 +51,11 @@ impl CacheCapability {
         store: Option<Arc<dyn CacheStore>>,
         settings: &CacheSettings,
     ) -> Self {
+        let remote = store
+            .as_ref()
+            .is_some_and(|s| s.stats().iter().any(|l| l.layer == Layer::L2));
         CacheCapability {
+            remote,
             store: if namespace.is_some() { store } else { None },
             namespace,
             default_ttl: Duration::from_secs(settings.default_ttl_secs),
@@ -134,49 +142,68 @@ impl Capabilities {
     }
 }
 
+impl Capabilities {
+    /// The span of a cache call, when it may reach Redis and the trace is
+    /// recorded.
+    fn cache_span(&self, operation: &'static str) -> Trace {
+        if self.ctx.cache.remote {
+            self.trace.cache(operation)
+        } else {
+            Trace::default()
+        }
+    }
+}
+
 impl Host for Capabilities {
     async fn get(&mut self, key: String) -> Answer<Option<Vec<u8>>> {
         Ok(async {
+            let span = self.cache_span("get");
             let (store, cache) = self.cache()?;
             let key = cache.full_key(&key)?;
-            Ok(store.get(&key).await?.map(|b| b.to_vec()))
+            let value = store.get(&key).await;
+            span.end_with(&value);
+            Ok(value?.map(|b| b.to_vec()))
         }
         .await)
     }
 
     async fn set(&mut self, key: String, value: Vec<u8>, ttl_ms: Option<u64>) -> Answer<()> {
         Ok(async {
+            let span = self.cache_span("set");
             let (store, cache) = self.cache()?;
             let key = cache.full_key(&key)?;
             cache.check_value(&value)?;
             let ttl = cache.ttl(ttl_ms)?;
-            Ok(store.set(&key, Bytes::from(value), ttl).await?)
+            let done = store.set(&key, Bytes::from(value), ttl).await;
+            span.end_with(&done);
+            Ok(done?)
         }
         .await)
     }
 
     async fn delete(&mut self, key: String) -> Answer<bool> {
         Ok(async {
+            let span = self.cache_span("delete");
             let (store, cache) = self.cache()?;
             let key = cache.full_key(&key)?;
-            Ok(store.delete(&key).await?)
+            let done = store.delete(&key).await;
+            span.end_with(&done);
+            Ok(done?)
         }
         .await)
     }
 
     async fn get_many(&mut self, keys: Vec<String>) -> Answer<Vec<Option<Vec<u8>>>> {
         Ok(async {
+            let span = self.cache_span("mget");
             let (store, cache) = self.cache()?;
             let keys = keys
                 .iter()
                 .map(|k| cache.full_key(k))
                 .collect::<Result<Vec<_>, _>>()?;
-            Ok(store
-                .get_many(&keys)
-                .await?
-                .into_iter()
-                .map(|v| v.map(|b| b.to_vec()))
-                .collect())
+            let values = store.get_many(&keys).await;
+            span.end_with(&values);
+            Ok(values?.into_iter().map(|v| v.map(|b| b.to_vec())).collect())
         }
         .await)
     }
@@ -187,6 +214,7 @@ impl Host for Capabilities {
         ttl_ms: Option<u64>,
     ) -> Answer<()> {
         Ok(async {
+            let span = self.cache_span("mset");
             let (store, cache) = self.cache()?;
             let ttl = cache.ttl(ttl_ms)?;
             let mut full = Vec::with_capacity(entries.len());
@@ -194,18 +222,23 @@ impl Host for Capabilities {
                 cache.check_value(&v)?;
                 full.push((cache.full_key(&k)?, Bytes::from(v)));
             }
-            Ok(store.set_many(full, ttl).await?)
+            let done = store.set_many(full, ttl).await;
+            span.end_with(&done);
+            Ok(done?)
         }
         .await)
     }
 
     async fn invalidate_pattern(&mut self, pattern: String) -> Answer<u64> {
         Ok(async {
+            let span = self.cache_span("invalidate");
             let (store, cache) = self.cache()?;
             // The namespace is plain text (letters, digits, `-_.`), so the
             // prefix cannot widen the pattern beyond the namespace.
             let pattern = cache.full_key(&pattern)?;
-            Ok(store.invalidate_pattern(&pattern).await?)
+            let done = store.invalidate_pattern(&pattern).await;
+            span.end_with(&done);
+            Ok(done?)
         }
         .await)
     }

@@ -14,6 +14,7 @@ use crate::clock::Clock;
 use crate::manifest::Limits;
 use crate::stats::ComponentStats;
 use crate::subject;
+use crate::telemetry::{Outgoing, Trace};
 
 type Answer<T> = wasmtime::Result<Result<T, GuestError>>;
 
@@ -173,9 +174,23 @@ impl Capabilities {
 }
 
 impl Capabilities {
+    /// The span of a message leaving for the bus; its context goes into
+    /// the message's headers (unless the component set a `traceparent`).
+    fn trace_out(&self, how: Outgoing, msg: &mut BusMessage) -> Trace {
+        if !self.trace.is_some() {
+            return Trace::default();
+        }
+        let span = self.trace.send(how, &msg.subject, msg.payload.len());
+        span.inject(&mut msg.headers);
+        span
+    }
+
     /// Sends a checked message and counts it.
-    async fn send(&mut self, msg: BusMessage) -> Result<(), GuestError> {
-        self.ctx.messaging.bus.publish(msg).await?;
+    async fn send(&mut self, mut msg: BusMessage) -> Result<(), GuestError> {
+        let span = self.trace_out(Outgoing::Publish, &mut msg);
+        let sent = self.ctx.messaging.bus.publish(msg).await;
+        span.end_with(&sent);
+        sent?;
         ComponentStats::bump(&self.ctx.stats.published);
         Ok(())
     }
@@ -188,9 +203,12 @@ impl Capabilities {
         headers: Vec<(String, String)>,
         timeout_ms: u32,
     ) -> Result<BusMessage, GuestError> {
-        let msg = self.outgoing(Verb::Request, subject, payload, headers)?;
+        let mut msg = self.outgoing(Verb::Request, subject, payload, headers)?;
         let timeout = Duration::from_millis(u64::from(timeout_ms)).min(MAX_REQUEST_TIMEOUT);
-        Ok(self.ctx.messaging.bus.request(msg, timeout).await?)
+        let span = self.trace_out(Outgoing::Request, &mut msg);
+        let answer = self.ctx.messaging.bus.request(msg, timeout).await;
+        span.end_with(&answer);
+        Ok(answer?)
     }
 }
 
@@ -235,7 +253,7 @@ impl Host for Capabilities {
         msg_id: Option<String>,
     ) -> Answer<PublishAck> {
         Ok(async {
-            let msg = self.outgoing(Verb::Publish, subject, payload, headers)?;
+            let mut msg = self.outgoing(Verb::Publish, subject, payload, headers)?;
             match self.ctx.messaging.bus.stream_for_subject(&msg.subject).await? {
                 None => {
                     return Err(GuestError::Unavailable(format!("no JetStream stream stores {}", msg.subject)));
@@ -248,7 +266,13 @@ impl Host for Capabilities {
                 }
                 Some(_) => {}
             }
-            let ack = self.ctx.messaging.bus.jetstream_publish(msg, msg_id).await?;
+            let span = self.trace_out(Outgoing::JetStream, &mut msg);
+            let ack = self.ctx.messaging.bus.jetstream_publish(msg, msg_id).await;
+            if let Ok(ack) = &ack {
+                span.stored(&ack.stream, ack.sequence, ack.duplicate);
+            }
+            span.end_with(&ack);
+            let ack = ack?;
             ComponentStats::bump(&self.ctx.stats.published);
             Ok(PublishAck {
                 stream: ack.stream,

@@ -91,6 +91,8 @@ pub struct ComponentContext {
     pub market: MarketCapability,
     /// Host directory mounted read-only at `/data`, when granted.
     pub data_dir: Option<std::path::PathBuf>,
+    /// The host's tracing: the spans of its deliveries and host calls.
+    pub telemetry: crate::telemetry::Telemetry,
     /// Seeds WASI random on a virtual clock (each instance gets its own
     /// stream, derived from this, the name and the instance's number).
     random_seed: u64,
@@ -115,6 +117,7 @@ impl ComponentContext {
             stats: Arc::new(ComponentStats::default()),
             clock,
             data_dir: None,
+            telemetry: crate::telemetry::Telemetry::off(),
             random_seed: 0,
             instances_made: Default::default(),
         }
@@ -179,6 +182,9 @@ pub struct Capabilities {
     /// Reply subject of the message being handled: publishing to it needs
     /// no grant while it is an inbox (see `messaging::check_reply`).
     reply_to: Option<String>,
+    /// The trace of the call in progress: what the component sends
+    /// carries it, host calls that leave the process are spans under it.
+    pub(crate) trace: crate::telemetry::Trace,
     /// Key-value buckets and lattice targets the guest holds handles to.
     table: ResourceTable,
     /// Entries in `table`, against [`MAX_HANDLES`].
@@ -209,6 +215,7 @@ impl Capabilities {
             ctx,
             calls_left,
             reply_to: None,
+            trace: crate::telemetry::Trace::default(),
             table: ResourceTable::new(),
             handles: 0,
         }

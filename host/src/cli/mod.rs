@@ -17,6 +17,7 @@ use std::path::Path;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use weir::manifest::LogFormat;
+use weir::telemetry::logs::WithDelivery;
 use weir::{EnvOverrides, Manifest};
 
 /// A WebAssembly component host for event-driven trading code.
@@ -123,12 +124,13 @@ pub(crate) fn init_logging_at(format: LogFormat, default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     // Colours only on a terminal: a log file or a shipper gets plain text.
+    // Lines written while a delivery is handled end with its trace fields.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr);
     match format {
-        LogFormat::Human => builder.init(),
-        LogFormat::Json => builder.json().init(),
+        LogFormat::Human => builder.map_event_format(WithDelivery::text).init(),
+        LogFormat::Json => builder.json().map_event_format(WithDelivery::json).init(),
     }
 }

@@ -26,6 +26,8 @@ use super::{Queued, Worker, log_failure, settled};
 use crate::bus::MarketKind;
 use crate::runtime::{BatchItem, ComponentTemplate, HandleOutcome};
 use crate::stats::ComponentStats;
+use crate::telemetry::Trace;
+use crate::telemetry::logs::Handling;
 
 /// Longest deadline a batch may have, in milliseconds.
 const MAX_BATCH_DEADLINE_MS: u64 = 15_000;
@@ -151,7 +153,22 @@ impl Worker {
         stats
             .batched
             .fetch_add(items.len() as u64, Ordering::Relaxed);
-        let answered = inst.handle_batch(&template, &items).await;
+        // Each message's span, and the call's: a child of the first traced
+        // message's, linked to the others'.
+        let telemetry = &template.ctx.telemetry;
+        let traces: Vec<Trace> = batch
+            .iter()
+            .map(|(d, _)| telemetry.delivery(d, template.name(), index))
+            .collect();
+        let call = Trace::batch(&traces.iter().collect::<Vec<_>>(), template.name());
+        inst.set_trace(call.clone());
+        let answered = Handling::batch(&call)
+            .scope(inst.handle_batch(&template, &items))
+            .await;
+        if let Err(failure) = &answered {
+            call.failure(&format!("{:?}", failure.kind), &failure.detail);
+        }
+        call.end();
         // One clock read for the batch: an event the guest handled took as
         // long as the call (an ack is handed to the connection, no round trip).
         let took = start.elapsed();
@@ -183,25 +200,38 @@ impl Worker {
             return Rest::Singly(batch);
         }
         let mut rest = batch.into_iter();
+        let mut traces = traces.into_iter();
         for outcome in outcomes {
-            let Some((delivery, flow)) = rest.next() else {
+            let (Some((delivery, flow)), Some(trace)) = (rest.next(), traces.next()) else {
                 break;
             };
             let stop = matches!(outcome, HandleOutcome::Retry(_));
-            if !matches!(outcome, HandleOutcome::Handled) {
+            let took = if !matches!(outcome, HandleOutcome::Handled) {
                 // Dead-lettered, or retried in place before the rest.
-                self.deliver_from(delivery, &flow, Some(outcome)).await;
-                flow.latency.record(start.elapsed());
+                self.deliver_from(delivery, &flow, Some(outcome), &trace)
+                    .await;
+                start.elapsed()
             } else {
                 ComponentStats::bump(&flow.handled);
+                trace.outcome("handled");
                 let ack = delivery.settle.ack().await;
                 settled(&template.ctx, &delivery.meta, "ack", ack);
-                flow.latency.record(took);
+                took
+            };
+            flow.latency.record(took);
+            if let Some((t, s)) = trace.recorded_ids() {
+                flow.latency.exemplar(took, t.to_string(), s.to_string());
             }
+            trace.end();
             stats.in_flight.fetch_sub(1, Ordering::Relaxed);
             if stop {
                 break;
             }
+        }
+        // Not reached: delivered again (with spans of their own).
+        for trace in traces {
+            trace.outcome("not reached");
+            trace.end();
         }
         Rest::Again(rest.collect())
     }

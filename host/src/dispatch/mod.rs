@@ -83,6 +83,9 @@ pub struct Workers {
     stats: Arc<ComponentStats>,
     /// The counters of the subscription this handle feeds from.
     flow: Arc<FlowStats>,
+    /// Whether deliveries are stamped with when they came (for the queue
+    /// wait of their spans: only while traces are exported).
+    stamp: bool,
 }
 
 impl Workers {
@@ -115,6 +118,7 @@ impl Workers {
             hasher: Default::default(),
             flow: template.ctx.stats.add_flow(),
             stats: template.ctx.stats.clone(),
+            stamp: template.ctx.telemetry.is_on(),
         }
     }
 
@@ -147,7 +151,9 @@ impl Workers {
         // comes (so none grows as it fills, and an empty one costs nothing).
         let most = deliveries.size_hint().0.clamp(1, RUN);
         let mut runs: Vec<Run> = (0..n).map(|_| Vec::new()).collect();
-        for delivery in deliveries {
+        let received = self.stamp.then(std::time::Instant::now);
+        for mut delivery in deliveries {
+            delivery.meta.received = received;
             let at = if n == 1 {
                 0
             } else {

@@ -15,6 +15,8 @@ use crate::bus::{BusMessage, Delivery, Meta, RUN};
 use crate::runtime::undecodable;
 use crate::runtime::{ComponentTemplate, Failure, FailureKind, HandleOutcome, Instance};
 use crate::stats::{ComponentStats, FlowStats};
+use crate::telemetry::Trace;
+use crate::telemetry::logs::Handling;
 
 /// Closes a worker's room when the worker stops, however it stops.
 struct CloseOnDrop(Arc<Semaphore>);
@@ -80,25 +82,29 @@ impl Worker {
         }
     }
 
-    /// Handles one queued delivery, with its span, latency and in-flight count.
+    /// Handles one queued delivery, with its trace, log fields, latency
+    /// and in-flight count.
     async fn handle_one(&mut self, delivery: Delivery, flow: &FlowStats) {
         let start = std::time::Instant::now();
-        // A span per event (at debug level, so it costs nothing unless asked
-        // for with RUST_LOG=weir=debug): logs inside carry these fields.
+        let telemetry = &self.template.ctx.telemetry;
+        let trace = telemetry.delivery(&delivery, self.template.name(), self.index);
+        // Log lines written while it is handled carry its trace and
+        // correlation ids; at debug level a span adds these fields.
+        let handling = Handling::new(&trace, &delivery.msg.headers, &delivery.msg.payload);
         let span = tracing::debug_span!(
             "event",
             component = self.template.name(),
             subject = %delivery.msg.subject,
             sequence = delivery.meta.sequence,
-            correlation_id = tracing::field::Empty,
         );
-        if !span.is_disabled()
-            && let Some(id) = correlation_id(&delivery.msg)
-        {
-            span.record("correlation_id", id.as_str());
+        let delivered = self.deliver_from(delivery, flow, None, &trace);
+        handling.scope(delivered.instrument(span)).await;
+        let took = start.elapsed();
+        flow.latency.record(took);
+        if let Some((t, s)) = trace.recorded_ids() {
+            flow.latency.exemplar(took, t.to_string(), s.to_string());
         }
-        self.deliver(delivery, flow).instrument(span).await;
-        flow.latency.record(start.elapsed());
+        trace.end();
         self.template
             .ctx
             .stats
@@ -183,21 +189,15 @@ fn take(room: &Semaphore, pending: &mut VecDeque<Queued>, run: Run) {
     pending.extend(run);
 }
 
-/// The correlation id of a message: a `correlation-id` style header, or the
-/// payload's `correlation_id` field (as in the alert service's messages).
-fn correlation_id(msg: &BusMessage) -> Option<String> {
-    let header = msg.headers.iter().find(|(k, _)| {
-        let k = k.to_ascii_lowercase();
-        k == "correlation-id" || k == "x-correlation-id" || k == "correlation_id"
-    });
-    if let Some((_, v)) = header {
-        return Some(v.clone());
+/// Marks a call's span with what it came to: a failed instance is an
+/// exception, a retry or reject an error.
+pub(super) fn traced(call: &Trace, outcome: &HandleOutcome) {
+    match outcome {
+        HandleOutcome::Handled => {}
+        HandleOutcome::Failed(f) => call.failure(&format!("{:?}", f.kind), &f.detail),
+        HandleOutcome::Retry(r) => call.error(&format!("retry requested: {r}")),
+        HandleOutcome::Reject(r) => call.error(&format!("rejected: {r}")),
     }
-    if !msg.payload.windows(14).any(|w| w == b"correlation_id") {
-        return None;
-    }
-    let v: serde_json::Value = serde_json::from_slice(&msg.payload).ok()?;
-    v.get("correlation_id")?.as_str().map(str::to_owned)
 }
 
 /// Longest reason kept from a guest (it lands in logs and dead letters).
@@ -226,7 +226,13 @@ enum Verdict {
 
 impl Worker {
     /// Runs `handle` once, on a fresh instance if there is none.
-    async fn attempt_once(&mut self, msg: &BusMessage, meta: &Meta, attempt: u32) -> HandleOutcome {
+    async fn attempt_once(
+        &mut self,
+        msg: &BusMessage,
+        meta: &Meta,
+        attempt: u32,
+        trace: &Trace,
+    ) -> HandleOutcome {
         let template = &*self.template;
         let limit = template.ctx.limits.max_payload_bytes;
         if msg.payload.len() > limit {
@@ -251,8 +257,14 @@ impl Worker {
             },
         };
         let stream = meta.stream.as_deref();
-        inst.handle(template, msg, stream, meta.sequence, attempt)
-            .await
+        let call = trace.call(template.name(), attempt);
+        inst.set_trace(call.clone());
+        let outcome = inst
+            .handle(template, msg, stream, meta.sequence, attempt)
+            .await;
+        traced(&call, &outcome);
+        call.end();
+        outcome
     }
 
     /// Counts and logs an outcome; drops a failed instance (it is poisoned,
@@ -296,16 +308,19 @@ impl Worker {
     /// policy (see the module's documentation). Workers call it for live
     /// traffic, the replay for recorded events.
     pub(crate) async fn deliver(&mut self, delivery: Delivery, flow: &FlowStats) {
-        self.deliver_from(delivery, flow, None).await;
+        self.deliver_from(delivery, flow, None, &Trace::default())
+            .await;
     }
 
     /// [`Self::deliver`], with the outcome of the first attempt already
-    /// known when `first` holds it (an error answered inside a batch).
+    /// known when `first` holds it (an error answered inside a batch);
+    /// its events and outcome go on `trace`.
     pub(super) async fn deliver_from(
         &mut self,
         delivery: Delivery,
         flow: &FlowStats,
         mut first: Option<HandleOutcome>,
+        trace: &Trace,
     ) {
         let Delivery { msg, meta, settle } = delivery;
         let max = self.template.ctx.limits.max_deliver;
@@ -313,13 +328,16 @@ impl Worker {
         let reason = loop {
             let outcome = match first.take() {
                 Some(outcome) => outcome,
-                None => self.attempt_once(&msg, &meta, attempt).await,
+                None => self.attempt_once(&msg, &meta, attempt, trace).await,
             };
             match self.judge(flow, &msg, attempt, outcome) {
-                Ok(()) => return settled(&self.template.ctx, &meta, "ack", settle.ack().await),
+                Ok(()) => {
+                    trace.outcome("handled");
+                    return settled(&self.template.ctx, &meta, "ack", settle.ack().await);
+                }
                 Err(Verdict::Reject(reason)) => break reason,
                 Err(Verdict::Retry(reason)) if attempt >= max => break reason,
-                Err(Verdict::Retry(_)) => {}
+                Err(Verdict::Retry(reason)) => trace.retry(attempt, &reason, backoff(attempt)),
             }
             ComponentStats::bump(&flow.retried);
             // Keep the transport from redelivering it behind later messages.
@@ -328,6 +346,7 @@ impl Worker {
             attempt += 1;
         };
         let template = &*self.template;
+        trace.dead_lettered(&reason, attempt);
         let letter = DeadLetter::new(
             template.ctx.clock.now(),
             &msg,
@@ -340,21 +359,5 @@ impl Worker {
         self.letters
             .store(&template.ctx, flow, letter, settle, meta)
             .await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn correlation_ids_come_from_headers_or_payload() {
-        use super::{BusMessage, correlation_id};
-        let mut m = BusMessage::new(
-            "alerts.created",
-            r#"{"correlation_id":"req-12345","alert":{}}"#,
-        );
-        assert_eq!(correlation_id(&m).as_deref(), Some("req-12345"));
-        m.headers.push(("X-Correlation-Id".into(), "hdr-1".into()));
-        assert_eq!(correlation_id(&m).as_deref(), Some("hdr-1"));
-        assert_eq!(correlation_id(&BusMessage::new("a", "{}")), None);
     }
 }

@@ -7,6 +7,7 @@
 mod cache;
 mod env;
 mod registry;
+mod telemetry;
 mod validate;
 
 use std::collections::BTreeMap;
@@ -21,6 +22,7 @@ pub use env::EnvOverrides;
 pub use registry::{
     Pulled, RegistrySettings, TrustPolicy, TrustSettings, TrustedKey, parse_reference,
 };
+pub use telemetry::{OTLP_HTTP_PROTOBUF, TelemetrySettings, protocol_problem};
 
 /// A manifest error with its place in the file.
 #[derive(Debug, Error)]
@@ -61,6 +63,9 @@ pub struct Manifest {
     /// Whose signatures components need.
     #[serde(default)]
     pub trust: TrustSettings,
+    /// Traces exported over OTLP (off by default).
+    #[serde(default)]
+    pub telemetry: TelemetrySettings,
     /// Components by name.
     #[serde(default)]
     pub components: BTreeMap<String, ComponentSpec>,

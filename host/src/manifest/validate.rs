@@ -64,6 +64,9 @@ fn check_host(m: &Manifest, fail: Fail<'_>) -> Result<(), ManifestError> {
         subject::validate_publish(prefix)
             .map_err(|e| fail(0, "nats.inbox_prefix".into(), e.to_string()))?;
     }
+    if let Some((field, message)) = m.telemetry.problem() {
+        return Err(fail(0, field.into(), message));
+    }
     for (i, filter) in m.market.subjects.iter().enumerate() {
         subject::validate_filter(filter)
             .map_err(|e| fail(0, format!("market.subjects[{i}]"), e.to_string()))?;

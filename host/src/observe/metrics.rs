@@ -10,6 +10,7 @@ use prometheus_client::registry::Registry;
 
 use super::{Observed, load};
 use crate::cache::LayerStats;
+use crate::latency::{EXPORTED, Exemplar};
 use crate::stats::{ComponentStats, FlowStats};
 
 #[derive(Debug)]
@@ -278,6 +279,30 @@ impl Collector for HostCollector {
             let bytes = as_gauge(rows(|l| l.bytes));
             gauge(&mut enc, "weir_cache_bytes", "Bytes held", bytes)?;
         }
+        if let Some(c) = o.telemetry.counts() {
+            use std::sync::atomic::Ordering::Relaxed;
+            counter(
+                &mut enc,
+                "weir_trace_spans_exported",
+                "Spans the OpenTelemetry collector accepted",
+                vec![(vec![], c.exported.load(Relaxed))],
+            )?;
+            counter(
+                &mut enc,
+                "weir_trace_spans_dropped",
+                "Spans dropped: the export queue was full (collector slow or down), or the collector refused or could not be reached",
+                vec![
+                    (
+                        vec![("reason", "queue_full".to_owned())],
+                        c.dropped_queue_full.load(Relaxed),
+                    ),
+                    (
+                        vec![("reason", "export_failed".to_owned())],
+                        c.dropped_export_failed.load(Relaxed),
+                    ),
+                ],
+            )?;
+        }
         counter(
             &mut enc,
             "weir_market_decodes",
@@ -297,6 +322,48 @@ pub fn render(observed: &Observed) -> String {
     let mut out = String::new();
     if prometheus_client::encoding::text::encode(&mut out, &registry).is_err() {
         out.clear();
+    }
+    with_exemplars(out, observed)
+}
+
+/// The processing-time histogram's exemplars (the latest traced event of
+/// each bucket, pointing at its trace), written into its bucket lines:
+/// prometheus-client makes exemplars only for its own metric types. The
+/// collector writes one line per bucket, flows in order, so the n-th
+/// bucket line is bucket `n % EXPORTED` of flow `n / EXPORTED`.
+fn with_exemplars(text: String, observed: &Observed) -> String {
+    use std::fmt::Write as _;
+    let per_flow: Vec<Vec<Option<Exemplar>>> = observed
+        .flows
+        .iter()
+        .map(|f| f.stats.latency.exemplars())
+        .collect();
+    if per_flow.iter().flatten().all(Option::is_none) {
+        return text;
+    }
+    let mut out = String::with_capacity(text.len() + 1024);
+    let mut n = 0usize;
+    for line in text.split_inclusive('\n') {
+        if line.starts_with("nats_message_processing_seconds_bucket{") {
+            let (flow, bucket) = (n / EXPORTED, n % EXPORTED);
+            n += 1;
+            if let Some(Some(e)) = per_flow.get(flow).and_then(|f| f.get(bucket)) {
+                let at =
+                    e.at.duration_since(std::time::UNIX_EPOCH)
+                        .unwrap_or_default()
+                        .as_secs_f64();
+                let _ = writeln!(
+                    out,
+                    "{} # {{trace_id=\"{}\",span_id=\"{}\"}} {} {at:.3}",
+                    line.trim_end_matches('\n'),
+                    e.trace_id,
+                    e.span_id,
+                    e.value
+                );
+                continue;
+            }
+        }
+        out.push_str(line);
     }
     out
 }

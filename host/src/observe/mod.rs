@@ -81,6 +81,8 @@ pub struct Observed {
     pub started: std::time::Instant,
     /// What `POST /api/reload` asks for a hot update, when the host has one.
     pub updater: Option<crate::update::Updater>,
+    /// The host's tracing: its exported and dropped spans.
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 /// One subscription of one component, with its counters.
@@ -118,6 +120,7 @@ impl Observed {
             timeline: Timeline::default(),
             started: std::time::Instant::now(),
             updater: None,
+            telemetry: crate::telemetry::Telemetry::off(),
         }
     }
 

@@ -174,6 +174,8 @@ impl Replay {
             seed: options.seed,
             market: market.as_ref().map(|(m, _)| m.clone()),
             stats: None,
+            // A replay exports nothing: its output is the record.
+            telemetry: crate::telemetry::Telemetry::off(),
         })?;
         let subscribers = templates
             .into_iter()
@@ -226,6 +228,7 @@ impl Replay {
                 sequence: Some(event.seq),
                 attempt: 1,
                 time: event.time,
+                received: None,
             };
             report.deliveries += self.deliver(&event.msg, &meta).await;
             self.cascade(&mut report, event.seq).await;

@@ -246,6 +246,12 @@ fn summarize(e: &wasmtime::Error) -> String {
 }
 
 impl Instance {
+    /// The trace the next call runs under: what the component sends
+    /// carries it (none: nothing is added).
+    pub fn set_trace(&mut self, trace: crate::telemetry::Trace) {
+        self.store.data_mut().caps.trace = trace;
+    }
+
     /// Calls `handle` with the per-event deadline. On `Failed`, drop the
     /// instance: its state is undefined.
     pub async fn handle(

@@ -54,6 +54,8 @@ pub struct Parts {
     /// Counters to go on counting in (a new version of a running
     /// component); none: fresh ones.
     pub stats: Option<Arc<crate::stats::ComponentStats>>,
+    /// The host's tracing (off in a replay).
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 impl RuntimeConfig {
@@ -258,6 +260,7 @@ impl Runtime {
             seed,
             market,
             stats,
+            telemetry,
         } = parts;
         let mut ctx = ComponentContext::new(
             name.to_owned(),
@@ -272,6 +275,7 @@ impl Runtime {
         if let Some(stats) = stats {
             ctx.stats = stats;
         }
+        ctx.telemetry = telemetry;
         ctx.data_dir = spec
             .grants
             .data_dir

@@ -247,6 +247,7 @@ fn delivery(msg: Message, flow: &FlowStats, component: &str) -> Option<Delivery>
                 time: u64::try_from(nanos)
                     .ok()
                     .map(|n| SystemTime::UNIX_EPOCH + Duration::from_nanos(n)),
+                received: None,
             }
         }
         Err(e) => {
