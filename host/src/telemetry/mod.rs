@@ -12,6 +12,7 @@
 pub mod context;
 pub mod export;
 pub mod logs;
+mod sampling;
 mod trace;
 
 use std::sync::Arc;
@@ -36,8 +37,10 @@ use crate::manifest::{TelemetrySettings, protocol_problem};
 pub struct Telemetry(Option<Arc<Exporting>>);
 
 struct Exporting {
-    /// Makes the spans (sampler, ids, processor).
+    /// Makes the spans (ids, processor) of what `sampler` keeps.
     tracer: SdkTracer,
+    /// Which deliveries are recorded (decided before any span is built).
+    sampler: SamplerChoice,
     /// Flushed and stopped when the host stops.
     provider: SdkTracerProvider,
     /// Exported and dropped spans, for `/metrics`.
@@ -192,20 +195,18 @@ impl Telemetry {
         let counts = Arc::new(Counts::default());
         let processor = export::QueueProcessor::start(exporter, counts.clone())
             .context("cannot start the trace export thread")?;
-        let sampler = match resolved.sampler {
-            SamplerChoice::ParentBased(r) => {
-                Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(r)))
-            }
-            SamplerChoice::Ratio(r) => Sampler::TraceIdRatioBased(r),
-        };
+        // weir decides what is sampled (see `sampling`); the SDK records
+        // what it is given, with the trace id the decision was made on.
         let provider = SdkTracerProvider::builder()
             .with_span_processor(processor)
-            .with_sampler(sampler)
+            .with_sampler(Sampler::AlwaysOn)
+            .with_id_generator(sampling::ChosenIds::default())
             .with_resource(resource)
             .build();
         let tracer = provider.tracer("weir");
         Ok(Telemetry(Some(Arc::new(Exporting {
             tracer,
+            sampler: resolved.sampler,
             provider,
             counts,
             endpoint: resolved.endpoint.clone(),
@@ -236,6 +237,12 @@ impl Telemetry {
         let Some(e) = &self.0 else {
             return parent.map(Trace::passed).unwrap_or_default();
         };
+        let trace_id = parent
+            .as_ref()
+            .map_or_else(sampling::new_trace_id, |p| p.trace_id());
+        if !e.sampler.samples(parent.as_ref(), trace_id) {
+            return Trace::passed(sampling::unsampled(trace_id, parent.as_ref()));
+        }
         let waited = delivery
             .meta
             .received
@@ -246,15 +253,14 @@ impl Telemetry {
             Some(sc) => Context::new().with_remote_span_context(sc),
             None => Context::new(),
         };
-        // Named after sampling: a dropped span costs no formatting.
         let builder = e
             .tracer
-            .span_builder("process")
+            .span_builder(format!("process {}", delivery.msg.subject))
             .with_kind(SpanKind::Consumer)
             .with_start_time(start);
-        let trace = Trace::started(e.tracer.build_with_context(builder, &cx), &e.tracer);
+        let span = sampling::with_trace_id(trace_id, || e.tracer.build_with_context(builder, &cx));
+        let trace = Trace::started(span, &e.tracer);
         trace.set(|| delivery_attributes(delivery, component, instance, waited));
-        trace.rename(|| format!("process {}", delivery.msg.subject));
         trace
     }
 

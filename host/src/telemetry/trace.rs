@@ -3,7 +3,6 @@
 //! and attributes follow OpenTelemetry's messaging semantic conventions;
 //! weir's own are under `weir.`.
 
-use std::borrow::Cow;
 use std::time::Duration;
 
 use opentelemetry::trace::{
@@ -110,22 +109,23 @@ impl Trace {
         }
     }
 
-    /// A child span; a passed context stays as it is.
+    /// A child span; a passed context stays as it is. Name, attributes
+    /// and links are built only when the child is recorded.
     fn child(
         &self,
-        name: impl Into<Cow<'static, str>>,
+        name: impl FnOnce() -> String,
         kind: SpanKind,
         attributes: impl FnOnce() -> Vec<KeyValue>,
-        links: Vec<Link>,
+        links: impl FnOnce() -> Vec<Link>,
     ) -> Trace {
         match &self.0 {
             Kind::None | Kind::Passed(_) => self.clone(),
             Kind::Recorded(cx, tracer) => {
                 let builder = tracer
-                    .span_builder(name)
+                    .span_builder(name())
                     .with_kind(kind)
                     .with_attributes(attributes())
-                    .with_links(links);
+                    .with_links(links());
                 Trace::started(tracer.build_with_context(builder, cx), tracer)
             }
         }
@@ -135,7 +135,7 @@ impl Trace {
     /// children of it).
     pub fn call(&self, component: &str, attempt: u32) -> Trace {
         self.child(
-            format!("handle {component}"),
+            || format!("handle {component}"),
             SpanKind::Internal,
             || {
                 vec![
@@ -143,26 +143,26 @@ impl Trace {
                     KeyValue::new("weir.delivery.attempt", i64::from(attempt)),
                 ]
             },
-            Vec::new(),
+            Vec::new,
         )
     }
 
     /// The span of one call with a batch of messages: a child of the first
-    /// traced message's span, linked to the spans of the others (the
-    /// messaging conventions' batch processing).
+    /// recorded message's span (else it passes on the first traced one's
+    /// context), linked to the other recorded messages' spans (the
+    /// messaging conventions' batch processing; a link to a span that was
+    /// not sampled would lead nowhere).
     pub fn batch(traces: &[&Trace], component: &str) -> Trace {
-        let Some(first) = traces.iter().find(|t| t.is_some()) else {
+        let first = traces
+            .iter()
+            .find(|t| t.is_recording())
+            .or_else(|| traces.iter().find(|t| t.is_some()));
+        let Some(first) = first else {
             return Trace::default();
         };
-        let links = traces
-            .iter()
-            .filter(|t| !std::ptr::eq(**t, *first))
-            .filter_map(|t| t.span_context())
-            .map(Link::with_context)
-            .collect();
         let n = traces.len();
         first.child(
-            format!("handle {component}"),
+            || format!("handle {component}"),
             SpanKind::Internal,
             || {
                 vec![
@@ -170,7 +170,14 @@ impl Trace {
                     KeyValue::new("messaging.batch.message_count", n as i64),
                 ]
             },
-            links,
+            || {
+                traces
+                    .iter()
+                    .filter(|t| t.is_recording() && !std::ptr::eq(**t, *first))
+                    .filter_map(|t| t.span_context())
+                    .map(Link::with_context)
+                    .collect()
+            },
         )
     }
 
@@ -184,7 +191,7 @@ impl Trace {
             Outgoing::Request => ("request", SpanKind::Client),
         };
         self.child(
-            format!("{verb} {subject}"),
+            || format!("{verb} {subject}"),
             kind,
             || {
                 let mut a = vec![
@@ -199,7 +206,7 @@ impl Trace {
                 }
                 a
             },
-            Vec::new(),
+            Vec::new,
         )
     }
 
@@ -209,7 +216,7 @@ impl Trace {
             return Trace::default();
         }
         self.child(
-            format!("cache {operation}"),
+            || format!("cache {operation}"),
             SpanKind::Client,
             || {
                 vec![
@@ -217,15 +224,8 @@ impl Trace {
                     KeyValue::new("db.operation.name", operation),
                 ]
             },
-            Vec::new(),
+            Vec::new,
         )
-    }
-
-    /// Renames a recorded span (its name is built only when recorded).
-    pub(super) fn rename(&self, name: impl FnOnce() -> String) {
-        if let Kind::Recorded(cx, _) = &self.0 {
-            cx.span().update_name(name());
-        }
     }
 
     /// Attributes, built only when recorded.
@@ -313,5 +313,94 @@ impl Trace {
             self.error(&e.to_string());
         }
         self.end();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use opentelemetry::trace::{TraceFlags, TraceState, TracerProvider as _};
+    use opentelemetry_sdk::error::OTelSdkResult;
+    use opentelemetry_sdk::trace::{
+        Sampler, SdkTracerProvider, Span as SdkSpan, SpanData, SpanProcessor,
+    };
+
+    use super::*;
+
+    /// Keeps what ends, in order.
+    #[derive(Debug, Clone, Default)]
+    struct Collect(Arc<Mutex<Vec<SpanData>>>);
+
+    impl SpanProcessor for Collect {
+        fn on_start(&self, _span: &mut SdkSpan, _cx: &Context) {}
+        fn on_end(&self, span: SpanData) {
+            self.0.lock().unwrap().push(span);
+        }
+        fn force_flush(&self) -> OTelSdkResult {
+            Ok(())
+        }
+        fn shutdown_with_timeout(&self, _timeout: Duration) -> OTelSdkResult {
+            Ok(())
+        }
+    }
+
+    fn tracer() -> (SdkTracer, Collect) {
+        let collect = Collect::default();
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(collect.clone())
+            .with_sampler(Sampler::AlwaysOn)
+            .build();
+        (provider.tracer("test"), collect)
+    }
+
+    fn recorded(tracer: &SdkTracer, name: &'static str) -> Trace {
+        Trace::started(tracer.start(name), tracer)
+    }
+
+    fn unsampled(n: u128) -> Trace {
+        Trace::passed(SpanContext::new(
+            TraceId::from(n),
+            SpanId::from(n as u64),
+            TraceFlags::default(),
+            false,
+            TraceState::NONE,
+        ))
+    }
+
+    #[test]
+    fn a_batch_call_is_a_child_of_the_first_sampled_message_linked_to_the_others() {
+        let (tracer, collect) = tracer();
+        let (a, c) = (recorded(&tracer, "a"), recorded(&tracer, "c"));
+        let b = unsampled(7);
+        let call = Trace::batch(&[&b, &a, &Trace::default(), &c], "strategy");
+        assert!(call.is_recording());
+        call.end();
+        let spans = collect.0.lock().unwrap().clone();
+        let span = spans.iter().find(|s| s.name == "handle strategy").unwrap();
+        let (a_ids, c_ids) = (a.ids().unwrap(), c.ids().unwrap());
+        assert_eq!(span.span_context.trace_id(), a_ids.0);
+        assert_eq!(span.parent_span_id, a_ids.1);
+        // The other sampled message only: the unsampled one has no span to link to.
+        let links: Vec<_> = span
+            .links
+            .iter()
+            .map(|l| l.span_context.span_id())
+            .collect();
+        assert_eq!(links, vec![c_ids.1]);
+        assert!(
+            span.attributes
+                .contains(&KeyValue::new("messaging.batch.message_count", 4))
+        );
+    }
+
+    #[test]
+    fn an_unsampled_batch_passes_the_first_context_on() {
+        let (_tracer, collect) = tracer();
+        let call = Trace::batch(&[&Trace::default(), &unsampled(3), &unsampled(4)], "s");
+        assert!(!call.is_recording());
+        assert_eq!(call.ids().unwrap().0, TraceId::from(3));
+        assert!(Trace::batch(&[&Trace::default()], "s").ids().is_none());
+        assert!(collect.0.lock().unwrap().is_empty());
     }
 }
