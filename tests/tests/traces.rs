@@ -389,3 +389,164 @@ grants = {{ subscribe = ["echo.in"] }}
         "req-12345"
     );
 }
+
+/// The full `traceparent` of a message the outside client received.
+fn traceparent_header(m: &async_nats::Message) -> String {
+    m.headers
+        .as_ref()
+        .and_then(|h| h.get("traceparent"))
+        .map(|v| v.as_str().to_owned())
+        .unwrap_or_else(|| panic!("no traceparent on {m:?}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jetstream_deliveries_keep_their_trace_through_retries_dead_letters_and_sampling() {
+    use async_nats::jetstream::stream;
+    let nats = NatsServer::start();
+    let receiver = OtlpReceiver::start();
+    let client = nats.client().await;
+    let js = async_nats::jetstream::new(client.clone());
+    for (name, subject) in [("JOBS", "jobs.*"), ("DLQ", "dlq.>")] {
+        js.create_stream(stream::Config {
+            name: name.into(),
+            subjects: vec![subject.into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    }
+    let host = Host::start(&manifest(&format!(
+        r#"[host]
+id = "jobs-host"
+[nats]
+url = "{}"
+[telemetry]
+endpoint = "{}"
+[components.tagger]
+wasm = "{{hostile}}"
+subscribe = [{{ subject = "jobs.ok", stream = "JOBS", consumer = "tagger" }}]
+grants = {{ subscribe = ["jobs.ok"], publish = ["tag.out"], streams = ["JOBS"] }}
+config = {{ behaviour = "tag", version = "v1" }}
+[components.trapper]
+wasm = "{{hostile}}"
+subscribe = [{{ subject = "jobs.bad", stream = "JOBS", consumer = "trapper" }}]
+grants = {{ subscribe = ["jobs.bad"], streams = ["JOBS"] }}
+limits = {{ max_deliver = 2 }}
+config = {{ behaviour = "trap" }}
+"#,
+        nats.url(),
+        receiver.endpoint()
+    )))
+    .await
+    .unwrap();
+    let mut tags = client.subscribe("tag.out").await.unwrap();
+    client.flush().await.unwrap();
+
+    // A sampled job, one whose sender did not sample it, and a sampled job
+    // that traps every time. One at a time: jobs waiting together are one
+    // batch call, whose publishes continue the first sampled job's trace.
+    let (ok, ok_parent) = client_ids(100);
+    let (unsampled, unsampled_parent) = client_ids(101);
+    let (bad, bad_parent) = client_ids(102);
+    let mut out = BTreeMap::new();
+    for (subject, trace, parent, flags) in [
+        ("jobs.ok", &ok, &ok_parent, "01"),
+        ("jobs.ok", &unsampled, &unsampled_parent, "00"),
+        ("jobs.bad", &bad, &bad_parent, "01"),
+    ] {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert(
+            "traceparent",
+            format!("00-{trace}-{parent}-{flags}").as_str(),
+        );
+        js.publish_with_headers(subject, headers, "job".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+        if subject == "jobs.ok" {
+            let m = tokio::time::timeout(Duration::from_secs(20), tags.next())
+                .await
+                .expect("the tagger published nothing")
+                .unwrap();
+            out.insert(trace.clone(), traceparent_header(&m));
+        }
+    }
+    // The dead letter is stored before the job is given up on.
+    let until = std::time::Instant::now() + Duration::from_secs(20);
+    while weir_tests::stream_messages(&js, "DLQ").await < 1 {
+        assert!(std::time::Instant::now() < until, "no dead letter stored");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(host.wait_idle(Duration::from_secs(20)).await);
+    host.shutdown(Duration::from_secs(5)).await;
+    let spans = receiver.wait_until(Duration::from_secs(10), |s| {
+        s.iter()
+            .any(|s| s["trace_id"] == bad.as_str() && s["kind"] == "consumer")
+            && s.iter().any(|s| s["name"] == "publish tag.out")
+    });
+    let ids = by_id(&spans);
+
+    // The sampled job: its publish carries the publish span's context,
+    // and the chain leads back to the sender's span through the
+    // JetStream delivery.
+    let header = &out[&ok];
+    assert!(header.starts_with(&format!("00-{ok}-")), "{header}");
+    assert!(header.ends_with("-01"), "{header}");
+    let publish_id = header.split('-').nth(2).unwrap();
+    let (chain, top) = chain(&ids, publish_id);
+    let names: Vec<&str> = chain.iter().map(|(_, _, n)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        ["publish tag.out", "handle tagger", "process jobs.ok"]
+    );
+    assert_eq!(top, ok_parent);
+    let process = spans
+        .iter()
+        .find(|s| s["trace_id"] == ok.as_str() && s["kind"] == "consumer")
+        .unwrap();
+    let attrs = &process["attributes"];
+    assert_eq!(attrs["weir.jetstream.stream"], "JOBS", "{process}");
+    assert_eq!(attrs["weir.jetstream.sequence"], 1, "{process}");
+    assert_eq!(attrs["weir.outcome"], "handled", "{process}");
+    assert_eq!(attrs["messaging.destination.name"], "jobs.ok", "{process}");
+
+    // The unsampled job: its context goes on, still not sampled, and
+    // nothing of its trace is recorded.
+    let header = &out[&unsampled];
+    assert!(header.starts_with(&format!("00-{unsampled}-")), "{header}");
+    assert!(header.ends_with("-00"), "{header}");
+    assert_ne!(header.split('-').nth(2).unwrap(), unsampled_parent);
+    assert!(
+        !spans.iter().any(|s| s["trace_id"] == unsampled.as_str()),
+        "an unsampled trace was recorded"
+    );
+
+    // The trapping job: one delivery span with the retry and the dead
+    // letter, an error status; each attempt's call span has the trap.
+    let bad_spans: Vec<&Value> = spans
+        .iter()
+        .filter(|s| s["trace_id"] == bad.as_str())
+        .collect();
+    let process = bad_spans.iter().find(|s| s["kind"] == "consumer").unwrap();
+    let events: Vec<&str> = process["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(events, ["retry", "dead-lettered"], "{process}");
+    assert_eq!(process["attributes"]["weir.outcome"], "dead-lettered");
+    assert_eq!(process["status"]["code"], 2, "{process}"); // STATUS_CODE_ERROR
+    assert_eq!(process["parent_span_id"], bad_parent.as_str());
+    let calls: Vec<&&Value> = bad_spans
+        .iter()
+        .filter(|s| s["name"] == "handle trapper")
+        .collect();
+    assert_eq!(calls.len(), 2, "{bad_spans:?}");
+    for call in calls {
+        assert_eq!(call["parent_span_id"], process["span_id"]);
+        assert_eq!(call["events"][0]["name"], "exception", "{call}");
+        assert_eq!(call["status"]["code"], 2, "{call}");
+    }
+}
