@@ -313,6 +313,17 @@ pub async fn stream_messages(js: &async_nats::jetstream::Context, name: &str) ->
         .messages
 }
 
+/// Creates a stream of `subject` named `name`, with the server's defaults.
+pub async fn create_stream(js: &async_nats::jetstream::Context, name: &str, subject: &str) {
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: name.into(),
+        subjects: vec![subject.into()],
+        ..Default::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("cannot create stream {name}: {e}"));
+}
+
 /// Publishes every message to JetStream, 1000 acks in flight at most,
 /// and waits until the stream has confirmed each one.
 pub async fn publish_acked(

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv, stream};
+use async_nats::jetstream::{self, kv};
 use futures::StreamExt;
 use weir::Host;
 use weir::bus::BusMessage;
@@ -108,13 +108,7 @@ async fn a_chosen_reply_to_writes_nothing_on_a_real_server() {
         .unwrap();
     secrets.put("token", "s3cret".into()).await.unwrap();
     for (name, subject) in [("VICTIM", "victim.>"), ("ORDERS", "orders.>")] {
-        js.create_stream(stream::Config {
-            name: name.into(),
-            subjects: vec![subject.into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        weir_tests::create_stream(&js, name, subject).await;
     }
     js.publish("victim.keep", "precious".into())
         .await

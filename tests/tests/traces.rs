@@ -401,19 +401,12 @@ fn traceparent_header(m: &async_nats::Message) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jetstream_deliveries_keep_their_trace_through_retries_dead_letters_and_sampling() {
-    use async_nats::jetstream::stream;
     let nats = NatsServer::start();
     let receiver = OtlpReceiver::start();
     let client = nats.client().await;
     let js = async_nats::jetstream::new(client.clone());
     for (name, subject) in [("JOBS", "jobs.*"), ("DLQ", "dlq.>")] {
-        js.create_stream(stream::Config {
-            name: name.into(),
-            subjects: vec![subject.into()],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+        weir_tests::create_stream(&js, name, subject).await;
     }
     let host = Host::start(&manifest(&format!(
         r#"[host]

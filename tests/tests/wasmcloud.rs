@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, stream};
+use async_nats::jetstream;
 use futures::StreamExt;
 use weir::Host;
 use weir::bus::{Bus, BusMessage};
@@ -306,13 +306,7 @@ grants = {{ subscribe = ["x"] }}
 /// A JetStream stream on a fresh server.
 async fn stream(server: &NatsServer, name: &str, subject: &str) -> jetstream::Context {
     let js = jetstream::new(server.client().await);
-    js.create_stream(stream::Config {
-        name: name.into(),
-        subjects: vec![subject.into()],
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    weir_tests::create_stream(&js, name, subject).await;
     js
 }
 
